@@ -1,0 +1,157 @@
+"""Serving configuration: a TOML file plus command-line flags.
+
+Construction is cheap and only validates; mistakes fail here, at start, with the
+exact key and what it should be.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from router.segments import SegmentSpace
+
+KNOWN_SECTIONS = ("serve", "segments", "calibration", "rollout", "phases", "alerts")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    max_workers: int = 16  # slabs in the state file; more workers than this cannot start
+    state_dir: str = "state"
+    max_body_bytes: int = 1 << 20
+    max_batch: int = 256
+    max_request_id_chars: int = 128
+    max_events: int = 1000
+    token_ttl_s: int = 3600
+    challenger_timeout_ms: float = 50.0
+    stale_after_s: float = 3.0
+    ticker_s: float = 0.1
+
+
+@dataclass(frozen=True)
+class Config:
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    segments: SegmentSpace = field(default_factory=lambda: SegmentSpace.from_config({}))
+    bucket_width: float = 0.01
+    raw: dict[str, Any] = field(default_factory=dict)  # every section, for the evaluator
+
+    @property
+    def n_buckets(self) -> int:
+        return math.ceil(1.0 / self.bucket_width - 1e-9)
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.serve.state_dir).resolve()
+
+    def with_overrides(self, **overrides: Any) -> Config:
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return replace(self, serve=_serve(dict(_asdict(self.serve), **given)))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str] | None) -> Config:
+        if path is None:
+            return cls.from_dict({})
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Config:
+        unknown = set(data) - set(KNOWN_SECTIONS)
+        if unknown:
+            raise ConfigError(
+                f"unknown config section(s) {sorted(unknown)}; known: {list(KNOWN_SECTIONS)}"
+            )
+        try:
+            segments = SegmentSpace.from_config(data.get("segments", {}))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        calibration = data.get("calibration", {})
+        _no_unknown("calibration", calibration, {"bucket_width"})
+        width = float(calibration.get("bucket_width", 0.01))
+        if not 0.001 <= width <= 0.5:
+            raise ConfigError(f"[calibration] bucket_width must be in [0.001, 0.5], got {width}")
+        return cls(_serve(data.get("serve", {})), segments, width, data)
+
+
+def _asdict(serve: ServeConfig) -> dict[str, Any]:
+    return {f.name: getattr(serve, f.name) for f in fields(serve)}
+
+
+def _no_unknown(section: str, values: dict[str, Any], known: set[str]) -> None:
+    unknown = set(values) - known
+    if unknown:
+        raise ConfigError(f"unknown key(s) in [{section}]: {sorted(unknown)}; known: {sorted(known)}")
+
+
+def _serve(values: dict[str, Any]) -> ServeConfig:
+    defaults = ServeConfig()
+    _no_unknown("serve", values, set(_asdict(defaults)))
+    out: dict[str, Any] = {}
+    for f in fields(defaults):
+        default = getattr(defaults, f.name)
+        value = values.get(f.name, default)
+        kind = type(default)
+        if kind is float and type(value) is int:
+            value = float(value)
+        if type(value) is not kind:
+            raise ConfigError(
+                f"[serve] {f.name} must be a {kind.__name__}, got {value!r}"
+            )
+        out[f.name] = value
+    serve = ServeConfig(**out)
+    if not 1 <= serve.workers <= serve.max_workers:
+        raise ConfigError(
+            f"[serve] workers must be between 1 and max_workers ({serve.max_workers}), "
+            f"got {serve.workers}"
+        )
+    for name in ("max_body_bytes", "max_batch", "max_request_id_chars", "max_events", "token_ttl_s"):
+        if getattr(serve, name) <= 0:
+            raise ConfigError(f"[serve] {name} must be positive, got {getattr(serve, name)}")
+    if serve.stale_after_s <= serve.ticker_s:
+        raise ConfigError("[serve] stale_after_s must be longer than ticker_s")
+    return serve
+
+
+def token_secret(state_dir: Path) -> bytes:
+    """RAMPART_TOKEN_SECRET, or a random one kept in the state directory so every
+    worker and every restart signs and verifies with the same key."""
+    env = os.environ.get("RAMPART_TOKEN_SECRET")
+    if env:
+        if len(env) < 16:
+            raise ConfigError("RAMPART_TOKEN_SECRET must be at least 16 characters")
+        return env.encode()
+    path = state_dir / "token.secret"
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        pass
+    state_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(secrets.token_hex(32).encode())
+    try:
+        os.link(tmp, path)  # first writer wins; everyone then reads the same file
+    except FileExistsError:
+        pass
+    finally:
+        os.unlink(tmp)
+    return path.read_bytes()

@@ -1,0 +1,192 @@
+"""The shared-memory layout, defined once as numpy structured dtypes.
+
+One file in the state directory holds a control block followed by one slab per
+worker::
+
+    +-------------------------+  offset 0
+    | control block (4 KiB)   |  written by the evaluator only
+    +-------------------------+  CONTROL_BYTES
+    | slab 0                  |  written by the worker that holds slab 0's lock
+    | slab 1                  |
+    | ...                     |
+    +-------------------------+
+
+A slab holds two *slots*, one per loaded model (the control word says which
+slot is the champion). Writers (the numba kernels in `router.slab`) take their
+offsets from these dtypes, and readers view the file through the same dtypes,
+so there is exactly one definition of where anything lives.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+import numpy as np
+
+from router import hdr
+
+MAGIC = 0x3154524150_4D4152  # "RAMPART1" little-endian-ish tag
+LAYOUT_VERSION = 1
+N_SLOTS = 2
+CONTROL_BYTES = 4096
+PAGE = 4096
+N_PRED_BINS = 1000  # prediction histogram: 0.1%-wide bins over [0, 1]
+BASIS_POINTS = 10_000
+
+
+class Counter(IntEnum):
+    """Per-slot request counters (index into a slot's `counters`)."""
+
+    REQUESTS = 0  # requests the split assigned to this slot
+    CANDIDATES = 1  # predictions served by this slot's model
+    ERR_RAISED = 2
+    ERR_TIMEOUT = 3
+    ERR_NAN = 4
+    ERR_RANGE = 5
+    ERR_FEATURES = 6  # positional row this model cannot take its features from
+    FALLBACKS = 7  # requests of this slot answered by the champion instead
+    OUT_OF_RANGE_PREDICTIONS = 8  # individual predictions outside [0, 1] or NaN
+    STALE_ROUTED = 9  # requests routed to the champion because the heartbeat was stale
+
+
+N_COUNTERS = 16
+ERROR_COUNTERS = (
+    Counter.ERR_RAISED,
+    Counter.ERR_TIMEOUT,
+    Counter.ERR_NAN,
+    Counter.ERR_RANGE,
+    Counter.ERR_FEATURES,
+)
+
+# Stable reason codes for rejected input; the index is the slab's `rejects` slot.
+REJECT_REASONS: tuple[str, ...] = (
+    "malformed_body",
+    "unsupported_media_type",
+    "missing_request_id",
+    "request_id_too_long",
+    "bad_features",
+    "wrong_row_width",
+    "non_finite_feature",
+    "unknown_feature",
+    "missing_feature",
+    "empty_batch",
+    "batch_too_large",
+    "body_too_large",
+    "bad_segment",
+    "bad_token",
+    "expired_token",
+    "unknown_model_version",
+    "bad_event",
+    "bad_prediction",
+    "too_many_events",
+    "model_unavailable",
+)
+N_REJECT_SLOTS = 32
+REJECT_INDEX = {reason: i for i, reason in enumerate(REJECT_REASONS)}
+
+CONTROL_DTYPE = np.dtype(
+    {
+        "names": [
+            "magic",
+            "layout_version",
+            "n_slabs",
+            "n_cells",
+            "n_buckets",
+            "control",
+            "heartbeat_ns",
+            "hash_seed",
+            "evaluator_pid",
+            "slot_model",
+            "slot_seq",
+        ],
+        "formats": ["<u8", "<u8", "<u8", "<u8", "<u8", "<u8", "<i8", "<u8", "<i8", "(2,)<i8", "(2,)<u8"],
+        # The control word sits alone at the start of its own cache line.
+        "offsets": [0, 8, 16, 24, 32, 64, 128, 136, 144, 192, 208],
+        "itemsize": CONTROL_BYTES,
+    }
+)
+
+
+def slot_dtype(n_cells: int, n_buckets: int) -> np.dtype:
+    """One model slot's records. Fixed-size fields first: the hot-path kernels
+    compile their offsets in as constants; the segment/bucket tables follow."""
+    return np.dtype(
+        [
+            ("counters", "<i8", (N_COUNTERS,)),
+            ("latency", "<i8", (hdr.COUNTS_LEN,)),
+            ("pred_hist", "<i8", (N_PRED_BINS,)),
+            ("seg_requests", "<i8", (n_cells, 2)),  # requests, errors
+            ("seg_events", "<i8", (n_cells, 2)),  # impressions, clicks
+            ("seg_pred_sum", "<f8", (n_cells,)),  # sum of predicted CTR over impressions
+            ("bucket_events", "<i8", (n_buckets, 2)),  # impressions, clicks
+            ("bucket_pred_sum", "<f8", (n_buckets,)),
+        ]
+    )
+
+
+def slab_dtype(n_cells: int, n_buckets: int) -> np.dtype:
+    slot = slot_dtype(n_cells, n_buckets)
+    header = 64 + 8 * N_REJECT_SLOTS
+    body = header + N_SLOTS * slot.itemsize
+    itemsize = -(-body // PAGE) * PAGE
+    return np.dtype(
+        {
+            "names": ["owner_pid", "heartbeat_ns", "slot_seq", "rejects", "slots"],
+            "formats": ["<i8", "<i8", "(2,)<u8", f"({N_REJECT_SLOTS},)<i8", (slot, (N_SLOTS,))],
+            "offsets": [0, 8, 16, 64, header],
+            "itemsize": itemsize,
+        }
+    )
+
+
+# Word offsets (int64 units) of the fixed fields inside a slot, for the kernels.
+_FIXED = slot_dtype(1, 1)
+COUNTERS_WORD = _FIXED.fields["counters"][1] // 8
+LATENCY_WORD = _FIXED.fields["latency"][1] // 8
+PRED_HIST_WORD = _FIXED.fields["pred_hist"][1] // 8
+SEG_REQUESTS_WORD = _FIXED.fields["seg_requests"][1] // 8
+
+
+def table_words(n_cells: int, n_buckets: int) -> tuple[int, int, int, int]:
+    """Word offsets of the variable tables in a slot: seg_events, seg_pred_sum,
+    bucket_events, bucket_pred_sum."""
+    fields = slot_dtype(n_cells, n_buckets).fields
+    assert fields is not None
+    return (
+        fields["seg_events"][1] // 8,
+        fields["seg_pred_sum"][1] // 8,
+        fields["bucket_events"][1] // 8,
+        fields["bucket_pred_sum"][1] // 8,
+    )
+
+
+# --- the control word -------------------------------------------------------
+# bits 0-15 split in basis points | bit 16 champion slot | bit 17 challenger
+# present | bits 32-63 generation. One aligned 8-byte load reads all of it.
+_SPLIT_MASK = 0xFFFF
+_CHAMPION_BIT = 16
+_CHALLENGER_BIT = 17
+_GENERATION_SHIFT = 32
+
+
+def pack_control(split_bp: int, champion_slot: int, has_challenger: bool, generation: int) -> int:
+    if not 0 <= split_bp <= BASIS_POINTS:
+        raise ValueError(f"split_bp must be in 0..{BASIS_POINTS}, got {split_bp}")
+    if champion_slot not in (0, 1):
+        raise ValueError(f"champion_slot must be 0 or 1, got {champion_slot}")
+    return (
+        split_bp
+        | (champion_slot << _CHAMPION_BIT)
+        | (int(has_challenger) << _CHALLENGER_BIT)
+        | ((generation & 0xFFFF_FFFF) << _GENERATION_SHIFT)
+    )
+
+
+def unpack_control(word: int) -> tuple[int, int, bool, int]:
+    """(split_bp, champion_slot, has_challenger, generation)."""
+    return (
+        word & _SPLIT_MASK,
+        (word >> _CHAMPION_BIT) & 1,
+        bool((word >> _CHALLENGER_BIT) & 1),
+        word >> _GENERATION_SHIFT,
+    )

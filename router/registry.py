@@ -1,0 +1,140 @@
+"""The local model registry: a directory of ONNX files and a small SQLite table.
+
+Registering validates the model (it must load and pass the probe), copies it
+into the registry directory under its version, and records it; the first model
+of an empty registry becomes the champion.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sqlite3
+import time
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+from router.models import Model, ModelError
+
+
+class Status(str, Enum):
+    CANDIDATE = "candidate"
+    CHALLENGER = "challenger"
+    CHAMPION = "champion"
+    FAILED = "failed"
+    RETIRED = "retired"
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    version: int
+    name: str
+    file: str
+    sha256: str
+    features: tuple[str, ...]
+    status: Status
+    reason: str
+    registered_at: float
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}:{self.version}"
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS models (
+    version INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    file TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    features TEXT NOT NULL,
+    status TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    registered_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+"""
+
+
+class Registry:
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = (state_dir / "models").resolve()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(state_dir / "registry.db", timeout=10, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def register(self, source: Path) -> ModelRecord:
+        source = source.resolve()
+        model = Model(source)  # validates; raises ModelError naming the file
+        digest = hashlib.sha256(source.read_bytes()).hexdigest()
+        now = time.time()
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            has_champion = self._db.execute(
+                "SELECT 1 FROM models WHERE status = ?", (Status.CHAMPION.value,)
+            ).fetchone()
+            status = Status.CANDIDATE if has_champion else Status.CHAMPION
+            cur = self._db.execute(
+                "INSERT INTO models (name, file, sha256, features, status, registered_at,"
+                " updated_at) VALUES (?, '', ?, ?, ?, ?, ?)",
+                (model.name, digest, json.dumps(model.features), status.value, now, now),
+            )
+            version = int(cur.lastrowid or 0)
+            file = f"{version}-{digest[:12]}.onnx"
+            shutil.copyfile(source, self.dir / file)
+            self._db.execute("UPDATE models SET file = ? WHERE version = ?", (file, version))
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return self.get(version)
+
+    def get(self, version: int) -> ModelRecord:
+        row = self._db.execute(
+            "SELECT version, name, file, sha256, features, status, reason, registered_at"
+            " FROM models WHERE version = ?",
+            (version,),
+        ).fetchone()
+        if row is None:
+            raise KeyError(f"no model version {version} in the registry")
+        return _record(row)
+
+    def list(self) -> list[ModelRecord]:
+        rows = self._db.execute(
+            "SELECT version, name, file, sha256, features, status, reason, registered_at"
+            " FROM models ORDER BY version"
+        ).fetchall()
+        return [_record(r) for r in rows]
+
+    def with_status(self, status: Status) -> list[ModelRecord]:
+        return [r for r in self.list() if r.status == status]
+
+    def set_status(self, version: int, status: Status, reason: str = "") -> None:
+        self._db.execute(
+            "UPDATE models SET status = ?, reason = ?, updated_at = ? WHERE version = ?",
+            (status.value, reason, time.time(), version),
+        )
+
+    def path_of(self, record: ModelRecord) -> Path:
+        """The model file, refusing anything that resolves outside the registry."""
+        path = (self.dir / record.file).resolve()
+        if path.parent != self.dir:
+            raise ModelError(f"{path}: outside the registry directory {self.dir}")
+        return path
+
+    def load(self, version: int) -> Model:
+        record = self.get(version)
+        return Model(self.path_of(record), version)
+
+
+def _record(row: tuple) -> ModelRecord:  # type: ignore[type-arg]
+    version, name, file, sha, features, status, reason, registered = row
+    return ModelRecord(
+        int(version), name, file, sha, tuple(json.loads(features)), Status(status), reason, registered
+    )

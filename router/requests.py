@@ -1,0 +1,112 @@
+"""Decoding and validating /predict and /events bodies, with stable reason codes."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import msgpack
+import numpy as np
+
+MSGPACK = b"application/msgpack"
+JSON = b"application/json"
+
+
+class Rejected(Exception):
+    """A request problem: HTTP status, stable reason code, and a human message."""
+
+    def __init__(self, reason: str, detail: str, status: int = 400) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+        self.status = status
+
+
+def media_type(headers: list[tuple[bytes, bytes]]) -> bytes:
+    for name, value in headers:
+        if name == b"content-type":
+            kind = value.split(b";", 1)[0].strip().lower()
+            if kind in (MSGPACK, JSON):
+                return kind
+            if kind in (b"application/x-msgpack", b"application/vnd.msgpack"):
+                return MSGPACK
+            raise Rejected(
+                "unsupported_media_type",
+                f"content type {value.decode(errors='replace')!r} is not "
+                "application/msgpack or application/json",
+                415,
+            )
+    raise Rejected("unsupported_media_type", "no content type; send application/msgpack or JSON", 415)
+
+
+def decode(body: bytes, kind: bytes) -> Any:
+    try:
+        if kind == MSGPACK:
+            return msgpack.unpackb(body, raw=False, strict_map_key=True)
+        return json.loads(body)
+    except Exception as e:  # both libraries raise a family of types on bad input
+        name = "msgpack" if kind == MSGPACK else "JSON"
+        raise Rejected("malformed_body", f"body is not valid {name}: {e}") from None
+
+
+def encode(payload: dict[str, Any], kind: bytes) -> bytes:
+    if kind == MSGPACK:
+        return msgpack.packb(payload, use_bin_type=True)
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def positional_rows(features: list[Any], max_batch: int) -> np.ndarray:
+    """Rows given as lists of numbers (one row, or a list of rows) → float32 [N, F]."""
+    try:
+        x = np.array(features)
+    except ValueError:
+        raise Rejected("wrong_row_width", "rows of the batch have different lengths") from None
+    if x.dtype.kind not in "fiub":
+        raise Rejected("bad_features", "features must be numbers")
+    if x.ndim == 1:
+        x = x.reshape(1, -1)
+    elif x.ndim != 2:
+        raise Rejected("bad_features", "features must be a row or a list of rows")
+    return checked(x.astype(np.float32), max_batch)
+
+
+def named_rows(
+    rows: list[dict[str, Any]], names: tuple[str, ...], known: frozenset[str], max_batch: int
+) -> np.ndarray:
+    """Rows given as {feature name: number} → float32 [N, F] in `names` order."""
+    if not rows:
+        raise Rejected("empty_batch", "the batch has no rows")
+    if len(rows) > max_batch:
+        raise Rejected("batch_too_large", f"{len(rows)} rows; the limit is {max_batch}")
+    width = len(names)
+    table = []
+    for row in rows:
+        if type(row) is not dict:
+            raise Rejected("bad_features", "a batch must not mix named and positional rows")
+        try:
+            table.append([row[n] for n in names])
+        except KeyError as e:
+            raise Rejected("missing_feature", f"feature {e.args[0]!r} is missing") from None
+        if len(row) != width:
+            unknown = sorted(k for k in row if k not in known)
+            if unknown:
+                raise Rejected("unknown_feature", f"unknown feature(s) {unknown[:5]}")
+    try:
+        x = np.array(table)
+    except ValueError:
+        raise Rejected("bad_features", "feature values must be numbers") from None
+    if x.dtype.kind not in "fiub":
+        raise Rejected("bad_features", "feature values must be numbers")
+    return checked(x.astype(np.float32), max_batch)
+
+
+def checked(x: np.ndarray, max_batch: int) -> np.ndarray:
+    n = x.shape[0]
+    if n == 0 or x.shape[1] == 0:
+        raise Rejected("empty_batch", "the batch has no rows")
+    if n > max_batch:
+        raise Rejected("batch_too_large", f"{n} rows; the limit is {max_batch}")
+    # One float64 reduction finds NaN and ±inf (float32 values cannot overflow it).
+    if not np.isfinite(x.sum(dtype=np.float64)):
+        raise Rejected("non_finite_feature", "features must be finite numbers")
+    return x
