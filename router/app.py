@@ -31,7 +31,7 @@ from router.config import Config, token_secret
 from router.layout import BASIS_POINTS, Counter
 from router.models import Model
 from router.registry import Registry
-from router.requests import MSGPACK, Rejected, decode, encode, media_type, named_rows
+from router.requests import JSON, Rejected, decode, encode, media_type, named_rows
 from router.requests import positional_rows
 from router.store import COMMANDS, CommandStore
 from router.tokens import TokenError, TokenSigner
@@ -370,14 +370,18 @@ class App:
 
     async def _tick(self) -> None:
         period = self.config.serve.ticker_s
+        failure = ""
         while True:
             await asyncio.sleep(period)
             worker = self.worker
             if worker is not None:
                 try:
                     worker.sync()
+                    failure = ""
                 except Exception as e:  # a bad model file must not stop the ticker
-                    print(f"rampart worker {os.getpid()}: sync failed: {e}", flush=True)
+                    if str(e) != failure:
+                        print(f"rampart worker {os.getpid()}: sync failed: {e}", flush=True)
+                    failure = str(e)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -391,7 +395,7 @@ class App:
     async def _predict(self, scope: Scope, receive: Receive, send: Send) -> None:
         t0 = _perf_ns()
         worker = self.worker
-        kind = MSGPACK
+        kind = JSON
         try:
             if worker is None:
                 raise Rejected("model_unavailable", "the worker is starting", 503)
@@ -410,7 +414,7 @@ class App:
 
     async def _events(self, scope: Scope, receive: Receive, send: Send) -> None:
         worker = self.worker
-        kind = MSGPACK
+        kind = JSON
         try:
             if worker is None:
                 raise Rejected("model_unavailable", "the worker is starting", 503)
