@@ -39,7 +39,9 @@ class Evaluator:
 
     def _flip(self, split_bp: int, champion_slot: int, has_challenger: bool) -> None:
         generation = self._word()[3] + 1
-        self.shm.write_control(layout.pack_control(split_bp, champion_slot, has_challenger, generation))
+        self.shm.write_control(
+            layout.pack_control(split_bp, champion_slot, has_challenger, generation)
+        )
 
     def _load_slot(self, slot: int, version: int) -> None:
         ctrl = self.shm.control
@@ -83,7 +85,11 @@ class Evaluator:
                 version = int(payload.get("version", ""))
                 record = self.registry.get(version)
             except (KeyError, ValueError):
-                return {"ok": False, "error": "unknown_version", "detail": str(payload.get("version"))}
+                return {
+                    "ok": False,
+                    "error": "unknown_version",
+                    "detail": str(payload.get("version")),
+                }
             if record.status != Status.CANDIDATE:
                 return {"ok": False, "error": "not_a_candidate", "detail": record.status.value}
             self.registry.set_status(version, Status.CHALLENGER)

@@ -77,15 +77,19 @@ def _status(url: str, as_json: bool, watch: bool) -> int:
             print(json.dumps(status, indent=2))
         else:
             models = status["models"]
-            print(f"phase {status['phase']}  split {status['split_bp'] / 100:.1f}%  "
-                  f"stale {status['stale']}")
+            print(
+                f"phase {status['phase']}  split {status['split_bp'] / 100:.1f}%  "
+                f"stale {status['stale']}"
+            )
             for arm in ("champion", "challenger"):
                 m = models.get(arm)
                 counts = status["arms"][arm]
                 label = m["label"] if m else "-"
-                print(f"  {arm:<10} {label:<24} requests {counts['requests']:>9}  "
-                      f"errors {counts['errors']:>6}  impressions {counts['impressions']:>9}  "
-                      f"clicks {counts['clicks']:>7}")
+                print(
+                    f"  {arm:<10} {label:<24} requests {counts['requests']:>9}  "
+                    f"errors {counts['errors']:>6}  impressions {counts['impressions']:>9}  "
+                    f"clicks {counts['clicks']:>7}"
+                )
         if not watch:
             return 0
         time.sleep(1)
@@ -141,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                 record = registry.register(Path(args.file))
                 print(record.version)
                 return 0
-            for rec in registry.list():
+            for rec in registry.all():
                 print(f"{rec.version:>4}  {rec.label:<28} {rec.status.value:<10} {rec.reason}")
             return 0
         if args.command == "rollout":

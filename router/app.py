@@ -31,8 +31,7 @@ from router.config import Config, token_secret
 from router.layout import BASIS_POINTS, Counter
 from router.models import Model
 from router.registry import Registry
-from router.requests import JSON, Rejected, decode, encode, media_type, named_rows
-from router.requests import positional_rows
+from router.requests import JSON, Rejected, decode, encode, media_type, named_rows, positional_rows
 from router.store import COMMANDS, CommandStore
 from router.tokens import TokenError, TokenSigner
 from router.types import Receive, Scope, Send
@@ -226,7 +225,11 @@ class Worker:
             if cols is None:
                 slab.bump(addr, Counter.ERR_FEATURES)
                 return x, "challenger_features"
-            inputs = x if len(cols) == x.shape[1] and bool((cols == np.arange(len(cols))).all()) else x[:, cols]
+            inputs = (
+                x
+                if len(cols) == x.shape[1] and bool((cols == np.arange(len(cols))).all())
+                else x[:, cols]
+            )
         start = _perf_ns()
         try:
             out = model.predict(inputs)
@@ -253,7 +256,9 @@ class Worker:
             raise Rejected("model_unavailable", "the champion returned invalid predictions", 503)
         return out
 
-    def _answer(self, model: Model, out: np.ndarray, slot: int, arm: int, cell: int) -> dict[str, Any]:
+    def _answer(
+        self, model: Model, out: np.ndarray, slot: int, arm: int, cell: int
+    ) -> dict[str, Any]:
         return {
             "arm": ARMS[arm],
             "model": model.label,
@@ -268,7 +273,9 @@ class Worker:
         events = req["events"]
         if len(events) > self.serve.max_events:
             raise Rejected(
-                "too_many_events", f"{len(events)} events; the limit is {self.serve.max_events}", 413
+                "too_many_events",
+                f"{len(events)} events; the limit is {self.serve.max_events}",
+                413,
             )
         now = int(time.time())
         accepted = 0
@@ -294,8 +301,9 @@ class Worker:
         else:
             return "bad_event"
         p = ev.get("prediction")
-        if type(p) not in (float, int) or not 0.0 <= p <= 1.0:
+        if not (type(p) is float or type(p) is int) or not 0.0 <= p <= 1.0:
             return "bad_prediction"
+        assert p is not None
         token = ev.get("token")
         try:
             claims = self.signer.verify(token, now)
@@ -460,7 +468,10 @@ class App:
         given = request.headers.get("authorization", "")
         if not expected or not hmac.compare_digest(given.encode(), f"Bearer {expected}".encode()):
             return JSONResponse(
-                {"error": "unauthorized", "detail": "admin needs Authorization: Bearer <RAMPART_ADMIN_TOKEN>"},
+                {
+                    "error": "unauthorized",
+                    "detail": "admin needs Authorization: Bearer <RAMPART_ADMIN_TOKEN>",
+                },
                 status_code=401,
             )
         command = request.path_params["command"]
@@ -483,7 +494,12 @@ class App:
                 return JSONResponse(result, status_code=code)
             await asyncio.sleep(0.05)
         return JSONResponse(
-            {"ok": False, "error": "evaluator_timeout", "detail": "queued; no evaluator answered in 5 s", "command": command_id},
+            {
+                "ok": False,
+                "error": "evaluator_timeout",
+                "detail": "queued; no evaluator answered in 5 s",
+                "command": command_id,
+            },
             status_code=202,
         )
 
@@ -498,7 +514,12 @@ def status_payload(worker: Worker, snapshot: snap.Snapshot) -> dict[str, Any]:
         models[arm] = (
             None
             if model is None
-            else {"version": str(model.version), "name": model.name, "label": model.label, "features": list(model.features)}
+            else {
+                "version": str(model.version),
+                "name": model.name,
+                "label": model.label,
+                "features": list(model.features),
+            }
         )
         arms[arm] = {
             "requests": totals.counter(Counter.REQUESTS),
@@ -517,7 +538,9 @@ def status_payload(worker: Worker, snapshot: snap.Snapshot) -> dict[str, Any]:
         "arms": arms,
         "guardrails": [],
         "rollout": None,
-        "rejected": {r: int(n) for r, n in zip(layout.REJECT_REASONS, snapshot.rejects, strict=True) if n},
+        "rejected": {
+            r: int(n) for r, n in zip(layout.REJECT_REASONS, snapshot.rejects, strict=True) if n
+        },
         "workers": snapshot.live_workers,
     }
 
@@ -527,4 +550,3 @@ def create_app() -> App:
     config = Config.load(os.environ.get("RAMPART_CONFIG") or None)
     overrides = json.loads(os.environ.get("RAMPART_SERVE_OVERRIDES", "{}"))
     return App(config.with_overrides(**overrides))
-

@@ -98,7 +98,9 @@ def _asdict(serve: ServeConfig) -> dict[str, Any]:
 def _no_unknown(section: str, values: dict[str, Any], known: set[str]) -> None:
     unknown = set(values) - known
     if unknown:
-        raise ConfigError(f"unknown key(s) in [{section}]: {sorted(unknown)}; known: {sorted(known)}")
+        raise ConfigError(
+            f"unknown key(s) in [{section}]: {sorted(unknown)}; known: {sorted(known)}"
+        )
 
 
 def _serve(values: dict[str, Any]) -> ServeConfig:
@@ -112,9 +114,7 @@ def _serve(values: dict[str, Any]) -> ServeConfig:
         if kind is float and type(value) is int:
             value = float(value)
         if type(value) is not kind:
-            raise ConfigError(
-                f"[serve] {f.name} must be a {kind.__name__}, got {value!r}"
-            )
+            raise ConfigError(f"[serve] {f.name} must be a {kind.__name__}, got {value!r}")
         out[f.name] = value
     serve = ServeConfig(**out)
     if not 1 <= serve.workers <= serve.max_workers:
@@ -122,7 +122,13 @@ def _serve(values: dict[str, Any]) -> ServeConfig:
             f"[serve] workers must be between 1 and max_workers ({serve.max_workers}), "
             f"got {serve.workers}"
         )
-    for name in ("max_body_bytes", "max_batch", "max_request_id_chars", "max_events", "token_ttl_s"):
+    for name in (
+        "max_body_bytes",
+        "max_batch",
+        "max_request_id_chars",
+        "max_events",
+        "token_ttl_s",
+    ):
         if getattr(serve, name) <= 0:
             raise ConfigError(f"[serve] {name} must be positive, got {getattr(serve, name)}")
     if serve.stale_after_s <= serve.ticker_s:

@@ -9,6 +9,7 @@ the evaluator reads percentiles with the one-pass kernel below.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numba
 import numpy as np
@@ -19,9 +20,9 @@ SIGNIFICANT_DIGITS = 3
 
 
 def _geometry(lowest: int, highest: int, digits: int) -> tuple[int, int, int, int]:
-    unit_magnitude = int(math.floor(math.log(lowest) / math.log(2)))
+    unit_magnitude = math.floor(math.log(lowest) / math.log(2))
     largest_single_unit = 2 * 10**digits
-    sub_bucket_count_magnitude = int(math.ceil(math.log(largest_single_unit) / math.log(2)))
+    sub_bucket_count_magnitude = math.ceil(math.log(largest_single_unit) / math.log(2))
     half_magnitude = max(sub_bucket_count_magnitude - 1, 0)
     sub_bucket_count = 1 << (half_magnitude + 1)
     smallest_untrackable = sub_bucket_count << unit_magnitude
@@ -114,7 +115,7 @@ def python_counts_index(value: int) -> int:
     return ((bucket + 1) << HALF_COUNT_MAGNITUDE) + sub_bucket - SUB_BUCKET_HALF_COUNT
 
 
-def to_hdrhistogram(counts: np.ndarray):  # type: ignore[no-untyped-def]
+def to_hdrhistogram(counts: np.ndarray) -> Any:
     """An `hdrh` HdrHistogram holding `counts` (for encoding, `.hgrm` output, tests)."""
     from hdrh.histogram import HdrHistogram
 
@@ -124,7 +125,5 @@ def to_hdrhistogram(counts: np.ndarray):  # type: ignore[no-untyped-def]
         hist.counts[int(i)] = int(counts[i])
     if nonzero.size:
         # Without this the package's encode() writes an empty histogram.
-        hist.set_internal_tacking_values(
-            int(nonzero[0]), int(nonzero[-1]), int(counts.sum())
-        )
+        hist.set_internal_tacking_values(int(nonzero[0]), int(nonzero[-1]), int(counts.sum()))
     return hist

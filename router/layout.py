@@ -99,7 +99,19 @@ CONTROL_DTYPE = np.dtype(
             "slot_model",
             "slot_seq",
         ],
-        "formats": ["<u8", "<u8", "<u8", "<u8", "<u8", "<u8", "<i8", "<u8", "<i8", "(2,)<i8", "(2,)<u8"],
+        "formats": [
+            "<u8",
+            "<u8",
+            "<u8",
+            "<u8",
+            "<u8",
+            "<u8",
+            "<i8",
+            "<u8",
+            "<i8",
+            "(2,)<i8",
+            "(2,)<u8",
+        ],
         # The control word sits alone at the start of its own cache line.
         "offsets": [0, 8, 16, 24, 32, 64, 128, 136, 144, 192, 208],
         "itemsize": CONTROL_BYTES,
@@ -140,23 +152,28 @@ def slab_dtype(n_cells: int, n_buckets: int) -> np.dtype:
 
 
 # Word offsets (int64 units) of the fixed fields inside a slot, for the kernels.
+def _word(dtype: np.dtype, name: str) -> int:
+    fields = dtype.fields
+    assert fields is not None
+    return int(fields[name][1]) // 8
+
+
 _FIXED = slot_dtype(1, 1)
-COUNTERS_WORD = _FIXED.fields["counters"][1] // 8
-LATENCY_WORD = _FIXED.fields["latency"][1] // 8
-PRED_HIST_WORD = _FIXED.fields["pred_hist"][1] // 8
-SEG_REQUESTS_WORD = _FIXED.fields["seg_requests"][1] // 8
+COUNTERS_WORD = _word(_FIXED, "counters")
+LATENCY_WORD = _word(_FIXED, "latency")
+PRED_HIST_WORD = _word(_FIXED, "pred_hist")
+SEG_REQUESTS_WORD = _word(_FIXED, "seg_requests")
 
 
 def table_words(n_cells: int, n_buckets: int) -> tuple[int, int, int, int]:
     """Word offsets of the variable tables in a slot: seg_events, seg_pred_sum,
     bucket_events, bucket_pred_sum."""
-    fields = slot_dtype(n_cells, n_buckets).fields
-    assert fields is not None
+    slot = slot_dtype(n_cells, n_buckets)
     return (
-        fields["seg_events"][1] // 8,
-        fields["seg_pred_sum"][1] // 8,
-        fields["bucket_events"][1] // 8,
-        fields["bucket_pred_sum"][1] // 8,
+        _word(slot, "seg_events"),
+        _word(slot, "seg_pred_sum"),
+        _word(slot, "bucket_events"),
+        _word(slot, "bucket_pred_sum"),
     )
 
 

@@ -34,7 +34,10 @@ def render(snapshot: Snapshot, models: list[Model | None], stale: bool) -> str:
         lines.append(f"# TYPE {name} {kind}")
 
     arms = []
-    for arm, slot in (("champion", snapshot.champion_slot), ("challenger", 1 - snapshot.champion_slot)):
+    for arm, slot in (
+        ("champion", snapshot.champion_slot),
+        ("challenger", 1 - snapshot.champion_slot),
+    ):
         model = models[slot]
         if model is not None and snapshot.slot_model[slot] == model.version:
             arms.append((f'arm="{arm}",model_version="{model.version}"', snapshot.slots[slot]))
@@ -48,7 +51,9 @@ def render(snapshot: Snapshot, models: list[Model | None], stale: bool) -> str:
     family("rampart_model_errors_total", "counter", "Model failures by kind.")
     for labels, t in arms:
         for counter, kind in _ERRORS.items():
-            lines.append(f'rampart_model_errors_total{{{labels},kind="{kind}"}} {t.counter(counter)}')
+            lines.append(
+                f'rampart_model_errors_total{{{labels},kind="{kind}"}} {t.counter(counter)}'
+            )
     family("rampart_fallbacks_total", "counter", "Challenger requests answered by the champion.")
     for labels, t in arms:
         lines.append(f"rampart_fallbacks_total{{{labels}}} {t.counter(Counter.FALLBACKS)}")
@@ -72,7 +77,9 @@ def render(snapshot: Snapshot, models: list[Model | None], stale: bool) -> str:
     for reason, n in zip(layout.REJECT_REASONS, snapshot.rejects, strict=True):
         lines.append(f'rampart_rejected_total{{reason="{reason}"}} {int(n)}')
     family("rampart_split_basis_points", "gauge", "Challenger share of traffic (control word).")
-    lines.append(f"rampart_split_basis_points {snapshot.split_bp if snapshot.has_challenger else 0}")
+    lines.append(
+        f"rampart_split_basis_points {snapshot.split_bp if snapshot.has_challenger else 0}"
+    )
     family("rampart_evaluator_stale", "gauge", "1 while the evaluator heartbeat is stale.")
     lines.append(f"rampart_evaluator_stale {int(stale)}")
     family("rampart_workers", "gauge", "Workers with a fresh heartbeat.")

@@ -13,13 +13,14 @@ import shutil
 import sqlite3
 import time
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from router.models import Model, ModelError
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     CANDIDATE = "candidate"
     CHALLENGER = "challenger"
     CHAMPION = "champion"
@@ -105,7 +106,7 @@ class Registry:
             raise KeyError(f"no model version {version} in the registry")
         return _record(row)
 
-    def list(self) -> list[ModelRecord]:
+    def all(self) -> list[ModelRecord]:
         rows = self._db.execute(
             "SELECT version, name, file, sha256, features, status, reason, registered_at"
             " FROM models ORDER BY version"
@@ -113,7 +114,7 @@ class Registry:
         return [_record(r) for r in rows]
 
     def with_status(self, status: Status) -> list[ModelRecord]:
-        return [r for r in self.list() if r.status == status]
+        return [r for r in self.all() if r.status == status]
 
     def set_status(self, version: int, status: Status, reason: str = "") -> None:
         self._db.execute(
@@ -133,8 +134,15 @@ class Registry:
         return Model(self.path_of(record), version)
 
 
-def _record(row: tuple) -> ModelRecord:  # type: ignore[type-arg]
+def _record(row: tuple[Any, ...]) -> ModelRecord:
     version, name, file, sha, features, status, reason, registered = row
     return ModelRecord(
-        int(version), name, file, sha, tuple(json.loads(features)), Status(status), reason, registered
+        int(version),
+        name,
+        file,
+        sha,
+        tuple(json.loads(features)),
+        Status(status),
+        reason,
+        registered,
     )

@@ -36,7 +36,9 @@ def media_type(headers: list[tuple[bytes, bytes]]) -> bytes:
                 "application/msgpack or application/json",
                 415,
             )
-    raise Rejected("unsupported_media_type", "no content type; send application/msgpack or JSON", 415)
+    raise Rejected(
+        "unsupported_media_type", "no content type; send application/msgpack or JSON", 415
+    )
 
 
 def decode(body: bytes, kind: bytes) -> Any:

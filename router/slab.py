@@ -8,11 +8,13 @@ the `SharedMemory` that produced it is open.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numba
 import numpy as np
@@ -29,25 +31,27 @@ class LayoutMismatch(RuntimeError):
     """The state file on disk was written with a different layout or config."""
 
 
-@intrinsic
-def _int64_at(typingctx, addr):  # type: ignore[no-untyped-def]
+def _int64_at_codegen(typingctx: Any, addr: Any) -> Any:
     sig = types.CPointer(types.int64)(types.int64)
 
-    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
         return builder.inttoptr(args[0], context.get_value_type(types.CPointer(types.int64)))
 
     return sig, codegen
 
 
-@intrinsic
-def _float64_at(typingctx, addr):  # type: ignore[no-untyped-def]
+def _float64_at_codegen(typingctx: Any, addr: Any) -> Any:
     sig = types.CPointer(types.float64)(types.int64)
 
-    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
         return builder.inttoptr(args[0], context.get_value_type(types.CPointer(types.float64)))
 
     return sig, codegen
 
+
+# Typed as Any: mypy cannot see through numba's intrinsic decorator.
+_int64_at: Any = intrinsic(_int64_at_codegen)
+_float64_at: Any = intrinsic(_float64_at_codegen)
 
 _REQUESTS = int(Counter.REQUESTS)
 _CANDIDATES = int(Counter.CANDIDATES)
@@ -189,10 +193,9 @@ class SharedMemory:
         # Views into the mapping must go before it can close.
         del self.control, self.slabs
         self._words.release()
-        try:
+        # A caller may still hold a view; then the mapping goes with the process.
+        with contextlib.suppress(BufferError):
             self._mmap.close()
-        except BufferError:
-            pass  # a caller still holds a view; the mapping goes with the process
 
     # -- creation -----------------------------------------------------------
     @classmethod

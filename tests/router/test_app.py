@@ -17,8 +17,9 @@ BAD_ROW = [500.0, 1.0, -0.5, 2.0]  # feat0 > 100 trips the "nan" and "high" test
 
 
 def _predict(server: Server, body: bytes, content_type: str = "application/json") -> httpx.Response:
-    return httpx.post(f"{server.url}/predict", content=body,
-                      headers={"content-type": content_type}, timeout=10)
+    return httpx.post(
+        f"{server.url}/predict", content=body, headers={"content-type": content_type}, timeout=10
+    )
 
 
 def _metric(server: Server, name: str, **labels: str) -> float:
@@ -47,31 +48,91 @@ BAD = [
     pytest.param(b"\xc1\xff", "application/msgpack", 400, "malformed_body", id="malformed-msgpack"),
     pytest.param(b"{not json", "application/json", 400, "malformed_body", id="malformed-json"),
     pytest.param(b"{}", "text/plain", 415, "unsupported_media_type", id="wrong-content-type"),
-    pytest.param(json.dumps({"features": [ROW]}).encode(), "application/json", 400,
-                 "missing_request_id", id="missing-request-id"),
-    pytest.param(json.dumps({"request_id": "x" * 129, "features": [ROW]}).encode(),
-                 "application/json", 400, "request_id_too_long", id="long-request-id"),
-    pytest.param(json.dumps({"request_id": "a", "features": [[1, 2, 3]]}).encode(),
-                 "application/json", 400, "wrong_row_width", id="wrong-row-width"),
-    pytest.param(b'{"request_id": "a", "features": [[1, 2, NaN, 4]]}', "application/json", 400,
-                 "non_finite_feature", id="nan-feature"),
-    pytest.param(msgpack.packb({"request_id": "a", "features": [[1, 2, float("inf"), 4]]}),
-                 "application/msgpack", 400, "non_finite_feature", id="inf-feature"),
-    pytest.param(json.dumps({"request_id": "a", "features": {"feat0": 1, "feat1": 1, "feat2": 1,
-                                                             "feat3": 1, "bogus": 2}}).encode(),
-                 "application/json", 400, "unknown_feature", id="unknown-feature-name"),
-    pytest.param(json.dumps({"request_id": "a", "features": {"feat0": 1}}).encode(),
-                 "application/json", 400, "missing_feature", id="missing-feature-name"),
-    pytest.param(json.dumps({"request_id": "a", "features": []}).encode(), "application/json",
-                 400, "empty_batch", id="empty-batch"),
-    pytest.param(json.dumps({"request_id": "a", "features": [ROW] * 257}).encode(),
-                 "application/json", 400, "batch_too_large", id="batch-over-limit"),
-    pytest.param(json.dumps({"request_id": "a", "features": [["x", 1, 2, 3]]}).encode(),
-                 "application/json", 400, "bad_features", id="non-numeric-feature"),
-    pytest.param(json.dumps({"request_id": "a", "features": [ROW], "segment": "mobile"}).encode(),
-                 "application/json", 400, "bad_segment", id="segment-not-a-map"),
-    pytest.param(b"x" * (1 << 20 + 1), "application/json", 413, "body_too_large",
-                 id="body-over-limit"),
+    pytest.param(
+        json.dumps({"features": [ROW]}).encode(),
+        "application/json",
+        400,
+        "missing_request_id",
+        id="missing-request-id",
+    ),
+    pytest.param(
+        json.dumps({"request_id": "x" * 129, "features": [ROW]}).encode(),
+        "application/json",
+        400,
+        "request_id_too_long",
+        id="long-request-id",
+    ),
+    pytest.param(
+        json.dumps({"request_id": "a", "features": [[1, 2, 3]]}).encode(),
+        "application/json",
+        400,
+        "wrong_row_width",
+        id="wrong-row-width",
+    ),
+    pytest.param(
+        b'{"request_id": "a", "features": [[1, 2, NaN, 4]]}',
+        "application/json",
+        400,
+        "non_finite_feature",
+        id="nan-feature",
+    ),
+    pytest.param(
+        msgpack.packb({"request_id": "a", "features": [[1, 2, float("inf"), 4]]}),
+        "application/msgpack",
+        400,
+        "non_finite_feature",
+        id="inf-feature",
+    ),
+    pytest.param(
+        json.dumps(
+            {
+                "request_id": "a",
+                "features": {"feat0": 1, "feat1": 1, "feat2": 1, "feat3": 1, "bogus": 2},
+            }
+        ).encode(),
+        "application/json",
+        400,
+        "unknown_feature",
+        id="unknown-feature-name",
+    ),
+    pytest.param(
+        json.dumps({"request_id": "a", "features": {"feat0": 1}}).encode(),
+        "application/json",
+        400,
+        "missing_feature",
+        id="missing-feature-name",
+    ),
+    pytest.param(
+        json.dumps({"request_id": "a", "features": []}).encode(),
+        "application/json",
+        400,
+        "empty_batch",
+        id="empty-batch",
+    ),
+    pytest.param(
+        json.dumps({"request_id": "a", "features": [ROW] * 257}).encode(),
+        "application/json",
+        400,
+        "batch_too_large",
+        id="batch-over-limit",
+    ),
+    pytest.param(
+        json.dumps({"request_id": "a", "features": [["x", 1, 2, 3]]}).encode(),
+        "application/json",
+        400,
+        "bad_features",
+        id="non-numeric-feature",
+    ),
+    pytest.param(
+        json.dumps({"request_id": "a", "features": [ROW], "segment": "mobile"}).encode(),
+        "application/json",
+        400,
+        "bad_segment",
+        id="segment-not-a-map",
+    ),
+    pytest.param(
+        b"x" * (1 << 20 + 1), "application/json", 413, "body_too_large", id="body-over-limit"
+    ),
 ]
 
 
@@ -100,13 +161,22 @@ def _events(server: Server, events: list[Any]) -> dict[str, Any]:
 def test_events_count_impressions_and_clicks(server: Server) -> None:
     answer = _predict(server, json.dumps({"request_id": "e1", "features": [ROW]}).encode()).json()
     token, p = answer["token"], answer["predictions"][0]
-    result = _events(server, [{"token": token, "type": "impression", "prediction": p}] * 3
-                     + [{"token": token, "type": "click", "prediction": p}])
+    result = _events(
+        server,
+        [{"token": token, "type": "impression", "prediction": p}] * 3
+        + [{"token": token, "type": "click", "prediction": p}],
+    )
     assert result == {"accepted": 4, "rejected": 0, "errors": []}
-    assert _metric(server, "rampart_events_total", arm="champion", model_version="1",
-                   type="impression") == 3
-    assert _metric(server, "rampart_events_total", arm="champion", model_version="1",
-                   type="click") == 1
+    assert (
+        _metric(
+            server, "rampart_events_total", arm="champion", model_version="1", type="impression"
+        )
+        == 3
+    )
+    assert (
+        _metric(server, "rampart_events_total", arm="champion", model_version="1", type="click")
+        == 1
+    )
 
 
 def test_events_reject_bad_tokens_and_fields(server: Server, tmp_path: Path) -> None:
@@ -119,21 +189,32 @@ def test_events_reject_bad_tokens_and_fields(server: Server, tmp_path: Path) -> 
     signer = TokenSigner(secret, 3600)
     expired = signer.sign(1, 0, 0, 1_000)
     unknown = signer.sign(99, 0, 0, int(__import__("time").time()))
-    result = _events(server, [
-        {"token": tampered, "type": "impression", "prediction": 0.1},
-        {"token": expired, "type": "impression", "prediction": 0.1},
-        {"token": unknown, "type": "impression", "prediction": 0.1},
-        {"token": token, "type": "view", "prediction": 0.1},
-        {"token": token, "type": "click", "prediction": 1.5},
-        "not-an-event",
-    ])
+    result = _events(
+        server,
+        [
+            {"token": tampered, "type": "impression", "prediction": 0.1},
+            {"token": expired, "type": "impression", "prediction": 0.1},
+            {"token": unknown, "type": "impression", "prediction": 0.1},
+            {"token": token, "type": "view", "prediction": 0.1},
+            {"token": token, "type": "click", "prediction": 1.5},
+            "not-an-event",
+        ],
+    )
     assert result["accepted"] == 0 and result["rejected"] == 6
     assert [e["reason"] for e in result["errors"]] == [
-        "bad_token", "expired_token", "unknown_model_version", "bad_event", "bad_prediction",
+        "bad_token",
+        "expired_token",
+        "unknown_model_version",
+        "bad_event",
+        "bad_prediction",
         "bad_event",
     ]
-    assert _metric(server, "rampart_events_total", arm="champion", model_version="1",
-                   type="impression") == 0
+    assert (
+        _metric(
+            server, "rampart_events_total", arm="champion", model_version="1", type="impression"
+        )
+        == 0
+    )
     too_many = httpx.post(f"{server.url}/events", json={"events": [{}] * 1001}, timeout=10)
     assert too_many.status_code == 413 and too_many.json()["error"] == "too_many_events"
 
@@ -141,8 +222,12 @@ def test_events_reject_bad_tokens_and_fields(server: Server, tmp_path: Path) -> 
 def test_admin_refuses_without_token(server: Server) -> None:
     r = httpx.post(f"{server.url}/admin/rollout/start", json={"version": "2"}, timeout=10)
     assert r.status_code == 401
-    r = httpx.post(f"{server.url}/admin/rollout/start", json={"version": "2"},
-                   headers={"Authorization": "Bearer wrong"}, timeout=10)
+    r = httpx.post(
+        f"{server.url}/admin/rollout/start",
+        json={"version": "2"},
+        headers={"Authorization": "Bearer wrong"},
+        timeout=10,
+    )
     assert r.status_code == 401
 
 
@@ -151,7 +236,9 @@ def test_rollout_start_splits_traffic_by_hash(server: Server) -> None:
     arms = {"champion": 0, "challenger": 0}
     with httpx.Client() as client:
         for i in range(1500):
-            r = client.post(f"{server.url}/predict", json={"request_id": f"s{i}", "features": [ROW]})
+            r = client.post(
+                f"{server.url}/predict", json={"request_id": f"s{i}", "features": [ROW]}
+            )
             arms[r.json()["arm"]] += 1
     assert 15 <= arms["challenger"] <= 80  # 3% of 1500 = 45
     status = httpx.get(f"{server.url}/status", timeout=10).json()
@@ -181,8 +268,10 @@ def test_broken_challenger_answered_by_champion(
         seen = 0
         with httpx.Client() as client:
             for i in range(2000):
-                r = client.post(f"{server.url}/predict",
-                                json={"request_id": f"b{i}", "features": [BAD_ROW] * batch})
+                r = client.post(
+                    f"{server.url}/predict",
+                    json={"request_id": f"b{i}", "features": [BAD_ROW] * batch},
+                )
                 assert r.status_code == 200
                 answer = r.json()
                 if "fallback" in answer:
@@ -190,10 +279,17 @@ def test_broken_challenger_answered_by_champion(
                     assert all(0 <= p <= 1 for p in answer["predictions"])
                     seen += 1
         assert seen > 0
-        errors = _metric(server, "rampart_model_errors_total", arm="challenger",
-                         model_version="2", kind=error_kind)
+        errors = _metric(
+            server,
+            "rampart_model_errors_total",
+            arm="challenger",
+            model_version="2",
+            kind=error_kind,
+        )
         assert errors == seen
-        assert _metric(server, "rampart_fallbacks_total", arm="challenger", model_version="2") == seen
+        assert (
+            _metric(server, "rampart_fallbacks_total", arm="challenger", model_version="2") == seen
+        )
     finally:
         stop_server(server)
 
@@ -206,6 +302,11 @@ def test_registry_refuses_bad_model_files(tmp_path: Path) -> None:
     assert out.returncode != 0 and "corrupt.onnx" in out.stderr and "not a loadable" in out.stderr
     out = rampart("models", "register", str(tmp_path / "missing.onnx"), "--state-dir", str(state))
     assert out.returncode != 0 and "does not exist" in out.stderr
-    out = rampart("models", "register", str(tiny_model(tmp_path / "n.onnx", kind="nan")),
-                  "--state-dir", str(state))
+    out = rampart(
+        "models",
+        "register",
+        str(tiny_model(tmp_path / "n.onnx", kind="nan")),
+        "--state-dir",
+        str(state),
+    )
     assert out.returncode != 0 and re.search("probe predictions", out.stderr)

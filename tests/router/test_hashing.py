@@ -14,10 +14,7 @@ from router.layout import BASIS_POINTS
 def test_bucket_deterministic_across_processes() -> None:
     ids = [f"req-{i}" for i in range(50)]
     here = [hashing.bucket(i, seed=7) for i in ids]
-    code = (
-        "from router import hashing;"
-        f"print([hashing.bucket(i, seed=7) for i in {ids!r}])"
-    )
+    code = f"from router import hashing;print([hashing.bucket(i, seed=7) for i in {ids!r}])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert eval(out.stdout) == here
 

@@ -13,7 +13,7 @@ def _reference() -> HdrHistogram:
 
 def test_counts_index_matches_hdrhistogram_package() -> None:
     ref = _reference()
-    assert hdr.COUNTS_LEN == ref.counts_len
+    assert ref.counts_len == hdr.COUNTS_LEN
     values = [0, 1, 2, 1023, 1024, 2047, 2048, 4095, 4096, 123_456, 59_999_999, 60_000_000]
     values += list(np.random.default_rng(3).integers(0, hdr.HIGHEST_US, 5000))
     for v in values:

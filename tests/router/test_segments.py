@@ -8,8 +8,14 @@ from router.segments import SegmentSpace
 
 def test_cell_unknown_values_fold_into_other() -> None:
     space = SegmentSpace.from_config({})
-    known = space.cell({"publisher_category": "news", "device_type": "mobile",
-                        "country_tier": "tier1", "creative_type": "banner"})
+    known = space.cell(
+        {
+            "publisher_category": "news",
+            "device_type": "mobile",
+            "country_tier": "tier1",
+            "creative_type": "banner",
+        }
+    )
     assert space.labels(known) == ("news", "mobile", "tier1", "banner")
     odd = space.cell({"publisher_category": "casino", "device_type": 3})
     assert space.labels(odd) == ("other", "other", "other", "other")
@@ -34,8 +40,10 @@ def test_marginal_sums_one_dimension() -> None:
 
 @pytest.mark.parametrize(
     "values",
-    [pytest.param({"planet": ["earth"]}, id="unknown-dimension"),
-     pytest.param({"device_type": ["a", "a"]}, id="duplicate-value")],
+    [
+        pytest.param({"planet": ["earth"]}, id="unknown-dimension"),
+        pytest.param({"device_type": ["a", "a"]}, id="duplicate-value"),
+    ],
 )
 def test_from_config_refuses_bad_space(values: dict[str, list[str]]) -> None:
     with pytest.raises(ValueError):

@@ -42,7 +42,9 @@ def test_record_kernels_write_their_slot_only(tmp_path: Path) -> None:
         pytest.param([-0.1, 0.5], Counter.ERR_RANGE, id="negative"),
     ],
 )
-def test_record_predictions_flags_invalid_output(tmp_path: Path, values: list[float], counter: Counter) -> None:
+def test_record_predictions_flags_invalid_output(
+    tmp_path: Path, values: list[float], counter: Counter
+) -> None:
     shm = slab.SharedMemory.open(tmp_path, GEOMETRY)
     addr = shm.slot_address(0, 0)
     assert slab.record_predictions(addr, np.array(values, dtype=np.float32)) == counter

@@ -27,8 +27,11 @@ def _flip(token: str, index: int) -> str:
     [
         pytest.param(_flip(SIGNER.sign(7, 1, 3, 1000), 2), "bad_token", id="tampered-version"),
         pytest.param(_flip(SIGNER.sign(7, 1, 3, 1000), 23), "bad_token", id="tampered-mac"),
-        pytest.param(TokenSigner(b"another-secret-key!!", 60).sign(7, 1, 3, 1000), "bad_token",
-                     id="forged-other-key"),
+        pytest.param(
+            TokenSigner(b"another-secret-key!!", 60).sign(7, 1, 3, 1000),
+            "bad_token",
+            id="forged-other-key",
+        ),
         pytest.param("short", "bad_token", id="wrong-length"),
         pytest.param("!" * TOKEN_CHARS, "bad_token", id="not-base64"),
         pytest.param(None, "bad_token", id="not-a-string"),
