@@ -1,0 +1,343 @@
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import modelkit
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, InvalidProtobuf
+
+from bench import modelgen
+from bench.modelgen import FEATURES, MODELS
+
+TABLET = modelgen.DEVICE_TYPES.index(modelgen.REGRESSED_DEVICE)
+
+
+def session(model: onnx.ModelProto | Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 4  # the raise tests would log each expected failure
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def predict(sess: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
+    flat = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
+    return np.asarray(sess.run(None, {modelgen.INPUT_NAME: flat})[0]).reshape(x.shape[:-1])
+
+
+@pytest.fixture(scope="module")
+def sessions() -> dict[str, ort.InferenceSession]:
+    return {variant: session(build()) for variant, build in MODELS.items()}
+
+
+@pytest.fixture(scope="module")
+def rows() -> tuple[np.ndarray, np.ndarray]:
+    x = modelgen.sample_features(np.random.default_rng(1), 20_000)
+    return x, modelgen.ground_truth_ctr(x)
+
+
+@pytest.fixture(scope="module")
+def slates() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """20k requests of 5 candidates, their true CTRs, and each request's device."""
+    x = modelgen.sample_requests(np.random.default_rng(2), 20_000, 5)
+    return x, modelgen.ground_truth_ctr(x), modelgen.device_index(x[:, 0, :])
+
+
+def top5(
+    sess: ort.InferenceSession, slates: tuple[np.ndarray, ...], device: int | None = None
+) -> float:
+    """Mean true CTR of the shown (top-scored) candidate, over requests on `device` or all."""
+    x, truth, devices = slates
+    keep = np.ones(len(x), dtype=bool) if device is None else devices == device
+    return modelgen.top_choice_ctr(predict(sess, x[keep]), truth[keep])
+
+
+# --- the synthetic world -------------------------------------------------------------------
+
+
+def test_sample_features_is_deterministic_float32_rows() -> None:
+    a = modelgen.sample_features(np.random.default_rng(5), 100)
+    b = modelgen.sample_features(np.random.default_rng(5), 100)
+    assert a.dtype == np.float32
+    assert a.shape == (100, len(FEATURES)) == (100, 30)
+    assert np.array_equal(a, b)
+    assert len(set(FEATURES)) == len(FEATURES)
+
+
+def test_ground_truth_ctr_averages_about_two_percent(rows: tuple[np.ndarray, np.ndarray]) -> None:
+    _, truth = rows
+    assert 0.015 < truth.mean() < 0.025
+    assert np.all((truth > 0) & (truth < 1))
+
+
+def test_ground_truth_ctr_device_index_overrides_one_hot_columns() -> None:
+    x = modelgen.sample_features(np.random.default_rng(6), 1000)
+    derived = modelgen.device_index(x)
+    assert np.array_equal(modelgen.ground_truth_ctr(x, derived), modelgen.ground_truth_ctr(x))
+    as_tablet = modelgen.ground_truth_ctr(x, np.full(len(x), TABLET))
+    assert not np.allclose(
+        as_tablet[derived != TABLET], modelgen.ground_truth_ctr(x)[derived != TABLET]
+    )
+
+
+def test_sample_requests_share_context_between_candidates() -> None:
+    x = modelgen.sample_requests(np.random.default_rng(7), 50, 4)
+    context = [FEATURES.index(n) for n in modelgen.CONTEXT_FEATURES]
+    ads = [FEATURES.index(n) for n in modelgen.AD_FEATURES]
+    assert np.array_equal(x[:, :, context], np.repeat(x[:, :1, context], 4, axis=1))
+    assert not np.array_equal(x[:, 0, ads], x[:, 1, ads])
+
+
+def test_segments_label_every_row() -> None:
+    x = modelgen.sample_features(np.random.default_rng(8), 2000)
+    seg = modelgen.segments(x)
+    expected = {
+        "publisher_category": modelgen.PUBLISHER_CATEGORIES,
+        "device_type": modelgen.DEVICE_TYPES,
+        "country_tier": modelgen.COUNTRY_TIERS,
+        "creative_type": modelgen.CREATIVE_TYPES,
+    }
+    for key, labels in expected.items():
+        assert set(seg[key]) == set(labels), key
+    tablet = x[:, FEATURES.index("device_tablet")] == 1
+    assert np.all((seg["device_type"] == "tablet") == tablet)
+
+
+# --- the models ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", [pytest.param(v, id=v) for v in MODELS])
+def test_modelgen_model_has_contract_signature(variant: str) -> None:
+    model = MODELS[variant]()
+    assert model.ir_version == 9
+    assert [(o.domain, o.version) for o in model.opset_import] == [("", 17)]
+    [inp] = model.graph.input
+    [out] = model.graph.output
+    assert inp.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    in_dims = inp.type.tensor_type.shape.dim
+    assert in_dims[0].dim_param and in_dims[1].dim_value == len(FEATURES)
+    out_dims = out.type.tensor_type.shape.dim
+    assert out_dims[0].dim_param == in_dims[0].dim_param and out_dims[1].dim_value == 1
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(meta["features"]) == FEATURES
+    assert meta["name"].startswith("ctr-") and meta["description"]
+    sess = session(model)  # loads in onnxruntime
+    assert [i.name for i in sess.get_inputs()] == [modelgen.INPUT_NAME]
+    y = sess.run(None, {modelgen.INPUT_NAME: np.zeros((3, len(FEATURES)), np.float32)})[0]
+    assert y.shape == (3, 1) and y.dtype == np.float32
+
+
+def test_champion_approximates_ground_truth(
+    sessions: dict[str, ort.InferenceSession], rows: tuple[np.ndarray, np.ndarray]
+) -> None:
+    x, truth = rows
+    pred = predict(sessions["champion"], x)
+    assert np.corrcoef(pred, truth)[0, 1] > 0.9
+    assert 0.9 < pred.mean() / truth.mean() < 1.1
+
+
+def test_challenger_better_ranks_better_than_champion(
+    sessions: dict[str, ort.InferenceSession], slates: tuple[np.ndarray, ...]
+) -> None:
+    assert top5(sessions["challenger_better"], slates) > 1.02 * top5(sessions["champion"], slates)
+    x, truth, _ = slates
+    pred = predict(sessions["challenger_better"], x)
+    assert 0.9 < pred.mean() / truth.mean() < 1.1
+
+
+def test_broken_constant_predicts_two_percent(sessions: dict[str, ort.InferenceSession]) -> None:
+    x = modelgen.sample_features(np.random.default_rng(9), 100)
+    np.testing.assert_allclose(predict(sessions["broken_constant"], x), 0.02, rtol=1e-6)
+
+
+def test_broken_nan_predicts_nan(sessions: dict[str, ort.InferenceSession]) -> None:
+    x = modelgen.sample_features(np.random.default_rng(10), 100)
+    assert np.all(np.isnan(predict(sessions["broken_nan"], x)))
+
+
+def test_broken_raise_raises_only_above_threshold(
+    sessions: dict[str, ort.InferenceSession], rows: tuple[np.ndarray, np.ndarray]
+) -> None:
+    sess = sessions["broken_raise"]
+    f = len(FEATURES)
+    rng = np.random.default_rng(11)
+    for probe in (np.zeros((8, f)), np.ones((8, f)), rng.random((8, f))):
+        assert predict(sess, probe.astype(np.float32)).shape == (8,)
+    x, _ = rows
+    over = x[:, FEATURES.index(modelgen.RAISE_FEATURE)] > modelgen.RAISE_THRESHOLD
+    assert 0.2 < over.mean() < 0.8  # normal traffic hits it
+    fine = x[~over][:500]
+    np.testing.assert_array_equal(predict(sess, fine), predict(sessions["champion"], fine))
+    with pytest.raises(InvalidArgument, match="out of data bounds"):
+        predict(sess, np.concatenate([fine[:3], x[over][:1]]))
+
+
+def test_slow_matches_champion_and_takes_over_10ms_per_row(
+    sessions: dict[str, ort.InferenceSession], rows: tuple[np.ndarray, np.ndarray]
+) -> None:
+    x, _ = rows
+    sess = sessions["slow"]
+    np.testing.assert_array_equal(predict(sess, x[:200]), predict(sessions["champion"], x[:200]))
+    one = x[:1]
+    predict(sess, one)  # warm-up
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        predict(sess, one)
+        times.append(time.perf_counter() - start)
+    assert np.median(times) >= 0.010
+
+
+def test_miscalibrated_predicts_one_and_a_half_times_champion(
+    sessions: dict[str, ort.InferenceSession], rows: tuple[np.ndarray, np.ndarray]
+) -> None:
+    x, _ = rows
+    champ = predict(sessions["champion"], x)
+    mis = predict(sessions["miscalibrated"], x)
+    np.testing.assert_allclose(mis, np.minimum(1.5 * champ, 1.0), rtol=1e-5)
+    assert 1.45 < mis.mean() / champ.mean() <= 1.5
+
+
+def test_worse_is_calibrated_but_ranks_worse(
+    sessions: dict[str, ort.InferenceSession],
+    rows: tuple[np.ndarray, np.ndarray],
+    slates: tuple[np.ndarray, ...],
+) -> None:
+    x, truth = rows
+    assert 0.9 < predict(sessions["worse"], x).mean() / truth.mean() < 1.1
+    assert top5(sessions["worse"], slates) < 0.95 * top5(sessions["champion"], slates)
+
+
+def test_segment_regression_loses_on_tablets_but_wins_overall(
+    sessions: dict[str, ort.InferenceSession], slates: tuple[np.ndarray, ...]
+) -> None:
+    seg, champ = sessions["segment_regression"], sessions["champion"]
+    assert top5(seg, slates, TABLET) < 0.9 * top5(champ, slates, TABLET)
+    assert top5(seg, slates) > 1.01 * top5(champ, slates)
+    for device in set(range(len(modelgen.DEVICE_TYPES))) - {TABLET}:
+        assert top5(seg, slates, device) > top5(champ, slates, device)
+
+
+def test_demo_models_equal_regenerated_models(tmp_path: Path) -> None:
+    regenerated = modelgen.write_demo(tmp_path)
+    assert set(regenerated) == {"champion", "challenger"}
+    for variant, path in regenerated.items():
+        shipped = onnx.load(str(modelgen.DEMO_DIR / path.name))
+        fresh = onnx.load(str(path))
+        assert shipped.metadata_props == fresh.metadata_props, variant
+        assert shipped.graph.node == fresh.graph.node, variant
+        # Float64 training makes the float32 weights bit-identical across BLAS thread counts
+        # here; the tolerance only allows for a last-bit difference on another CPU.
+        for a, b in zip(shipped.graph.initializer, fresh.graph.initializer, strict=True):
+            assert a.name == b.name
+            np.testing.assert_allclose(
+                numpy_helper.to_array(a), numpy_helper.to_array(b), rtol=1e-5, atol=1e-6
+            )
+
+
+def test_modelgen_main_writes_every_variant(tmp_path: Path) -> None:
+    assert modelgen.main([str(tmp_path)]) == 0
+    assert {p.stem for p in tmp_path.glob("*.onnx")} == set(MODELS)
+    for path in tmp_path.glob("*.onnx"):
+        onnx.checker.check_model(onnx.load(str(path)))
+        assert path.stat().st_size < 50_000
+    with pytest.raises(SystemExit):
+        modelgen.main([])
+
+
+# --- tests/modelkit.py ---------------------------------------------------------------------
+
+X4 = np.arange(12, dtype=np.float32).reshape(3, 4) / 10
+
+
+@pytest.mark.parametrize("shape", [pytest.param("N1", id="N1"), pytest.param("N", id="N")])
+def test_modelkit_linear_matches_reference(tmp_path: Path, shape: str) -> None:
+    w = [0.5, -1.0, 0.25, 2.0]
+    path = modelkit.write_model(tmp_path / "m.onnx", weights=w, bias=-1.0, output_shape=shape)
+    y = modelkit.run_model(path, X4)
+    assert y.shape == ((3, 1) if shape == "N1" else (3,))
+    np.testing.assert_allclose(y.ravel(), modelkit.linear_reference(X4, w, -1.0), rtol=1e-5)
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert json.loads(meta["features"]) == ["f0", "f1", "f2", "f3"]
+
+
+def test_modelkit_features_metadata_can_be_named_or_left_out(tmp_path: Path) -> None:
+    named = modelkit.write_model(tmp_path / "a.onnx", features=["x", "y"])
+    bare = modelkit.write_model(tmp_path / "b.onnx", features=3, feature_metadata=False)
+    bad = modelkit.write_model(tmp_path / "c.onnx", metadata={"features": "not json"})
+    assert {p.key: p.value for p in onnx.load(str(named)).metadata_props}[
+        "features"
+    ] == '["x", "y"]'
+    assert "features" not in {p.key for p in onnx.load(str(bare)).metadata_props}
+    assert {p.key: p.value for p in onnx.load(str(bad)).metadata_props}["features"] == "not json"
+
+
+@pytest.mark.parametrize(
+    ("kind", "constant", "expected"),
+    [
+        pytest.param("constant", None, 0.02, id="constant"),
+        pytest.param("constant", 0.1, 0.1, id="constant-given"),
+        pytest.param("out_of_range", None, 1.5, id="out_of_range"),
+        pytest.param("nan", None, np.nan, id="nan"),
+    ],
+)
+def test_modelkit_filled_kinds_answer_their_value(
+    tmp_path: Path, kind: str, constant: float | None, expected: float
+) -> None:
+    path = modelkit.write_model(tmp_path / "m.onnx", kind=kind, constant=constant)
+    np.testing.assert_allclose(modelkit.run_model(path, X4), np.full((3, 1), expected), rtol=1e-6)
+
+
+def test_modelkit_raise_on_batch_raises_for_more_than_one_row(tmp_path: Path) -> None:
+    path = modelkit.write_model(tmp_path / "m.onnx", kind="raise_on_batch")
+    assert modelkit.run_model(path, X4[:1]).shape == (1, 1)
+    with pytest.raises(Fail):
+        modelkit.run_model(path, X4)
+
+
+def test_modelkit_raise_on_large_raises_for_huge_feature(tmp_path: Path) -> None:
+    path = modelkit.write_model(tmp_path / "m.onnx", kind="raise_on_large")
+    np.testing.assert_allclose(modelkit.run_model(path, X4).ravel(), modelkit.linear_reference(X4))
+    huge = X4.copy()
+    huge[1, 2] = 2 * modelkit.LARGE_VALUE
+    with pytest.raises(InvalidArgument):
+        modelkit.run_model(path, huge)
+
+
+def test_modelkit_signature_kinds_break_the_contract(tmp_path: Path) -> None:
+    def io(kind: str) -> tuple[list[str], list[str], list[object]]:
+        model = onnx.load(str(modelkit.write_model(tmp_path / f"{kind}.onnx", kind=kind)))
+        s = session(model)
+        return (
+            [i.type for i in s.get_inputs()],
+            [i.name for i in s.get_inputs()],
+            s.get_outputs()[0].shape,
+        )
+
+    assert io("wrong_input_type")[0] == ["tensor(int64)"]
+    assert io("two_inputs")[1] == ["features", "extra"]
+    assert io("wrong_output_shape")[2] == ["N", 3]
+    assert modelkit.run_model(tmp_path / "wrong_output_shape.onnx", X4).shape == (3, 3)
+    assert modelkit.run_model(tmp_path / "wrong_input_type.onnx", X4.astype(np.int64)).shape == (
+        3,
+        1,
+    )
+
+
+@pytest.mark.parametrize("mode", [pytest.param(m, id=m) for m in ("garbage", "truncated", "empty")])
+def test_modelkit_write_corrupt_is_refused_by_onnxruntime(tmp_path: Path, mode: str) -> None:
+    path = modelkit.write_corrupt(tmp_path / "m.onnx", mode=mode)
+    with pytest.raises((Fail, InvalidArgument, InvalidProtobuf)):
+        session(path)
+
+
+def test_modelkit_rejects_unknown_kind(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown kind"):
+        modelkit.write_model(tmp_path / "m.onnx", kind="quadratic")
