@@ -310,3 +310,32 @@ def test_registry_refuses_bad_model_files(tmp_path: Path) -> None:
         str(state),
     )
     assert out.returncode != 0 and re.search("probe predictions", out.stderr)
+
+
+def test_stale_heartbeat_routes_everything_to_champion(server: Server) -> None:
+    import os
+    import signal
+    import time
+
+    from router.slab import SharedMemory
+
+    assert server.admin("start", {"version": "2"}).status_code == 200
+    shm = SharedMemory.attach(server.state)
+    evaluator_pid = int(shm.control["evaluator_pid"])
+    assert evaluator_pid > 0
+    os.kill(evaluator_pid, signal.SIGKILL)
+    killed = time.monotonic()
+    while httpx.get(f"{server.url}/status", timeout=5).json()["stale"] is False:
+        assert time.monotonic() - killed < 10, "workers never noticed the stale heartbeat"
+        time.sleep(0.1)
+    # Default stale_after_s is 3 s; the worker ticker looks every 0.1 s.
+    assert time.monotonic() - killed >= 2.0
+    with httpx.Client() as client:
+        arms = {
+            client.post(
+                f"{server.url}/predict", json={"request_id": f"st{i}", "features": [ROW]}
+            ).json()["arm"]
+            for i in range(600)
+        }
+    assert arms == {"champion"}
+    assert _metric(server, "rampart_evaluator_stale") == 1
