@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             "throughput_ratio": max_rps["rampart"] / max_rps["bare"],
             "fixed_rate_rps": rate,
             "fixed_rate": {
-                n: {k: med(n, k) for k in ("p50_ms", "p99_ms", "p99_9_ms", "max_ms")}
+                n: {k: med(n, k) for k in ("p50_ms", "p99_ms", "p99.9_ms", "max_ms")}
                 | {"kept_up": all(s["kept_up"] for s in fixed[n])}
                 for n in order
             },

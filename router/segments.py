@@ -30,6 +30,9 @@ class SegmentSpace:
     values: tuple[tuple[str, ...], ...]
     _index: tuple[dict[str, int], ...] = field(init=False, repr=False, compare=False)
     _strides: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    _memo: dict[tuple[tuple[str, object], ...], int] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         index = tuple({v: i for i, v in enumerate(vals)} for vals in self.values)
@@ -70,6 +73,21 @@ class SegmentSpace:
         """The cell of a request's segment; unknown or absent values are `other`."""
         if not segment:
             return self.n_cells - 1
+        # Few distinct segments recur: remember them (bounded) instead of recomputing.
+        key = tuple(segment.items())
+        try:
+            return self._memo[key]
+        except KeyError:
+            pass
+        except TypeError:  # unhashable values: computed, never memoised
+            return self._compute(segment)
+        cell = self._compute(segment)
+        if len(self._memo) >= 65_536:
+            self._memo.clear()
+        self._memo[key] = cell
+        return cell
+
+    def _compute(self, segment: Mapping[str, object]) -> int:
         cell = 0
         for dim, index, stride in zip(DIMENSIONS, self._index, self._strides, strict=True):
             value = segment.get(dim)
