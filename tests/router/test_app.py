@@ -11,6 +11,7 @@ import httpx
 import msgpack
 import pytest
 from conftest import Server, rampart, start_server, stop_server, tiny_model
+from modelkit import write_model
 
 ROW = [0.5, 1.0, -0.5, 2.0]
 BAD_ROW = [500.0, 1.0, -0.5, 2.0]  # feat0 > 100 trips the "nan" and "high" test models
@@ -302,14 +303,13 @@ def test_registry_refuses_bad_model_files(tmp_path: Path) -> None:
     assert out.returncode != 0 and "corrupt.onnx" in out.stderr and "not a loadable" in out.stderr
     out = rampart("models", "register", str(tmp_path / "missing.onnx"), "--state-dir", str(state))
     assert out.returncode != 0 and "does not exist" in out.stderr
-    out = rampart(
-        "models",
-        "register",
-        str(tiny_model(tmp_path / "n.onnx", kind="nan")),
-        "--state-dir",
-        str(state),
-    )
-    assert out.returncode != 0 and re.search("probe predictions", out.stderr)
+    for kind in ("nan", "out_of_range", "wrong_input_type", "two_inputs", "wrong_output_shape"):
+        path = write_model(tmp_path / f"{kind}.onnx", kind=kind)
+        out = rampart("models", "register", str(path), "--state-dir", str(state))
+        assert out.returncode != 0, kind
+        assert f"{kind}.onnx" in out.stderr, out.stderr
+    nan = rampart("models", "register", str(tmp_path / "nan.onnx"), "--state-dir", str(state))
+    assert re.search("probe predictions", nan.stderr)
 
 
 def test_stale_heartbeat_routes_everything_to_champion(server: Server) -> None:
@@ -339,3 +339,77 @@ def test_stale_heartbeat_routes_everything_to_champion(server: Server) -> None:
         }
     assert arms == {"champion"}
     assert _metric(server, "rampart_evaluator_stale") == 1
+
+
+def _serve_pair(tmp_path: Path, champion: Path, challenger: Path, config: str = "") -> Server:
+    state = tmp_path / "state"
+    for path in (champion, challenger):
+        out = rampart("models", "register", str(path), "--state-dir", str(state))
+        assert out.returncode == 0, out.stderr
+    config_path = None
+    if config:
+        config_path = tmp_path / "rampart.toml"
+        config_path.write_text(config)
+    server = start_server(state, config=config_path)
+    assert server.admin("start", {"version": "2"}).status_code == 200
+    return server
+
+
+def test_slow_challenger_times_out_to_champion(tmp_path: Path) -> None:
+    # A 1 µs budget makes every challenger run a timeout: the path, not the model, is under test.
+    server = _serve_pair(
+        tmp_path,
+        tiny_model(tmp_path / "a.onnx"),
+        tiny_model(tmp_path / "b.onnx", scale=2.0),
+        "[serve]\nchallenger_timeout_ms = 0.001\n",
+    )
+    try:
+        with httpx.Client() as client:
+            answers = [
+                client.post(
+                    f"{server.url}/predict", json={"request_id": f"t{i}", "features": [ROW]}
+                ).json()
+                for i in range(1500)
+            ]
+        timed_out = [a for a in answers if a.get("fallback") == "challenger_timeout"]
+        assert timed_out and all(a["arm"] == "champion" for a in timed_out)
+        assert not any(a["arm"] == "challenger" for a in answers)
+        assert _metric(
+            server,
+            "rampart_model_errors_total",
+            arm="challenger",
+            model_version="2",
+            kind="timeout",
+        ) == len(timed_out)
+    finally:
+        stop_server(server)
+
+
+def test_arms_with_different_features_take_their_own_inputs(tmp_path: Path) -> None:
+    server = _serve_pair(
+        tmp_path,
+        tiny_model(tmp_path / "a.onnx"),
+        tiny_model(tmp_path / "b.onnx", n=3, names=["feat3", "feat1", "extra"]),
+    )
+    try:
+        named = {"feat0": 0.5, "feat1": 1.0, "feat2": -0.5, "feat3": 2.0, "extra": 1.0}
+        by_arm: dict[str, set[str]] = {"champion": set(), "challenger": set()}
+        fallbacks = set()
+        with httpx.Client() as client:
+            for i in range(1500):
+                a = client.post(
+                    f"{server.url}/predict", json={"request_id": f"n{i}", "features": named}
+                ).json()
+                by_arm[a["arm"]].add(a["model"])
+                p = client.post(
+                    f"{server.url}/predict", json={"request_id": f"n{i}", "features": [ROW]}
+                ).json()
+                fallbacks.add(p.get("fallback"))
+        # Named rows serve both arms; positional rows (champion order) lack "extra", so the
+        # challenger's share falls back to the champion and counts against the challenger.
+        assert by_arm == {"champion": {"tiny:1"}, "challenger": {"tiny:2"}}
+        assert "challenger_features" in fallbacks
+        status = httpx.get(f"{server.url}/status", timeout=5).json()
+        assert status["models"]["challenger"]["features"] == ["feat3", "feat1", "extra"]
+    finally:
+        stop_server(server)
