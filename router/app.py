@@ -400,41 +400,44 @@ class App:
                 return await self._events(scope, receive, send)
         await self.starlette(scope, receive, send)
 
+    async def _body(self, scope: Scope, receive: Receive) -> tuple[Worker, bytes, Any]:
+        """The worker, the media type and the decoded body of a hot-path request."""
+        worker = self.worker
+        if worker is None:
+            raise Rejected("model_unavailable", "the worker is starting", 503)
+        if scope["method"] != "POST":
+            raise Rejected("method_not_allowed", "use POST", 405)
+        kind = media_type(scope["headers"])
+        body = await _read_body(receive, worker.serve.max_body_bytes)
+        return worker, kind, decode(body, kind)
+
+    async def _refuse(self, send: Send, e: Rejected, scope: Scope) -> None:
+        if self.worker is not None and e.reason in layout.REJECT_INDEX:
+            self.worker.reject(e.reason)
+        # Answer in the request's type when it named one we speak, else JSON.
+        try:
+            kind = media_type(scope["headers"])
+        except Rejected:
+            kind = JSON
+        await _send(send, e.status, _error_body(e, kind), kind)
+
     async def _predict(self, scope: Scope, receive: Receive, send: Send) -> None:
         t0 = _perf_ns()
-        worker = self.worker
-        kind = JSON
         try:
-            if worker is None:
-                raise Rejected("model_unavailable", "the worker is starting", 503)
-            if scope["method"] != "POST":
-                raise Rejected("method_not_allowed", "use POST", 405)
-            kind = media_type(scope["headers"])
-            body = await _read_body(receive, worker.serve.max_body_bytes)
-            payload, slot, cell, error = worker.predict(decode(body, kind))
+            worker, kind, request = await self._body(scope, receive)
+            payload, slot, cell, error = worker.predict(request)
         except Rejected as e:
-            if worker is not None and e.reason in layout.REJECT_INDEX:
-                worker.reject(e.reason)
-            return await _send(send, e.status, _error_body(e, kind), kind)
+            return await self._refuse(send, e, scope)
         out = encode(payload, kind)
         slab.record_request(worker.slot_addr[slot], (_perf_ns() - t0) // 1000, cell, error)
         await _send(send, 200, out, kind)
 
     async def _events(self, scope: Scope, receive: Receive, send: Send) -> None:
-        worker = self.worker
-        kind = JSON
         try:
-            if worker is None:
-                raise Rejected("model_unavailable", "the worker is starting", 503)
-            if scope["method"] != "POST":
-                raise Rejected("method_not_allowed", "use POST", 405)
-            kind = media_type(scope["headers"])
-            body = await _read_body(receive, worker.serve.max_body_bytes)
-            result = worker.events(decode(body, kind))
+            worker, kind, request = await self._body(scope, receive)
+            result = worker.events(request)
         except Rejected as e:
-            if worker is not None and e.reason in layout.REJECT_INDEX:
-                worker.reject(e.reason)
-            return await _send(send, e.status, _error_body(e, kind), kind)
+            return await self._refuse(send, e, scope)
         await _send(send, 200, encode(result, kind), kind)
 
     # -- Starlette routes ------------------------------------------------------

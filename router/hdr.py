@@ -42,15 +42,21 @@ SUB_BUCKET_MASK = (SUB_BUCKET_COUNT - 1) << UNIT_MAGNITUDE
 
 
 @numba.njit(cache=True, inline="always")
-def counts_index(value: int) -> int:
-    """Index of `value` in the counts array (hdrh's `_counts_index_for`)."""
+def _bucket(value: int) -> int:
+    """hdrh's `_get_bucket_index`."""
     v = value | SUB_BUCKET_MASK
     # 64 - clz(v): the bit length of v, found by shifting (no clz intrinsic in numba)
     bits = 0
     while v:
         v >>= 1
         bits += 1
-    bucket = bits - UNIT_MAGNITUDE - (HALF_COUNT_MAGNITUDE + 1)
+    return bits - UNIT_MAGNITUDE - (HALF_COUNT_MAGNITUDE + 1)
+
+
+@numba.njit(cache=True, inline="always")
+def counts_index(value: int) -> int:
+    """Index of `value` in the counts array (hdrh's `_counts_index_for`)."""
+    bucket = _bucket(value)
     sub_bucket = value >> (bucket + UNIT_MAGNITUDE)
     return ((bucket + 1) << HALF_COUNT_MAGNITUDE) + sub_bucket - SUB_BUCKET_HALF_COUNT
 
@@ -67,12 +73,7 @@ def value_from_index(index: int) -> int:
 
 @numba.njit(cache=True)
 def highest_equivalent_value(value: int) -> int:
-    v = value | SUB_BUCKET_MASK
-    bits = 0
-    while v:
-        v >>= 1
-        bits += 1
-    bucket = bits - UNIT_MAGNITUDE - (HALF_COUNT_MAGNITUDE + 1)
+    bucket = _bucket(value)
     sub_bucket = value >> (bucket + UNIT_MAGNITUDE)
     lowest = sub_bucket << (bucket + UNIT_MAGNITUDE)
     if sub_bucket >= SUB_BUCKET_COUNT:
