@@ -39,6 +39,7 @@ from router.types import Receive, Scope, Send
 _perf_ns = time.perf_counter_ns
 _hash = xxhash.xxh3_64_intdigest
 ARMS = ("champion", "challenger")
+SAME_ORDER = np.arange(0)  # sentinel: the challenger takes the champion's columns as they are
 
 
 @dataclass
@@ -75,7 +76,7 @@ class Worker:
         self.models: list[Model | None] = [None, None]
         self.version_slot: dict[int, int] = {}
         self.known_features: frozenset[str] = frozenset()
-        self.columns: list[np.ndarray | None] = [None, None]
+        self.columns: list[np.ndarray | None] = [None, None]  # or SAME_ORDER
         self.route = Route_(-1, 0, 0, 1, True)
         self.hash_seed = 0
         self.tokens: dict[tuple[int, int], tuple[int, str]] = {}
@@ -124,8 +125,12 @@ class Worker:
         chall = self.models[self.route.challenger]
         self.columns = [None, None]
         if champ is not None and chall is not None:
-            # Positional rows are in the champion's feature order.
-            self.columns[self.route.challenger] = chall.columns_from(champ.features)
+            # Positional rows are in the champion's feature order. Decided here, on
+            # the ticker, so the hot path only indexes (or not at all when the order
+            # is the same).
+            cols = chall.columns_from(champ.features)
+            same = cols is not None and np.array_equal(cols, np.arange(champ.width))
+            self.columns[self.route.challenger] = SAME_ORDER if same else cols
 
     def ready(self) -> bool:
         return self.models[self.route.champion] is not None
@@ -225,11 +230,7 @@ class Worker:
             if cols is None:
                 slab.bump(addr, Counter.ERR_FEATURES)
                 return x, "challenger_features"
-            inputs = (
-                x
-                if len(cols) == x.shape[1] and bool((cols == np.arange(len(cols))).all())
-                else x[:, cols]
-            )
+            inputs = x if cols is SAME_ORDER else x[:, cols]
         start = _perf_ns()
         try:
             out = model.predict(inputs)
