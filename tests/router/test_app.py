@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -352,6 +353,12 @@ def _serve_pair(tmp_path: Path, champion: Path, challenger: Path, config: str = 
         config_path.write_text(config)
     server = start_server(state, config=config_path)
     assert server.admin("start", {"version": "2"}).status_code == 200
+    # The evaluator answers before workers load the challenger (their ticker does, within
+    # 0.1 s); until then its feature names are unknown to them. Wait for the load.
+    deadline = time.monotonic() + 10
+    while httpx.get(f"{server.url}/status", timeout=5).json()["models"]["challenger"] is None:
+        assert time.monotonic() < deadline, "the worker never loaded the challenger"
+        time.sleep(0.05)
     return server
 
 
