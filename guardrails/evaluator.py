@@ -1,9 +1,10 @@
 """The evaluator process: the only writer of the control word.
 
-Every tick it writes the heartbeat (workers fall back to 100% champion when it
-goes stale) and applies queued admin commands. The guardrail metrics and the
-phase policy plug into `tick` (not built yet: this controller moves the split
-only on admin commands).
+Each tick (1 s): write the heartbeat, apply queued admin commands, sum the slabs,
+compute every guardrail of the current phase, decide (hold, advance, promote, roll
+back, stop) and act. A rollback flips the control word to 100% champion first, in
+the tick that saw the breach; the registry, the event log and the alert follow, and
+alert delivery runs on its own thread so it can never delay a flip.
 """
 
 from __future__ import annotations
@@ -12,28 +13,57 @@ import os
 import secrets
 import signal
 import time
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from router import layout
+from guardrails import checks, view
+from guardrails.alerts import Alert, Alerter, Delivery
+from guardrails.journal import Journal, Rollout, RolloutState
+from guardrails.metrics import ArmMetrics, SegmentCodes, measure
+from guardrails.policy import Action, Decision, Policy, decide
+from router import layout, snapshot, statusfile
 from router.config import Config
 from router.registry import Registry, Status
 from router.slab import Geometry, SharedMemory
+from router.snapshot import SlotTotals
 from router.store import CommandStore
 
-PHASE1_SPLIT_BP = 300
+Clock = Callable[[], float]
 
 
 class Evaluator:
-    def __init__(self, config: Config, shm: SharedMemory) -> None:
+    def __init__(
+        self,
+        config: Config,
+        shm: SharedMemory,
+        *,
+        clock: Clock = time.time,
+        alerter: Alerter | None = None,
+    ) -> None:
         self.config = config
         self.shm = shm
+        self.clock = clock
+        self.policy = Policy.from_config(config)
+        self.codes = SegmentCodes(config.segments)
         state = config.state_path
         self.registry = Registry(state)
         self.commands = CommandStore(state)
-        self.paused = False
-        self._adopt_registry()
+        self.journal = Journal(state)
+        self.alerter = alerter or Alerter.from_env_and_config(config.raw.get("alerts", {}))
+        self.alert_results: deque[Delivery] = deque(maxlen=1000)
+        self.alerter.on_result(self.alert_results.append)  # drained into the log by tick()
+        self.rollout = self.journal.active()
+        self.results: list[checks.Result] = []
+        self.evidence: checks.Evidence | None = None
+        self.recent: deque[tuple[float, SlotTotals]] = deque()
+        self.series = view.Series()
+        self.last_journal = 0.0
+        self.tick_seconds = 0.0
+        self._adopt()
 
+    # -- control word ---------------------------------------------------------------------------
     def _word(self) -> tuple[int, int, bool, int]:
         return layout.unpack_control(self.shm.control_word())
 
@@ -43,13 +73,17 @@ class Evaluator:
             layout.pack_control(split_bp, champion_slot, has_challenger, generation)
         )
 
+    def shm_split(self) -> int:
+        split, _, has_challenger, _ = self._word()
+        return split if has_challenger else 0
+
     def _load_slot(self, slot: int, version: int) -> None:
         ctrl = self.shm.control
         ctrl["slot_model"][slot] = version
         ctrl["slot_seq"][slot] = int(ctrl["slot_seq"][slot]) + 1
 
-    def _adopt_registry(self) -> None:
-        """Make the slot table agree with the registry's champion (first start)."""
+    def _adopt(self) -> None:
+        """Make the control block agree with the registry and the journal (start, restart)."""
         ctrl = self.shm.control
         if int(ctrl["hash_seed"]) == 0:
             ctrl["hash_seed"] = secrets.randbits(63) | 1
@@ -61,12 +95,19 @@ class Evaluator:
         if int(ctrl["slot_model"][champion_slot]) != version:
             self._load_slot(champion_slot, version)
             self._flip(0, champion_slot, False)
-        if has_challenger:
-            challenger = int(ctrl["slot_model"][1 - champion_slot])
-            if not challenger or self.registry.get(challenger).status != Status.CHALLENGER:
-                self._flip(0, champion_slot, False)
+        r = self.rollout
+        challenger_slot = 1 - champion_slot
+        if r is not None and int(ctrl["slot_model"][challenger_slot]) != r.challenger:
+            # The shared-memory file was replaced: the rollout's evidence is gone.
+            self._end(
+                Decision(Action.STOP, "shared-memory state lost on restart"), RolloutState.STOPPED
+            )
+        elif r is None and has_challenger:
+            self._flip(0, champion_slot, False)
 
+    # -- the tick -------------------------------------------------------------------------------
     def tick(self) -> None:
+        started = time.perf_counter()
         self.shm.control["heartbeat_ns"] = time.time_ns()
         for command_id, kind, payload in self.commands.pending():
             try:
@@ -74,48 +115,261 @@ class Evaluator:
             except Exception as e:  # a bad command must not stop the evaluator
                 result = {"ok": False, "error": "command_failed", "detail": str(e)}
             self.commands.finish(command_id, result)
+        now = self.clock()
+        r = self.rollout
+        if r is not None and r.state == RolloutState.LOADING:
+            self._finish_loading(r, now)
+        elif r is not None and r.state.active:
+            self._judge(r, now)
+        self._drain_alerts(now)
+        self.tick_seconds = time.perf_counter() - started
+        statusfile.write(self.config.state_path, view.status(self, now))
 
+    def _judge(self, r: Rollout, now: float) -> None:
+        snap = snapshot.take(self.shm)
+        assert r.baseline is not None
+        champion = measure(snap.champion - r.baseline, self.codes)
+        challenger_totals = snap.challenger
+        challenger = measure(challenger_totals, self.codes)
+        recent = self._recent(now, challenger_totals)
+        phase_requests = (
+            champion.requests - champion.stale_routed - r.phase_requests[0],
+            challenger.requests - r.phase_requests[1],
+        )
+        e = checks.gather(
+            self.policy,
+            champion,
+            challenger,
+            recent,
+            phase_requests,
+            snap.split_bp,
+            now - r.phase_started,
+            now - r.started,
+        )
+        self.evidence = e
+        self.results = checks.evaluate(self.policy, e, r.phase)
+        decision = self._decide(r)
+        self.series.add(now, r.phase, snap.split_bp, e)
+        if decision.action in (Action.ROLLBACK, Action.STOP):
+            outcome = (
+                RolloutState.ROLLED_BACK
+                if decision.action == Action.ROLLBACK
+                else RolloutState.STOPPED
+            )
+            self._end(decision, outcome)
+        elif decision.action == Action.ADVANCE:
+            self._advance(r, now, champion, challenger)
+        elif decision.action == Action.PROMOTE:
+            self._promote(decision)
+        elif now - self.last_journal >= self.policy.journal_every_s:
+            self.last_journal = now
+            self.journal.append(r.id, "metrics", r.phase, view.metrics_record(e), now)
+
+    def _decide(self, r: Rollout) -> Decision:
+        assert self.evidence is not None
+        return decide(self.policy, r.phase, self.results, self.evidence.time_in_phase_s, r.paused)
+
+    def _recent(self, now: float, totals: SlotTotals) -> ArmMetrics | None:
+        """The challenger over the last window_s: the oldest kept total subtracted."""
+        self.recent.append((now, totals))
+        while len(self.recent) > 2 and self.recent[1][0] <= now - self.policy.window_s:
+            self.recent.popleft()
+        oldest_t, oldest = self.recent[0]
+        if now - oldest_t < self.policy.window_s / 2:
+            return None
+        return measure(totals - oldest, self.codes)
+
+    # -- transitions ----------------------------------------------------------------------------
+    def _finish_loading(self, r: Rollout, now: float) -> None:
+        """Raise the split only once every live worker has loaded the challenger."""
+        ctrl = self.shm.control
+        _, champion_slot, _, _ = self._word()
+        slot = 1 - champion_slot
+        live = self.shm.slabs["heartbeat_ns"] > time.time_ns() - int(
+            self.config.serve.stale_after_s * 1e9
+        )
+        acked = self.shm.slabs["slot_seq"][:, slot] == ctrl["slot_seq"][slot]
+        if not (acked | ~live).all():
+            if now - r.started > self.policy.load_timeout_s:
+                self._end(
+                    Decision(
+                        Action.STOP,
+                        "workers did not load the challenger in time",
+                        "challenger_load",
+                    ),
+                    RolloutState.STOPPED,
+                )
+            return
+        snap = snapshot.take(self.shm)
+        r.baseline = snap.champion
+        r.phase_requests = [0, 0]
+        r.state = RolloutState.PAUSED if r.paused else RolloutState.RUNNING
+        r.started = r.phase_started = now
+        r.phases = [{"phase": 1, "entered": now, "exited": None, "result": "current"}]
+        self._flip(self.policy.phase(1).split_bp, champion_slot, True)
+        self.journal.save(r, with_baseline=True)
+        self.journal.append(r.id, "phase", 1, {"split_bp": self.policy.phase(1).split_bp}, now)
+
+    def _advance(self, r: Rollout, now: float, champion: ArmMetrics, ch: ArmMetrics) -> None:
+        nxt = r.phase + 1
+        split = self.policy.phase(nxt).split_bp
+        self._flip(split, self._word()[1], True)
+        record = [x.to_json() for x in self.results]
+        r.phases[-1].update(exited=now, result="passed")
+        r.phases.append({"phase": nxt, "entered": now, "exited": None, "result": "current"})
+        r.phase, r.phase_started = nxt, now
+        r.phase_requests = [champion.requests - champion.stale_routed, ch.requests]
+        self.journal.save(r)
+        self.journal.append(
+            r.id,
+            "advanced",
+            nxt,
+            {"from": nxt - 1, "split_bp": split, "guardrails": record, "metrics": self._metrics()},
+            now,
+        )
+
+    def _promote(self, decision: Decision, manual: bool = False) -> None:
+        r = self.rollout
+        assert r is not None
+        _, champion_slot, _, _ = self._word()
+        self._flip(0, 1 - champion_slot, False)  # the new champion serves, in one flip
+        now = self.clock()
+        self.registry.set_status(r.challenger, Status.CHAMPION, "promoted")
+        self.registry.set_status(r.champion, Status.RETIRED, f"replaced by {r.challenger}")
+        self._close(r, RolloutState.PROMOTED, decision, now, manual)
+
+    def _end(self, decision: Decision, outcome: RolloutState, manual: bool = False) -> None:
+        r = self.rollout
+        assert r is not None
+        self._flip(0, self._word()[1], False)  # first, before anything slow
+        now = self.clock()
+        self.registry.set_status(r.challenger, Status.FAILED, decision.reason)
+        self._close(r, outcome, decision, now, manual)
+
+    def _close(
+        self, r: Rollout, outcome: RolloutState, decision: Decision, now: float, manual: bool
+    ) -> None:
+        failed = next((x for x in self.results if x.name == decision.guardrail), None)
+        r.state, r.ended, r.outcome, r.reason = outcome, now, outcome.value, decision.reason
+        if r.phases:
+            r.phases[-1].update(exited=now, result="passed" if outcome == "promoted" else "failed")
+        self.journal.save(r)
+        data = {
+            "reason": decision.reason,
+            "guardrail": decision.guardrail,
+            "value": failed.value if failed else None,
+            "threshold": failed.threshold if failed else None,
+            "manual": manual,
+            "guardrails": [x.to_json() for x in self.results],
+            "metrics": self._metrics(),
+        }
+        self.journal.append(r.id, outcome.value, r.phase, data, now)
+        self.alerter.send(
+            Alert(
+                kind=outcome.value,
+                rollout_id=r.id,
+                phase=r.phase,
+                challenger=self._label(r.challenger),
+                champion=self._label(r.challenger if outcome == "promoted" else r.champion),
+                guardrail=decision.guardrail,
+                value=failed.value if failed else None,
+                threshold=failed.threshold if failed else None,
+                detail=decision.reason,
+                at=now,
+            )
+        )
+
+    def _metrics(self) -> dict[str, Any]:
+        return view.metrics_record(self.evidence) if self.evidence else {}
+
+    def _label(self, version: int) -> str:
+        try:
+            return self.registry.get(version).label
+        except KeyError:
+            return str(version)
+
+    def _drain_alerts(self, now: float) -> None:
+        while self.alert_results:
+            d = self.alert_results.popleft()
+            phase = self.rollout.phase if self.rollout else 0
+            record = {**d._asdict(), "outcome": d.outcome.value}
+            self.journal.append(d.rollout_id, "alert", phase, record, now)
+
+    # -- admin commands -------------------------------------------------------------------------
     def apply(self, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
-        split, champion_slot, has_challenger, _ = self._word()
-        challenger_slot = 1 - champion_slot
+        r = self.rollout
+        active = r is not None and r.state.active
         if kind == "start":
-            if has_challenger:
-                return {"ok": False, "error": "rollout_in_progress"}
-            try:
-                version = int(payload.get("version", ""))
-                record = self.registry.get(version)
-            except (KeyError, ValueError):
-                return {
-                    "ok": False,
-                    "error": "unknown_version",
-                    "detail": str(payload.get("version")),
-                }
-            if record.status != Status.CANDIDATE:
-                return {"ok": False, "error": "not_a_candidate", "detail": record.status.value}
-            self.registry.set_status(version, Status.CHALLENGER)
-            self._load_slot(challenger_slot, version)
-            self._flip(PHASE1_SPLIT_BP, champion_slot, True)
-            return {"ok": True, "split_bp": PHASE1_SPLIT_BP, "challenger": str(version)}
-        if not has_challenger:
+            if active:
+                return {"ok": False, "error": "rollout_in_progress", "detail": r.id if r else ""}
+            return self._start(payload)
+        if not active or r is None:
             return {"ok": False, "error": "no_rollout"}
-        challenger = int(self.shm.control["slot_model"][challenger_slot])
-        if kind == "pause":
-            self.paused = True
-            return {"ok": True, "split_bp": split}
-        if kind == "resume":
-            self.paused = False
-            return {"ok": True, "split_bp": split}
+        now = self.clock()
+        if kind in ("pause", "resume"):
+            r.paused = kind == "pause"
+            if r.state != RolloutState.LOADING:
+                r.state = RolloutState.PAUSED if r.paused else RolloutState.RUNNING
+            self.journal.save(r)
+            self.journal.append(r.id, f"{kind}d", r.phase, {"manual": True}, now)
+            return {"ok": True, "state": r.state.value, "split_bp": self._word()[0]}
         if kind == "rollback":
-            self._flip(0, champion_slot, False)  # first, before anything slow
-            self.registry.set_status(challenger, Status.FAILED, "manual rollback")
-            return {"ok": True, "split_bp": 0}
+            self._end(
+                Decision(Action.ROLLBACK, "manual rollback", "manual"),
+                RolloutState.ROLLED_BACK,
+                manual=True,
+            )
+            return {"ok": True, "split_bp": 0, "rollout": r.id}
         if kind == "promote":
-            old = int(self.shm.control["slot_model"][champion_slot])
-            self._flip(0, challenger_slot, False)
-            self.registry.set_status(challenger, Status.CHAMPION, "promoted")
-            self.registry.set_status(old, Status.RETIRED, f"replaced by {challenger}")
-            return {"ok": True, "champion": str(challenger)}
+            if r.state == RolloutState.LOADING:
+                return {"ok": False, "error": "challenger_not_loaded"}
+            self._promote(Decision(Action.PROMOTE, "manual promotion", "manual"), manual=True)
+            return {"ok": True, "champion": str(r.challenger), "rollout": r.id}
         return {"ok": False, "error": "unknown_command"}
+
+    def _start(self, payload: dict[str, Any]) -> dict[str, Any]:
+        try:
+            version = int(payload.get("version", ""))
+            record = self.registry.get(version)
+        except (KeyError, ValueError):
+            return {"ok": False, "error": "unknown_version", "detail": str(payload.get("version"))}
+        if record.status != Status.CANDIDATE:
+            return {"ok": False, "error": "not_a_candidate", "detail": record.status.value}
+        champions = self.registry.with_status(Status.CHAMPION)
+        if not champions:
+            return {"ok": False, "error": "no_champion"}
+        now = self.clock()
+        _, champion_slot, _, _ = self._word()
+        self.registry.set_status(version, Status.CHALLENGER, "rollout started")
+        self._load_slot(1 - champion_slot, version)
+        self._flip(0, champion_slot, True)  # workers load it; the split rises once all have
+        r = Rollout(
+            id=self.journal.new_id(version, now),
+            challenger=version,
+            champion=champions[-1].version,
+            state=RolloutState.LOADING,
+            phase=1,
+            started=now,
+            phase_started=now,
+        )
+        self.rollout, self.results, self.evidence = r, [], None
+        self.recent.clear()
+        self.series = view.Series()
+        self.journal.save(r)
+        self.journal.append(
+            r.id,
+            "started",
+            1,
+            {"challenger": record.label, "champion": self._label(r.champion)},
+            now,
+        )
+        return {"ok": True, "rollout": r.id, "challenger": str(version), "state": r.state.value}
+
+    def close(self) -> None:
+        self.alerter.close(2.0)
+        self.journal.close()
+        self.registry.close()
+        self.commands.close()
 
 
 def run(config: Config, tick_s: float = 1.0) -> None:
@@ -132,10 +386,16 @@ def run(config: Config, tick_s: float = 1.0) -> None:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     next_tick = time.monotonic()
-    while not stop:
-        evaluator.tick()
-        next_tick += tick_s
-        time.sleep(max(0.0, next_tick - time.monotonic()))
+    try:
+        while not stop:
+            evaluator.tick()
+            next_tick += tick_s
+            delay = next_tick - time.monotonic()
+            if delay < 0:  # fell behind (a slow disk): skip the missed ticks, don't burst
+                next_tick = time.monotonic()
+            time.sleep(max(0.0, delay))
+    finally:
+        evaluator.close()
 
 
 def prepare(config: Config) -> SharedMemory:

@@ -7,12 +7,14 @@ import json
 import multiprocessing
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from guardrails.policy import Policy
 from router.config import Config, ConfigError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -33,10 +35,10 @@ def serve(config: Config, config_path: str | None = None) -> None:
 
     from guardrails import evaluator
 
+    Policy.from_config(config)  # a bad rollout config fails here, before anything starts
     evaluator.prepare(config).close()
-    ctx = multiprocessing.get_context("spawn")
-    proc = ctx.Process(target=evaluator.run, args=(config,), name="rampart-evaluator", daemon=True)
-    proc.start()
+    supervisor = _EvaluatorSupervisor(config)
+    supervisor.start()
     # Workers are spawned processes: they re-read the same file plus the flags.
     os.environ["RAMPART_CONFIG"] = str(Path(config_path).resolve()) if config_path else ""
     os.environ["RAMPART_SERVE_OVERRIDES"] = json.dumps(
@@ -57,8 +59,53 @@ def serve(config: Config, config_path: str | None = None) -> None:
             timeout_graceful_shutdown=5,
         )
     finally:
-        proc.terminate()
-        proc.join(5)
+        supervisor.stop()
+
+
+class _EvaluatorSupervisor(threading.Thread):
+    """Keeps the evaluator process running: restarted when it dies, with a growing
+    delay when it keeps dying. While it is down the workers' stale-heartbeat check
+    sends every request to the champion."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(name="rampart-evaluator-supervisor", daemon=True)
+        self.config = config
+        self.stopping = threading.Event()
+        self.proc: multiprocessing.process.BaseProcess | None = None
+        self.restarts = 0
+
+    def _spawn(self) -> None:
+        from guardrails import evaluator
+
+        ctx = multiprocessing.get_context("spawn")
+        self.proc = ctx.Process(
+            target=evaluator.run, args=(self.config,), name="rampart-evaluator", daemon=True
+        )
+        self.proc.start()
+
+    def run(self) -> None:
+        delay = 0.5
+        while not self.stopping.is_set():
+            self._spawn()
+            started = time.monotonic()
+            assert self.proc is not None
+            while self.proc.is_alive() and not self.stopping.is_set():
+                self.proc.join(0.5)
+            if self.stopping.is_set():
+                return
+            self.restarts += 1
+            delay = 0.5 if time.monotonic() - started > 60 else min(delay * 2, 30.0)
+            print(
+                f"rampart: evaluator exited with {self.proc.exitcode}; restarting in {delay:g} s",
+                file=sys.stderr,
+            )
+            self.stopping.wait(delay)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.proc is not None and self.proc.is_alive():
+            self.proc.terminate()
+            self.proc.join(5)
 
 
 def _admin(url: str, path: str, payload: dict[str, Any] | None = None) -> int:

@@ -32,6 +32,7 @@ from router.layout import BASIS_POINTS, Counter
 from router.models import Model
 from router.registry import Registry
 from router.requests import JSON, Rejected, decode, encode, media_type, named_rows, positional_rows
+from router.statusfile import StatusReader
 from router.store import COMMANDS, CommandStore
 from router.tokens import TokenError, TokenSigner
 from router.types import Receive, Scope, Send
@@ -83,6 +84,7 @@ class Worker:
         self.verified: dict[str, Any] = {}
         self.timeout_ns = int(self.serve.challenger_timeout_ms * 1e6)
         self.rejects = self.slab["rejects"]
+        self.evaluator_status = StatusReader(state)
         self.sync()
 
     # -- periodic work (the ticker), never per request -----------------------
@@ -173,6 +175,8 @@ class Worker:
             self._reroute(word)
         route = self.route
         arm = 1 if _hash(rid.encode(), self.hash_seed) % BASIS_POINTS < route.split_bp else 0
+        if route.stale:  # kept out of the sample-ratio check: the split was not in force
+            slab.bump(self.slot_addr[route.champion], Counter.STALE_ROUTED)
         features = req.get("features")
         champion = self.models[route.champion]
         if champion is None:
@@ -533,15 +537,18 @@ def status_payload(worker: Worker, snapshot: snap.Snapshot) -> dict[str, Any]:
             "impressions": totals.impressions,
             "clicks": totals.clicks,
         }
+    evaluator = worker.evaluator_status.read() or {}
     return {
         "phase": 0,
+        "state": "idle",
+        "guardrails": [],
+        "rollout": None,
+        **evaluator,
         "split_bp": snapshot.split_bp if snapshot.has_challenger else 0,
         "effective_split_bp": route.split_bp,
         "stale": route.stale,
         "models": models,
         "arms": arms,
-        "guardrails": [],
-        "rollout": None,
         "rejected": {
             r: int(n) for r, n in zip(layout.REJECT_REASONS, snapshot.rejects, strict=True) if n
         },

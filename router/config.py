@@ -16,7 +16,7 @@ from typing import Any
 
 from router.segments import SegmentSpace
 
-KNOWN_SECTIONS = ("serve", "segments", "calibration", "rollout", "phases", "alerts")
+KNOWN_SECTIONS = ("serve", "segments", "calibration", "rollout", "phases", "guardrails", "alerts")
 
 
 class ConfigError(ValueError):

@@ -324,7 +324,8 @@ def test_stale_heartbeat_routes_everything_to_champion(server: Server) -> None:
     shm = SharedMemory.attach(server.state)
     evaluator_pid = int(shm.control["evaluator_pid"])
     assert evaluator_pid > 0
-    os.kill(evaluator_pid, signal.SIGKILL)
+    # Frozen, not killed: the supervisor would restart a dead evaluator at once.
+    os.kill(evaluator_pid, signal.SIGSTOP)
     killed = time.monotonic()
     while httpx.get(f"{server.url}/status", timeout=5).json()["stale"] is False:
         assert time.monotonic() - killed < 10, "workers never noticed the stale heartbeat"
@@ -340,6 +341,36 @@ def test_stale_heartbeat_routes_everything_to_champion(server: Server) -> None:
         }
     assert arms == {"champion"}
     assert _metric(server, "rampart_evaluator_stale") == 1
+    os.kill(evaluator_pid, signal.SIGCONT)
+    while httpx.get(f"{server.url}/status", timeout=5).json()["stale"] is True:
+        assert time.monotonic() - killed < 20, "the heartbeat never came back"
+        time.sleep(0.1)
+
+
+def test_killed_evaluator_is_restarted_and_resumes_the_rollout(server: Server) -> None:
+    import os
+    import signal
+
+    from router.slab import SharedMemory
+
+    assert server.admin("start", {"version": "2"}).status_code == 200
+    shm = SharedMemory.attach(server.state)
+    deadline = time.monotonic() + 10
+    while httpx.get(f"{server.url}/status", timeout=5).json()["state"] != "running":
+        assert time.monotonic() < deadline, "the rollout never reached phase 1"
+        time.sleep(0.1)
+    before = httpx.get(f"{server.url}/status", timeout=5).json()["rollout"]
+    first = int(shm.control["evaluator_pid"])
+    os.kill(first, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while int(shm.control["evaluator_pid"]) in (first, 0):
+        assert time.monotonic() < deadline, "the evaluator was not restarted"
+        time.sleep(0.1)
+    time.sleep(1.5)
+    status = httpx.get(f"{server.url}/status", timeout=5).json()
+    assert status["rollout"]["id"] == before["id"]
+    assert status["rollout"]["phase_started"] == before["phase_started"]
+    assert status["phase"] == 1 and status["split_bp"] == 300
 
 
 def _serve_pair(tmp_path: Path, champion: Path, challenger: Path, config: str = "") -> Server:

@@ -1,0 +1,241 @@
+"""The five-phase rollout policy: phases, their thresholds, and the decision each tick.
+
+Defaults are the numbers of DESIGN.md's phase table. Every one is overridable in the
+TOML config (`[rollout]`, `[phases.N]`, `[guardrails]`); a wrong key
+or type fails at start with the exact key.
+
+Durations are production durations; `time_scale` multiplies them (a demo at 1/7200
+runs a 12-day rollout in two minutes) and `sample_scale` multiplies the phases'
+minimum samples. Guardrail evidence minimums (clicks per calibration bucket, requests
+before an error rate is judged) are about noise, not time, and are never scaled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Literal
+
+from router.config import Config, ConfigError
+
+HOUR = 3600.0
+DAY = 24 * HOUR
+
+EarlyRollback = Literal["sequential", "literal"]
+
+
+class State(StrEnum):
+    PASS = "pass"
+    FAIL = "fail"
+    WAITING = "waiting"
+
+
+class Action(StrEnum):
+    HOLD = "hold"
+    ADVANCE = "advance"
+    PROMOTE = "promote"
+    ROLLBACK = "rollback"  # a guardrail broke: the challenger is broken
+    STOP = "stop"  # not good enough to go on (segment degradation, maximum duration)
+
+
+@dataclass(frozen=True)
+class Phase:
+    number: int
+    split_bp: int
+    min_hours: float
+    max_hours: float
+    min_impressions: int  # challenger impressions since the rollout started
+    p_better: float = 0.0  # advance needs P(challenger better) above this (0: not required)
+    min_uplift: float = -1.0  # advance needs expected relative uplift above this
+    inconclusive_ok: bool = False  # phase 3: advance unless the challenger is surely worse
+
+
+DEFAULT_PHASES = (
+    Phase(1, 300, 24, 48, 10_000),
+    Phase(2, 1000, 48, 72, 50_000),
+    Phase(3, 2000, 72, 120, 200_000, p_better=0.6, inconclusive_ok=True),
+    Phase(4, 4000, 72, 120, 500_000, p_better=0.85, min_uplift=0.01),
+    Phase(5, 5000, 48, 72, 1_000_000, p_better=0.90, min_uplift=0.01),
+)
+
+
+@dataclass(frozen=True)
+class Guards:
+    """Thresholds of the guardrails (see guardrails/checks.py for each)."""
+
+    max_error_rate: float = 0.001
+    max_p99_ms: float = 10.0
+    min_clicks_per_10k: float = 1.0
+    max_segment_error_rate: float = 0.5
+    max_prediction_ks: float = 0.5
+    min_prediction_spread: float = 0.25  # challenger sd / champion sd of predictions
+    srm_p: float = 0.001
+    calibration_low: float = 0.85
+    calibration_high: float = 1.15
+    bucket_low: float = 0.7
+    bucket_high: float = 1.4
+    max_segment_degradation: float = 0.05
+    segment_probability: float = 0.9
+    literal_p_worse: float = 0.9
+    # Evidence minimums (never scaled: they are about noise).
+    min_requests: int = 200
+    min_latency_samples: int = 200
+    min_ctr_impressions: int = 10_000
+    min_segment_requests: int = 50
+    min_predictions: int = 500
+    min_srm_requests: int = 1000
+    min_calibration_clicks: int = 200
+    min_bucket_clicks: int = 50
+    min_segment_clicks: int = 200
+    # Two-sided confidence of the error-rate and calibration intervals (per look).
+    confidence: float = 0.999
+
+
+@dataclass(frozen=True)
+class Policy:
+    phases: tuple[Phase, ...] = DEFAULT_PHASES
+    guards: Guards = field(default_factory=Guards)
+    time_scale: float = 1.0
+    sample_scale: float = 1.0
+    early_rollback: EarlyRollback = "sequential"
+    sequential_alpha: float = 0.05
+    sequential_n_star: float = 4_000_000.0  # N* of the confidence sequence, total impressions
+    promote_after_days: float = 12.0
+    window_s: float = 60.0  # recent window for error rate and latency (wall seconds)
+    load_timeout_s: float = 30.0  # workers must load the challenger within this (wall)
+    journal_every_s: float = 60.0  # a metrics record in the event log this often (wall)
+
+    def phase(self, number: int) -> Phase:
+        return self.phases[number - 1]
+
+    def min_s(self, number: int) -> float:
+        return self.phase(number).min_hours * HOUR * self.time_scale
+
+    def max_s(self, number: int) -> float:
+        return self.phase(number).max_hours * HOUR * self.time_scale
+
+    def min_impressions(self, number: int) -> int:
+        return round(self.phase(number).min_impressions * self.sample_scale)
+
+    @property
+    def n_star(self) -> float:
+        """N* scales with the samples: it should sit near the sample a phase expects."""
+        return self.sequential_n_star * self.sample_scale
+
+    @property
+    def promote_after_s(self) -> float:
+        return self.promote_after_days * DAY * self.time_scale
+
+    @classmethod
+    def from_config(cls, config: Config) -> Policy:
+        raw = config.raw
+        rollout = dict(raw.get("rollout", {}))
+        guards = _typed(Guards, "guardrails", raw.get("guardrails", {}))
+        phases_raw = raw.get("phases", {})
+        unknown = set(phases_raw) - {str(p.number) for p in DEFAULT_PHASES}
+        if unknown:
+            raise ConfigError(f"[phases] has unknown phase(s) {sorted(unknown)}; phases are 1-5")
+        phases = tuple(
+            _typed(Phase, f"phases.{p.number}", phases_raw.get(str(p.number), {}), base=p)
+            for p in DEFAULT_PHASES
+        )
+        policy = _typed(cls, "rollout", rollout, extra={"phases": phases, "guards": guards})
+        policy.validate()
+        return policy
+
+    def validate(self) -> None:
+        if self.early_rollback not in ("sequential", "literal"):
+            raise ConfigError(
+                f"[rollout] early_rollback must be 'sequential' or 'literal', "
+                f"got {self.early_rollback!r}"
+            )
+        if not 0 < self.time_scale <= 1 or not 0 < self.sample_scale <= 1:
+            raise ConfigError("[rollout] time_scale and sample_scale must be in (0, 1]")
+        if not 0 < self.sequential_alpha < 0.5:
+            raise ConfigError("[rollout] sequential_alpha must be in (0, 0.5)")
+        previous = 0
+        for p in self.phases:
+            if not previous < p.split_bp <= 5000:
+                raise ConfigError(
+                    f"[phases.{p.number}] split_bp must grow phase by phase and stay "
+                    f"<= 5000, got {p.split_bp}"
+                )
+            if not 0 <= p.min_hours <= p.max_hours:
+                raise ConfigError(f"[phases.{p.number}] needs 0 <= min_hours <= max_hours")
+            previous = p.split_bp
+        g = self.guards
+        if not (0 < g.calibration_low < 1 < g.calibration_high and g.bucket_low < g.bucket_high):
+            raise ConfigError("[guardrails] calibration bands must be low < 1 < high")
+        if not 0.5 < g.confidence < 1:
+            raise ConfigError("[guardrails] confidence must be in (0.5, 1)")
+
+
+def _typed(
+    cls: Any,
+    section: str,
+    values: dict[str, Any],
+    *,
+    base: Any = None,
+    extra: dict[str, Any] | None = None,
+) -> Any:
+    """Build dataclass `cls` from a config section, checking keys and types exactly."""
+    extra = extra or {}
+    defaults = base if base is not None else cls(**extra)
+    settable = {f.name for f in dataclasses.fields(cls)} - set(extra) - {"number"}
+    unknown = set(values) - settable
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) in [{section}]: {sorted(unknown)}; known: {sorted(settable)}"
+        )
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        default = getattr(defaults, name)
+        if type(default) is float and type(value) is int:
+            value = float(value)
+        if type(value) is not type(default):
+            raise ConfigError(
+                f"[{section}] {name} must be a {type(default).__name__}, got {value!r}"
+            )
+        out[name] = value
+    return dataclasses.replace(defaults, **out)
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    reason: str = ""
+    guardrail: str | None = None
+
+
+def decide(
+    policy: Policy,
+    phase: int,
+    results: list[Any],
+    time_in_phase_s: float,
+    paused: bool,
+) -> Decision:
+    """One tick's decision from the guardrail results (guardrails/checks.py `Result`s).
+
+    A failed guardrail acts at once, paused or not. Advancing needs every result of the
+    phase to pass (duration and sample are results too). A phase past its maximum
+    duration without passing stops the rollout; the champion keeps serving.
+    """
+    for r in results:
+        if r.state == State.FAIL:
+            action = Action.STOP if r.stops else Action.ROLLBACK
+            return Decision(action, f"{r.name} {r.value_text} (threshold {r.threshold})", r.name)
+    if paused:
+        return Decision(Action.HOLD, "paused")
+    if all(r.state == State.PASS for r in results):
+        if phase == len(policy.phases):
+            return Decision(Action.PROMOTE, "every guardrail of phase 5 passed")
+        return Decision(Action.ADVANCE, f"every guardrail of phase {phase} passed")
+    if time_in_phase_s >= policy.max_s(phase):
+        waiting = [r.name for r in results if r.state != State.PASS]
+        return Decision(
+            Action.STOP,
+            f"phase {phase} reached its maximum duration still waiting on {', '.join(waiting)}",
+            "max_duration",
+        )
+    return Decision(Action.HOLD)
