@@ -1,16 +1,16 @@
-"""A synthetic click-through-rate world and the ONNX models the harness rolls out in it.
+"""The ONNX models the harness rolls out in the synthetic world of `bench.world`.
 
-The world is deterministic: `FEATURES` names 30 ad-serving features, `sample_features` and
-`sample_requests` draw rows from a seeded generator, and `ground_truth_ctr` is the true click
-probability of a row. Every model is a small MLP (or a deliberately broken graph) built with
-`onnx.helper` and fitted to that truth with a few hundred full-batch Adam steps in NumPy, so
+Every model is a small MLP (or a deliberately broken graph) built with `onnx.helper` and fitted
+to the world's ground truth with a few hundred full-batch Adam steps in NumPy, so
 ``python -m bench.modelgen OUTDIR`` writes the same models on every run::
 
     python -m bench.modelgen /tmp/models          # every variant, <variant>.onnx
-    python -m bench.modelgen --demo               # router/demo/champion.onnx, challenger.onnx
+    python -m bench.modelgen --demo               # every variant into router/demo/ (shipped)
 
 Variants (see `MODELS`): champion, challenger_better, broken_constant, broken_nan, broken_raise,
-slow, miscalibrated, worse, segment_regression.
+slow, miscalibrated, worse, segment_regression. onnx is a test-only dependency: code that runs
+on a base install takes the world from `bench.world` and the shipped files from
+`bench.scenario_models`. The world's names are re-exported here for older callers.
 """
 
 from __future__ import annotations
@@ -28,221 +28,36 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from bench.scenario_models import (
+    ALIASES,
+    RAISE_FEATURE,
+    RAISE_THRESHOLD,
+    REGRESSED_DEVICE,
+    WORSE_RELEVANCE_CAP,
+)
+
+# The world's names stay importable from here (the `X as X` imports re-export them).
+from bench.world import AD_FEATURES as AD_FEATURES
+from bench.world import COLUMN as _COL
+from bench.world import CONTEXT_FEATURES as CONTEXT_FEATURES
+from bench.world import COUNTRY_TIERS as COUNTRY_TIERS
+from bench.world import CREATIVE_TYPES as CREATIVE_TYPES
+from bench.world import DEVICE_TYPES as DEVICE_TYPES
+from bench.world import FEATURES, ground_truth_ctr, sample_features
+from bench.world import PUBLISHER_CATEGORIES as PUBLISHER_CATEGORIES
+from bench.world import device_index as device_index
+from bench.world import ground_truth_logit as ground_truth_logit
+from bench.world import sample_requests as sample_requests
+from bench.world import segments as segments
+from bench.world import sigmoid as _sigmoid
+from bench.world import top_choice_ctr as top_choice_ctr
+
 SEED = 20240611
 OPSET = 17
 IR_VERSION = 9  # onnxruntime 1.18 reads IR versions up to 9
 INPUT_NAME = "features"
 OUTPUT_NAME = "ctr"
 DEMO_DIR = Path(__file__).resolve().parent.parent / "router" / "demo"
-
-# Context features are shared by every candidate of one request; ad features differ between them.
-CONTEXT_FEATURES: list[str] = [
-    "user_age_bucket",  # 0..6 scaled to [0, 1]
-    "user_is_returning",
-    "user_click_propensity",  # standardized historical click rate of the user
-    "user_sessions_7d_log",  # log1p(sessions in the last 7 days)
-    "user_ad_fatigue",  # share of the last hour's page views that showed ads, [0, 1]
-    "hour_sin",
-    "hour_cos",
-    "is_weekend",
-    "device_mobile",
-    "device_desktop",
-    "device_tablet",
-    "os_ios",
-    "os_android",
-    "country_tier1",
-    "country_tier2",
-    "publisher_quality",  # [0, 1]
-    "publisher_news",
-    "publisher_sports",
-    "publisher_games",
-    "slot_above_fold",
-]
-AD_FEATURES: list[str] = [
-    "ad_relevance",  # standardized
-    "ad_historical_ctr",  # standardized, correlated with relevance
-    "advertiser_quality",  # [0, 1]
-    "creative_video",
-    "creative_native",
-    "ad_size_large",
-    "bid_price_log",  # standardized; has no effect on clicks
-    "user_interest_match",  # [0, 1]; the signal the champion does not use
-    "creative_age_days_log",
-    "landing_page_speed",  # standardized
-]
-FEATURES: list[str] = CONTEXT_FEATURES + AD_FEATURES
-_COL = {name: i for i, name in enumerate(FEATURES)}
-
-DEVICE_TYPES = ("mobile", "desktop", "tablet")
-COUNTRY_TIERS = ("tier1", "tier2", "tier3")
-PUBLISHER_CATEGORIES = ("news", "sports", "games", "other")
-CREATIVE_TYPES = ("video", "native", "image")
-# The device whose ranking segment_regression breaks.
-REGRESSED_DEVICE = "tablet"
-# broken_raise raises iff a row of the batch has this feature above the threshold.
-RAISE_FEATURE = "user_sessions_7d_log"
-RAISE_THRESHOLD = 3.0
-
-# Ground truth: logit = bias + linear terms + the nonlinear terms in ground_truth_logit().
-_TRUE_WEIGHTS: dict[str, float] = {
-    "user_is_returning": 0.15,
-    "user_click_propensity": 1.60,
-    "user_sessions_7d_log": 0.08,
-    "hour_sin": 0.15,
-    "hour_cos": 0.10,
-    "is_weekend": 0.05,
-    "os_ios": 0.10,
-    "country_tier1": 0.15,
-    "country_tier2": 0.05,
-    "publisher_quality": 1.00,
-    "publisher_news": -0.10,
-    "publisher_sports": 0.10,
-    "publisher_games": 0.20,
-    "slot_above_fold": 0.30,
-    "ad_relevance": 0.55,
-    "ad_historical_ctr": 0.35,
-    "advertiser_quality": 0.40,
-    "creative_video": 0.20,
-    "creative_native": 0.15,
-    "ad_size_large": 0.10,
-    "user_interest_match": 1.60,
-    "creative_age_days_log": -0.15,
-    "landing_page_speed": 0.10,
-}
-_TRUE_BIAS = -7.45  # puts the mean CTR of sample_features() near 2%
-_DEVICE_OFFSET = np.array([0.20, -0.10, 0.0])  # mobile, desktop, tablet
-
-
-def device_index(x: np.ndarray) -> np.ndarray:
-    """Index into `DEVICE_TYPES` of each row, from its one-hot device columns."""
-    cols = [_COL["device_mobile"], _COL["device_desktop"], _COL["device_tablet"]]
-    return np.asarray(np.argmax(np.asarray(x)[..., cols], axis=-1), dtype=np.int64)
-
-
-def ground_truth_logit(x: np.ndarray, device_index: np.ndarray | None = None) -> np.ndarray:
-    """The true click log-odds of rows `x` (shape [..., F]); see `ground_truth_ctr`."""
-    x = np.asarray(x, dtype=np.float64)
-    dev = _device_of(x, device_index)
-
-    def c(name: str) -> np.ndarray:
-        return x[..., _COL[name]]
-
-    w = np.array([_TRUE_WEIGHTS.get(name, 0.0) for name in FEATURES])
-    mobile, tablet = dev == 0, dev == 2
-    return (
-        _TRUE_BIAS
-        + x @ w
-        + _DEVICE_OFFSET[dev]
-        - 1.2 * (c("user_age_bucket") - 0.45) ** 2
-        - 0.9 * c("user_ad_fatigue") ** 2
-        + 0.6 * c("user_interest_match") * c("ad_relevance")
-        + mobile * 0.35 * c("slot_above_fold")
-        + tablet * (0.5 * c("ad_size_large") + 0.4 * c("creative_video"))
-    )
-
-
-def ground_truth_ctr(x: np.ndarray, device_index: np.ndarray | None = None) -> np.ndarray:
-    """The true click probability of each row of `x` (shape [..., F] → [...], float64).
-
-    sigmoid(w·x + b + small nonlinear terms): a quadratic age curve, ad fatigue squared, a
-    relevance × interest interaction, and device-specific terms (above-the-fold slots matter more
-    on mobile; large and video creatives do better on tablets). `device_index` (0 mobile,
-    1 desktop, 2 tablet) overrides the device read from the one-hot device columns.
-    """
-    return _sigmoid(ground_truth_logit(x, device_index))
-
-
-def sample_features(rng: np.random.Generator, n: int) -> np.ndarray:
-    """`n` independent rows (float32, shape [n, F]), each with its own context."""
-    return sample_requests(rng, n, 1)[:, 0, :]
-
-
-def sample_requests(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
-    """`n` requests of `k` candidate ads each (float32, shape [n, k, F]).
-
-    The candidates of one request share its context features (user, time, device, geo,
-    publisher, slot) and differ in their ad features, as when the ad server ranks several ads
-    for one slot.
-    """
-    x = np.zeros((n, k, len(FEATURES)), dtype=np.float64)
-
-    def put(name: str, values: np.ndarray, shared: bool) -> None:
-        x[..., _COL[name]] = values[:, None] if shared else values
-
-    def one_hot(
-        names: Sequence[str | None], probs: Sequence[float], shape: tuple[int, ...]
-    ) -> None:
-        pick = rng.choice(len(names), size=shape, p=probs)
-        for i, name in enumerate(names):
-            if name is not None:
-                put(name, (pick == i).astype(np.float64), len(shape) == 1)
-
-    # Context, one draw per request.
-    put("user_age_bucket", rng.integers(0, 7, n) / 6.0, True)
-    put("user_is_returning", (rng.random(n) < 0.6).astype(np.float64), True)
-    put("user_click_propensity", rng.standard_normal(n), True)
-    put("user_sessions_7d_log", np.log1p(rng.poisson(rng.gamma(2.0, 10.0, n))), True)
-    put("user_ad_fatigue", rng.beta(1.5, 3.0, n), True)
-    hour = rng.integers(0, 24, n) * (2 * np.pi / 24)
-    put("hour_sin", np.sin(hour), True)
-    put("hour_cos", np.cos(hour), True)
-    put("is_weekend", (rng.random(n) < 2 / 7).astype(np.float64), True)
-    device = rng.choice(3, size=n, p=[0.55, 0.30, 0.15])
-    for i, name in enumerate(("device_mobile", "device_desktop", "device_tablet")):
-        put(name, (device == i).astype(np.float64), True)
-    ios = rng.random(n) < 0.45
-    put("os_ios", ((device != 1) & ios).astype(np.float64), True)
-    put("os_android", ((device != 1) & ~ios).astype(np.float64), True)
-    one_hot(["country_tier1", "country_tier2", None], [0.5, 0.3, 0.2], (n,))
-    put("publisher_quality", rng.beta(4.0, 2.0, n), True)
-    one_hot(
-        ["publisher_news", "publisher_sports", "publisher_games", None],
-        [0.3, 0.2, 0.15, 0.35],
-        (n,),
-    )
-    put("slot_above_fold", (rng.random(n) < 0.45).astype(np.float64), True)
-    # Ads, one draw per candidate.
-    relevance = rng.standard_normal((n, k))
-    put("ad_relevance", relevance, False)
-    put("ad_historical_ctr", 0.3 * relevance + 0.954 * rng.standard_normal((n, k)), False)
-    put("advertiser_quality", rng.beta(3.0, 2.0, (n, k)), False)
-    one_hot(["creative_video", "creative_native", None], [0.2, 0.3, 0.5], (n, k))
-    put("ad_size_large", (rng.random((n, k)) < 0.3).astype(np.float64), False)
-    put("bid_price_log", rng.standard_normal((n, k)), False)
-    put("user_interest_match", rng.beta(2.0, 3.0, (n, k)), False)
-    put("creative_age_days_log", np.log1p(rng.exponential(10.0, (n, k))), False)
-    put("landing_page_speed", rng.standard_normal((n, k)), False)
-    return x.astype(np.float32)
-
-
-def segments(x: np.ndarray) -> dict[str, np.ndarray]:
-    """The segment labels of each row (publisher_category, device_type, country_tier,
-    creative_type), as arrays of strings shaped like x[..., 0]."""
-    x = np.asarray(x)
-
-    def label(names: Sequence[str], labels: Sequence[str]) -> np.ndarray:
-        cols = np.stack([x[..., _COL[n]] for n in names], axis=-1)
-        # The last label is the one with no column of its own ("other", "tier3", "image").
-        pick = np.where(cols.max(axis=-1) > 0.5, np.argmax(cols, axis=-1), len(names))
-        return np.asarray(labels)[pick]
-
-    return {
-        "publisher_category": label(
-            ["publisher_news", "publisher_sports", "publisher_games"], PUBLISHER_CATEGORIES
-        ),
-        "device_type": np.asarray(DEVICE_TYPES)[device_index(x)],
-        "country_tier": label(["country_tier1", "country_tier2"], COUNTRY_TIERS),
-        "creative_type": label(["creative_video", "creative_native"], CREATIVE_TYPES),
-    }
-
-
-def top_choice_ctr(predictions: np.ndarray, truth: np.ndarray) -> float:
-    """Mean true CTR of the candidate each request shows: the one the model scores highest.
-
-    Both arrays are [n, k] (requests × candidates).
-    """
-    best = np.argmax(predictions, axis=1)
-    return float(np.mean(truth[np.arange(len(truth)), best]))
 
 
 # --- fitting -------------------------------------------------------------------------------
@@ -351,10 +166,6 @@ def fitted(variant: str) -> Mlp:
         mlp = fit_mlp(x, p, exclude=["user_interest_match"], cap=cap, seed=SEED + 3)
         return recalibrate(mlp, x, float(np.mean(p)))
     raise ValueError(f"unknown fitted variant {variant!r}")
-
-
-# The worse model sees ad_relevance capped here: it cannot tell good ads from the best ones.
-WORSE_RELEVANCE_CAP = 0.3
 
 
 def _segment_regression_mlp() -> Mlp:
@@ -564,9 +375,10 @@ MODELS: dict[str, Callable[[], onnx.ModelProto]] = {
     "worse": worse,
     "segment_regression": segment_regression,
 }
+# What ships in router/demo/: every variant, plus the aliases `rampart demo` loads.
 DEMO_MODELS: dict[str, Callable[[], onnx.ModelProto]] = {
-    "champion": champion,
-    "challenger": challenger_better,
+    **MODELS,
+    **{alias: MODELS[variant] for alias, variant in ALIASES.items()},
 }
 
 
@@ -576,7 +388,7 @@ def write_all(outdir: Path | str) -> dict[str, Path]:
 
 
 def write_demo(outdir: Path | str = DEMO_DIR) -> dict[str, Path]:
-    """Write the demo pair (champion.onnx, challenger.onnx), by default into router/demo/."""
+    """Write every variant and alias (see `DEMO_MODELS`), by default into router/demo/."""
     return _write(DEMO_MODELS, Path(outdir))
 
 
@@ -590,18 +402,8 @@ def _write(models: dict[str, Callable[[], onnx.ModelProto]], outdir: Path) -> di
     return paths
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return np.asarray(1.0 / (1.0 + np.exp(-z)))
-
-
 def _logit(p: float) -> float:
     return float(np.log(p / (1 - p)))
-
-
-def _device_of(x: np.ndarray, index: np.ndarray | None) -> np.ndarray:
-    if index is None:
-        return device_index(x)
-    return np.broadcast_to(np.asarray(index, dtype=np.int64), x.shape[:-1])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

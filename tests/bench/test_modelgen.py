@@ -12,7 +12,7 @@ import pytest
 from onnx import numpy_helper
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, InvalidProtobuf
 
-from bench import modelgen
+from bench import modelgen, scenario_models, world
 from bench.modelgen import FEATURES, MODELS
 
 TABLET = modelgen.DEVICE_TYPES.index(modelgen.REGRESSED_DEVICE)
@@ -57,57 +57,6 @@ def top5(
     x, truth, devices = slates
     keep = np.ones(len(x), dtype=bool) if device is None else devices == device
     return modelgen.top_choice_ctr(predict(sess, x[keep]), truth[keep])
-
-
-# --- the synthetic world -------------------------------------------------------------------
-
-
-def test_sample_features_is_deterministic_float32_rows() -> None:
-    a = modelgen.sample_features(np.random.default_rng(5), 100)
-    b = modelgen.sample_features(np.random.default_rng(5), 100)
-    assert a.dtype == np.float32
-    assert a.shape == (100, len(FEATURES)) == (100, 30)
-    assert np.array_equal(a, b)
-    assert len(set(FEATURES)) == len(FEATURES)
-
-
-def test_ground_truth_ctr_averages_about_two_percent(rows: tuple[np.ndarray, np.ndarray]) -> None:
-    _, truth = rows
-    assert 0.015 < truth.mean() < 0.025
-    assert np.all((truth > 0) & (truth < 1))
-
-
-def test_ground_truth_ctr_device_index_overrides_one_hot_columns() -> None:
-    x = modelgen.sample_features(np.random.default_rng(6), 1000)
-    derived = modelgen.device_index(x)
-    assert np.array_equal(modelgen.ground_truth_ctr(x, derived), modelgen.ground_truth_ctr(x))
-    as_tablet = modelgen.ground_truth_ctr(x, np.full(len(x), TABLET))
-    assert not np.allclose(
-        as_tablet[derived != TABLET], modelgen.ground_truth_ctr(x)[derived != TABLET]
-    )
-
-
-def test_sample_requests_share_context_between_candidates() -> None:
-    x = modelgen.sample_requests(np.random.default_rng(7), 50, 4)
-    context = [FEATURES.index(n) for n in modelgen.CONTEXT_FEATURES]
-    ads = [FEATURES.index(n) for n in modelgen.AD_FEATURES]
-    assert np.array_equal(x[:, :, context], np.repeat(x[:, :1, context], 4, axis=1))
-    assert not np.array_equal(x[:, 0, ads], x[:, 1, ads])
-
-
-def test_segments_label_every_row() -> None:
-    x = modelgen.sample_features(np.random.default_rng(8), 2000)
-    seg = modelgen.segments(x)
-    expected = {
-        "publisher_category": modelgen.PUBLISHER_CATEGORIES,
-        "device_type": modelgen.DEVICE_TYPES,
-        "country_tier": modelgen.COUNTRY_TIERS,
-        "creative_type": modelgen.CREATIVE_TYPES,
-    }
-    for key, labels in expected.items():
-        assert set(seg[key]) == set(labels), key
-    tablet = x[:, FEATURES.index("device_tablet")] == 1
-    assert np.all((seg["device_type"] == "tablet") == tablet)
 
 
 # --- the models ----------------------------------------------------------------------------
@@ -225,21 +174,38 @@ def test_segment_regression_loses_on_tablets_but_wins_overall(
         assert top5(seg, slates, device) > top5(champ, slates, device)
 
 
+def test_modelgen_variants_are_the_shipped_scenario_variants() -> None:
+    assert tuple(MODELS) == scenario_models.VARIANTS
+    assert set(modelgen.DEMO_MODELS) == set(MODELS) | set(scenario_models.ALIASES)
+    shipped = {p.stem for p in modelgen.DEMO_DIR.glob("*.onnx")}
+    assert shipped == set(modelgen.DEMO_MODELS)
+    for name in modelgen.DEMO_MODELS:
+        assert scenario_models.demo_model_path(name) == modelgen.DEMO_DIR / f"{name}.onnx"
+
+
 def test_demo_models_equal_regenerated_models(tmp_path: Path) -> None:
     regenerated = modelgen.write_demo(tmp_path)
-    assert set(regenerated) == {"champion", "challenger"}
+    assert set(regenerated) == set(modelgen.DEMO_MODELS)
     for variant, path in regenerated.items():
-        shipped = onnx.load(str(modelgen.DEMO_DIR / path.name))
+        shipped_path = scenario_models.demo_model_path(variant)
+        if shipped_path.read_bytes() == path.read_bytes():
+            continue
+        shipped = onnx.load(str(shipped_path))
         fresh = onnx.load(str(path))
         assert shipped.metadata_props == fresh.metadata_props, variant
         assert shipped.graph.node == fresh.graph.node, variant
-        # Float64 training makes the float32 weights bit-identical across BLAS thread counts
-        # here; the tolerance only allows for a last-bit difference on another CPU.
+        # Float64 training makes the files byte-identical here (the branch above); the
+        # tolerance only allows for a last-bit weight difference on another CPU or BLAS.
         for a, b in zip(shipped.graph.initializer, fresh.graph.initializer, strict=True):
             assert a.name == b.name
             np.testing.assert_allclose(
                 numpy_helper.to_array(a), numpy_helper.to_array(b), rtol=1e-5, atol=1e-6
             )
+
+
+def test_modelgen_reexports_the_world() -> None:
+    for name in ("FEATURES", "DEVICE_TYPES", "sample_requests", "ground_truth_ctr", "segments"):
+        assert getattr(modelgen, name) is getattr(world, name)
 
 
 def test_modelgen_main_writes_every_variant(tmp_path: Path) -> None:

@@ -1,0 +1,421 @@
+"""The ad-server simulator: open-loop traffic from the synthetic world, with impressions and clicks.
+
+At a fixed rate (constant or Poisson arrivals, scheduled from intended send times) it draws a
+request of N candidate ads from `bench.world`, asks `POST /predict` (msgpack) to score them,
+shows the top-scored one, posts its impression to `POST /events`, and posts a click with the
+shown ad's true click probability (after an optional delay). Events are batched: flushed every
+`flush_s` or every `flush_events` events. Latency runs from the intended send time, so a stall
+counts in every request scheduled during it; a request sent more than `late_ms` after its
+intended time is `late`, and requests the schedule held but never sent are `unsent` — the run
+reports that it fell behind instead of quietly sending less.
+
+Connections are raw `asyncio.Protocol`s (HTTP/1.1 keep-alive, one request outstanding each),
+opened as needed up to `max_in_flight`. Loopback targets only.
+
+    python -m bench.simulator --url http://127.0.0.1:8000 --rate 300 --seconds 30 \\
+        --candidates 4 --seed 1 --mix device_type=mobile:0.2,desktop:0.3,tablet:0.5 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgpack
+import numpy as np
+
+from bench import world
+from bench.httppool import Pool
+from bench.loadgen import parse_url
+from bench.simstats import ARMS, SimStats
+from bench.simstats import ArmStats as ArmStats
+from bench.simstats import Tick as Tick
+
+
+class SimulatorError(Exception):
+    """The server cannot be simulated against (no champion, features outside the world)."""
+
+
+@dataclass
+class SimConfig:
+    """One simulator run. Checked at construction: a non-loopback `url` raises TargetNotAllowed."""
+
+    url: str
+    rate: float
+    duration_s: float
+    candidates: int = 4
+    seed: int = 1
+    mix: world.Mix | None = None
+    click_delay_s: float = 0.0
+    positional: bool = True
+    poisson: bool = False
+    max_in_flight: int = 128
+    timeline_s: float = 1.0
+    late_ms: float = 10.0
+    flush_s: float = 0.05
+    flush_events: int = 200
+    drain_timeout_s: float = 5.0
+    request_prefix: str = "sim-"
+
+    def __post_init__(self) -> None:
+        host, port, path = parse_url(self.url)
+        self.host, self.port, self.base = host, port, path.rstrip("/")
+        checks = [
+            (self.rate > 0, f"rate must be > 0 requests/s, got {self.rate}"),
+            (self.duration_s > 0, f"duration_s must be > 0, got {self.duration_s}"),
+            (1 <= self.candidates <= 256, f"candidates must be 1..256, got {self.candidates}"),
+            (self.click_delay_s >= 0, f"click_delay_s must be >= 0, got {self.click_delay_s}"),
+            (self.max_in_flight >= 1, f"max_in_flight must be >= 1, got {self.max_in_flight}"),
+            (self.timeline_s > 0, f"timeline_s must be > 0, got {self.timeline_s}"),
+            (
+                1 <= self.flush_events <= 1000,
+                f"flush_events must be 1..1000, got {self.flush_events}",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        world.resolve_mix(self.mix)
+
+
+@dataclass
+class Batch:
+    """Pre-encoded /predict requests and what the world knows about them."""
+
+    first: int  # index of the first request of the run
+    requests: list[bytes]  # complete HTTP requests
+    truth: np.ndarray  # [n, k] true CTR of each candidate
+    click_draw: np.ndarray  # [n] uniform draw: click iff below the shown ad's true CTR
+
+
+def make_batch(
+    config: SimConfig, rng: np.random.Generator, features: list[str], first: int, n: int
+) -> Batch:
+    """`n` requests from the world, rows in the order of `features` (the champion's)."""
+    x = world.sample_requests(rng, n, config.candidates, config.mix)
+    truth = world.ground_truth_ctr(x)
+    click_draw = rng.random(n)
+    # Creative type differs between candidates; the request carries its first candidate's (the
+    # ad server labels the request before it knows which ad wins).
+    seg = {dim: labels.tolist() for dim, labels in world.segments(x[:, 0, :]).items()}
+    rows = x[:, :, world.feature_columns(features)].tolist()
+    head = (
+        f"POST {config.base}/predict HTTP/1.1\r\nHost: {config.host}:{config.port}\r\n"
+        "Content-Type: application/msgpack\r\nContent-Length: "
+    ).encode()
+    requests = []
+    for j in range(n):
+        body = msgpack.packb(
+            {
+                "request_id": f"{config.request_prefix}{config.seed}-{first + j}",
+                "features": rows[j]
+                if config.positional
+                else [dict(zip(features, row, strict=True)) for row in rows[j]],
+                "segment": {dim: seg[dim][j] for dim in world.LABELS},
+            }
+        )
+        requests.append(b"%s%d\r\n\r\n%s" % (head, len(body), body))
+    return Batch(first, requests, truth, click_draw)
+
+
+class _Run:
+    """One simulation: the dispatcher, the answer handlers and the event buffer."""
+
+    def __init__(self, config: SimConfig, features: list[str], stats: SimStats) -> None:
+        self.config = config
+        self.features = features
+        self.stats = stats
+        self.rng = np.random.default_rng(config.seed)
+        self.arrivals = np.random.default_rng([config.seed, 1])
+        self.pool = Pool(config.host, config.port, config.max_in_flight)
+        self.events: list[dict[str, Any]] = []
+        self.events_head = (
+            f"POST {config.base}/events HTTP/1.1\r\nHost: {config.host}:{config.port}\r\n"
+            "Content-Type: application/msgpack\r\nContent-Length: "
+        ).encode()
+        self.batch_size = int(min(1024, max(16, config.rate * 0.05)))
+        self.t0_ns = 0
+        self.outstanding = 0  # /predict requests sent and not answered
+        self.pending_clicks = 0
+        self.loop = asyncio.get_running_loop()
+
+    async def dispatch(self, stop: asyncio.Event) -> None:
+        config, stats, pool = self.config, self.stats, self.pool
+        clock = time.perf_counter_ns
+        period_ns = 1e9 / config.rate
+        late_ns = config.late_ms * 1e6
+        batch = make_batch(config, self.rng, self.features, 0, self.batch_size)
+        upcoming: Batch | None = None
+        self.t0_ns = t0 = clock() + 1_000_000  # the first sends are not already late
+        stats.started_at = time.time() + 0.001
+        end = t0 + int(config.duration_s * 1e9)
+        i, offset, due, held = 0, 0.0, t0, False
+        while due < end and not stop.is_set():
+            now = clock()
+            if now >= end and now - due > late_ns:
+                break  # what is left of the schedule is past its time: unsent
+            if due > now or not pool.free():
+                held = held or due <= now
+                if upcoming is None and i - batch.first > len(batch.requests) // 2:
+                    # Drawing the next batch in the slack keeps it off the send path.
+                    first = batch.first + len(batch.requests)
+                    upcoming = make_batch(config, self.rng, self.features, first, self.batch_size)
+                    continue
+                # uvloop's timers tick in whole ms: a send can be ~1 ms late, far below late_ms.
+                await asyncio.sleep((due - now) / 1e9 if due > now else 0.0005)
+                continue
+            if i - batch.first >= len(batch.requests):
+                batch = upcoming or make_batch(config, self.rng, self.features, i, self.batch_size)
+                upcoming = None
+            j = i - batch.first
+            lag = now - due
+            if lag > late_ns:
+                stats.late += 1
+            stats.max_lag_ms = max(stats.max_lag_ms, lag / 1e6)
+            if held:
+                stats.capped += 1
+                held = False
+            stats.sent += 1
+            self.outstanding += 1
+            pool.submit(batch.requests[j], self._answered(batch, j, due))
+            i += 1
+            offset += self.arrivals.exponential(period_ns) if config.poisson else period_ns
+            due = t0 + int(offset)
+        # What the schedule held until the end that never went out; after a stop, only what
+        # was already late then.
+        cutoff = min(clock() - late_ns, end) if stop.is_set() else end
+        while due < cutoff:
+            i += 1
+            offset += self.arrivals.exponential(period_ns) if config.poisson else period_ns
+            due = t0 + int(offset)
+        stats.scheduled = i
+        stats.unsent = i - stats.sent
+
+    def _answered(self, batch: Batch, j: int, due: int) -> Callable[[int, bytes, str | None], None]:
+        def done(status: int, body: bytes, error: str | None) -> None:
+            self.outstanding -= 1
+            self._on_predict(batch, j, due, status, body, error)
+
+        return done
+
+    def _on_predict(
+        self, batch: Batch, j: int, due: int, status: int, body: bytes, error: str | None
+    ) -> None:
+        stats = self.stats
+        if error is not None:
+            self._count(stats.errors, f"predict {error}")
+            return
+        now = time.perf_counter_ns()
+        stats.histogram.record_value(min(max((now - due) // 1000, 1), 60_000_000))
+        answer = _decode(body)
+        if status != 200 or not isinstance(answer, dict):
+            reason = answer.get("error") if isinstance(answer, dict) else None
+            self._count(stats.errors, f"predict {status} {reason or 'unreadable'}")
+            return
+        arm, preds, token = answer.get("arm"), answer.get("predictions"), answer.get("token")
+        if (
+            arm not in stats.arms
+            or not isinstance(preds, list)
+            or len(preds) != batch.truth.shape[1]
+        ):
+            self._count(stats.errors, "predict bad_answer")
+            return
+        stats.answered += 1
+        shown = stats.arms[arm]
+        shown.requests += 1
+        fallback = answer.get("fallback")
+        if fallback is not None:
+            self._count(stats.fallbacks, str(fallback))
+        bucket = int((now - self.t0_ns) / (self.config.timeline_s * 1e9))
+        while len(stats.buckets) <= bucket:
+            stats.buckets.append([0, 0, 0])
+        stats.buckets[bucket][2 if fallback is not None else ARMS.index(arm)] += 1
+        best = max(range(len(preds)), key=preds.__getitem__)
+        p = preds[best]
+        if not 0.0 <= p <= 1.0:  # the server never answers this; do not post what it refuses
+            self._count(stats.errors, "predict prediction_out_of_range")
+            return
+        truth = float(batch.truth[j, best])
+        shown.impressions += 1
+        shown.true_ctr_sum += truth
+        self._event({"token": token, "type": "impression", "prediction": p})
+        if batch.click_draw[j] < truth:
+            shown.clicks += 1
+            click = {"token": token, "type": "click", "prediction": p}
+            if self.config.click_delay_s > 0:
+                self.pending_clicks += 1
+                self.loop.call_later(self.config.click_delay_s, self._delayed_click, click)
+            else:
+                self._event(click)
+
+    def _delayed_click(self, click: dict[str, Any]) -> None:
+        self.pending_clicks -= 1
+        self._event(click)
+
+    def _event(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+        if len(self.events) >= self.config.flush_events:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.events:
+            return
+        events, self.events = self.events, []
+        body = msgpack.packb({"events": events})
+        self.stats.events_posted += len(events)
+
+        def done(status: int, answer_body: bytes, error: str | None) -> None:
+            answer = _decode(answer_body) if error is None else None
+            stats = self.stats
+            if status == 200 and isinstance(answer, dict):
+                stats.events_accepted += int(answer.get("accepted", 0))
+                stats.events_rejected += int(answer.get("rejected", 0))
+                for e in answer.get("errors", []):
+                    self._count(stats.event_errors, str(e.get("reason")))
+            else:
+                reason = answer.get("error") if isinstance(answer, dict) else None
+                self._count(stats.errors, f"events {error or status} {reason or ''}".strip())
+
+        self.pool.submit(b"%s%d\r\n\r\n%s" % (self.events_head, len(body), body), done, urgent=True)
+
+    async def flusher(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.flush_s)
+            self.flush()
+
+    async def ticker(self, on_tick: Callable[[SimStats], None]) -> None:
+        period = self.config.timeline_s
+        while True:
+            await asyncio.sleep(period)
+            on_tick(self.stats)
+
+    async def drain(self) -> None:
+        deadline = time.monotonic() + self.config.drain_timeout_s + self.config.click_delay_s
+        while (self.outstanding or self.pending_clicks) and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        self.flush()
+        while self.pool.busy and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        self.stats.unanswered = self.outstanding
+
+    @staticmethod
+    def _count(counts: dict[str, int], key: str) -> None:
+        counts[key] = counts.get(key, 0) + 1
+
+
+async def champion_features(config: SimConfig) -> list[str]:
+    """The champion's ordered feature names, from GET /status; they must be in the world."""
+    async with httpx.AsyncClient(timeout=10) as client:
+        r = await client.get(f"http://{config.host}:{config.port}{config.base}/status")
+    r.raise_for_status()
+    champion = (r.json().get("models") or {}).get("champion")
+    if not champion:
+        raise SimulatorError(f"{config.url} has no champion model to send traffic to")
+    features = list(champion["features"])
+    try:
+        world.feature_columns(features)
+    except ValueError as e:
+        raise SimulatorError(f"the champion {champion.get('label')}: {e}") from None
+    return features
+
+
+async def simulate(
+    config: SimConfig,
+    stop: asyncio.Event | None = None,
+    on_tick: Callable[[SimStats], None] | None = None,
+) -> SimStats:
+    """Run the simulator until `config.duration_s` passes or `stop` is set; `on_tick` is called
+    with the live stats every `config.timeline_s`. Returns the stats once answers are in."""
+    features = await champion_features(config)
+    stats = SimStats(config.rate, config.duration_s, config.timeline_s)
+    run = _Run(config, features, stats)
+    tasks = [asyncio.create_task(run.flusher())]
+    if on_tick is not None:
+        tasks.append(asyncio.create_task(run.ticker(on_tick)))
+    try:
+        dispatch = asyncio.create_task(run.dispatch(stop or asyncio.Event()))
+        await asyncio.wait([dispatch, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        if not dispatch.done():  # a helper task failed (on_tick raised): stop sending
+            dispatch.cancel()
+            for task in tasks:
+                if task.done():
+                    task.result()
+        dispatch.result()
+        await run.drain()
+        stats.elapsed_s = (time.perf_counter_ns() - run.t0_ns) / 1e9
+    finally:
+        for task in tasks:
+            task.cancel()
+        run.pool.close()
+    return stats
+
+
+def run(config: SimConfig) -> SimStats:
+    """`simulate` on a fresh uvloop event loop."""
+    import uvloop
+
+    return uvloop.run(simulate(config))
+
+
+def _decode(body: bytes) -> Any:
+    try:
+        return msgpack.unpackb(body)
+    except Exception:
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.simulator", description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="the sidecar (loopback only)")
+    p.add_argument("--rate", type=float, default=300.0, help="requests per second")
+    p.add_argument("--seconds", type=float, default=30.0)
+    p.add_argument("--candidates", type=int, default=4, help="ads per request")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--mix", action="append", default=[], help="e.g. device_type=mobile:0.2,tablet:0.8"
+    )
+    p.add_argument("--click-delay", type=float, default=0.0, help="seconds before a click")
+    p.add_argument("--named", action="store_true", help="named-feature rows (default positional)")
+    p.add_argument("--poisson", action="store_true", help="Poisson arrivals")
+    p.add_argument("--max-in-flight", type=int, default=128)
+    p.add_argument("--json", type=Path, help="write the stats here")
+    args = p.parse_args(argv)
+    try:
+        config = SimConfig(
+            args.url, args.rate, args.seconds, candidates=args.candidates, seed=args.seed,
+            mix=world.parse_mix(";".join(args.mix)) or None, click_delay_s=args.click_delay,
+            positional=not args.named, poisson=args.poisson, max_in_flight=args.max_in_flight,
+        )  # fmt: skip
+    except ValueError as e:
+        print(f"bench.simulator: {e}", file=sys.stderr)
+        return 2
+    try:
+        stats = run(config)
+    except (SimulatorError, httpx.HTTPError) as e:
+        print(f"bench.simulator: {e}", file=sys.stderr)
+        return 1
+    summary = stats.to_dict()
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in summary.items() if k != "timeline"}, indent=2))
+    if stats.fell_behind:
+        print(
+            f"bench.simulator: WARNING: fell behind the schedule ({stats.late} late, "
+            f"{stats.unsent} unsent of {stats.scheduled})",
+            file=sys.stderr,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

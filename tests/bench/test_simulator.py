@@ -1,0 +1,232 @@
+"""The ad-server simulator against a real `rampart serve` on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgpack
+import numpy as np
+import pytest
+from conftest import Server, rampart, start_server, stop_server
+
+from bench import simulator, world
+from bench.loadgen import TargetNotAllowed
+from bench.scenario_models import demo_model_path
+from bench.simulator import SimConfig, SimStats
+
+
+@pytest.fixture(scope="module")
+def champion_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """`rampart serve` with the shipped champion, warmed up (its first answers are slow)."""
+    state = tmp_path_factory.mktemp("sim") / "state"
+    out = rampart("models", "register", str(demo_model_path("champion")), "--state-dir", str(state))
+    assert out.returncode == 0, out.stderr
+    server = start_server(state)
+    try:
+        rows = world.sample_requests(np.random.default_rng(0), 20, 4).tolist()
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            for i, row in enumerate(rows):
+                body = msgpack.packb({"request_id": f"warm-{i}", "features": row})
+                headers = {"content-type": "application/msgpack"}
+                assert client.post("/predict", content=body, headers=headers).status_code == 200
+        yield server
+    finally:
+        stop_server(server)
+
+
+def _server_arm(server: Server, stats: SimStats) -> dict[str, Any]:
+    """The server's champion counters once they have caught up with what the run posted."""
+    deadline = time.monotonic() + 5
+    while True:
+        arm: dict[str, Any] = httpx.get(f"{server.url}/status", timeout=10).json()["arms"][
+            "champion"
+        ]
+        if arm["impressions"] >= stats.arms["champion"].impressions or time.monotonic() > deadline:
+            return arm
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def steady_run(champion_server: Server) -> tuple[SimStats, dict[str, Any]]:
+    """3 s at 100 requests/s, and the server's champion counters right after."""
+    stats = simulator.run(SimConfig(champion_server.url, rate=100, duration_s=3, seed=3))
+    return stats, _server_arm(champion_server, stats)
+
+
+def test_simulate_answers_every_request_it_sends(steady_run: tuple[SimStats, Any]) -> None:
+    stats, _ = steady_run
+    assert stats.scheduled == 300
+    assert stats.unsent == 0 and stats.late <= 0.05 * stats.sent
+    assert stats.answered == stats.sent == 300
+    assert stats.errors == {} and stats.unanswered == 0
+    assert stats.arms["champion"].requests == 300 and stats.arms["challenger"].requests == 0
+    latency = stats.latency_ms
+    assert latency["p50"] is not None and latency["p99"] is not None
+    assert 0 < latency["p50"] <= latency["p99"] <= latency["p99.9"]  # type: ignore[operator]
+
+
+def test_simulate_impressions_and_clicks_reach_the_server(
+    steady_run: tuple[SimStats, dict[str, Any]],
+) -> None:
+    stats, server_arm = steady_run
+    champion = stats.arms["champion"]
+    assert champion.impressions == stats.answered
+    assert stats.events_posted == champion.impressions + champion.clicks
+    assert stats.events_accepted == stats.events_posted and stats.events_rejected == 0
+    assert server_arm["impressions"] == champion.impressions
+    assert server_arm["clicks"] == champion.clicks
+
+
+def test_simulate_clicks_follow_the_ground_truth(steady_run: tuple[SimStats, Any]) -> None:
+    stats, _ = steady_run
+    champion = stats.arms["champion"]
+    expected = champion.true_ctr_sum
+    # Top of 4 candidates: the shown ads' true CTR is above the world's ~2% average.
+    assert 0.02 < champion.true_ctr < 0.08
+    assert abs(champion.clicks - expected) <= 4 * math.sqrt(expected) + 2
+
+
+def test_simulate_timeline_counts_answers_by_arm(steady_run: tuple[SimStats, Any]) -> None:
+    stats, _ = steady_run
+    timeline = stats.timeline
+    assert 3 <= len(timeline) <= 4 and [t.t for t in timeline[:3]] == [0.0, 1.0, 2.0]
+    assert sum(t.champion for t in timeline) == stats.answered
+    assert all(t.challenger == 0 and t.fallback == 0 for t in timeline)
+    assert stats.first_time_all_champion() == 0.0
+
+
+def test_simulate_named_rows_with_delayed_clicks_are_accepted(champion_server: Server) -> None:
+    config = SimConfig(
+        champion_server.url, rate=60, duration_s=1.5, seed=4, positional=False, click_delay_s=0.3
+    )
+    stats = simulator.run(config)
+    champion = stats.arms["champion"]
+    assert stats.answered == stats.sent == 90 and stats.errors == {}
+    assert stats.events_posted == champion.impressions + champion.clicks
+    assert stats.events_accepted == stats.events_posted
+
+
+def test_simulate_stops_on_the_event_and_calls_on_tick(champion_server: Server) -> None:
+    ticks: list[int] = []
+
+    async def main() -> SimStats:
+        stop = asyncio.Event()
+
+        def on_tick(stats: SimStats) -> None:
+            ticks.append(stats.answered)
+            stop.set()
+
+        config = SimConfig(champion_server.url, rate=50, duration_s=30, timeline_s=0.5)
+        return await simulator.simulate(config, stop=stop, on_tick=on_tick)
+
+    start = time.monotonic()
+    stats = asyncio.run(main())
+    assert time.monotonic() - start < 10
+    assert ticks and ticks[0] > 0
+    assert 20 <= stats.scheduled <= 40 and stats.unsent == 0
+    assert stats.answered == stats.sent
+
+
+def test_simulate_reports_falling_behind_an_impossible_rate(champion_server: Server) -> None:
+    stats = simulator.run(SimConfig(champion_server.url, rate=100_000, duration_s=1, seed=5))
+    assert stats.fell_behind
+    assert stats.unsent > 50_000 and stats.scheduled == stats.sent + stats.unsent
+    assert stats.answered == stats.sent
+    assert stats.to_dict()["fell_behind"] is True
+
+
+def test_simulator_cli_writes_json(champion_server: Server, tmp_path: Path) -> None:
+    out = tmp_path / "sim.json"
+    argv = ["--url", champion_server.url, "--rate", "40", "--seconds", "1", "--json", str(out)]
+    argv += ["--mix", "device_type=tablet:1"]
+    assert simulator.main(argv) == 0
+    summary = json.loads(out.read_text())
+    assert summary["answered"] == summary["sent"] == 40 and summary["fell_behind"] is False
+    assert summary["arms"]["champion"]["impressions"] == 40
+    assert summary["timeline"][0][0] == 0.0
+    assert sum(tick[1] for tick in summary["timeline"]) == 40
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        pytest.param("http://10.0.0.1:8000", id="private"),
+        pytest.param("http://example.com", id="name"),
+        pytest.param("http://[2001:db8::1]:8000", id="ipv6"),
+    ],
+)
+def test_sim_config_refuses_non_loopback_url(url: str) -> None:
+    with pytest.raises(TargetNotAllowed, match="loopback"):
+        SimConfig(url, rate=10, duration_s=1)
+    assert simulator.main(["--url", url, "--rate", "10", "--seconds", "1"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        pytest.param({"rate": 0}, "rate must be > 0", id="rate"),
+        pytest.param({"candidates": 0}, "candidates must be 1..256", id="candidates"),
+        pytest.param({"mix": {"device_type": {"phone": 1}}}, "unknown device_type", id="mix"),
+    ],
+)
+def test_sim_config_refuses_bad_settings(kwargs: dict[str, Any], message: str) -> None:
+    settings: dict[str, Any] = {"rate": 10, "duration_s": 1, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        SimConfig("http://127.0.0.1:8000", **settings)
+
+
+def _decoded(config: SimConfig, features: list[str], n: int) -> list[dict[str, Any]]:
+    batch = simulator.make_batch(config, np.random.default_rng(config.seed), features, 0, n)
+    return [msgpack.unpackb(r.split(b"\r\n\r\n", 1)[1]) for r in batch.requests]
+
+
+def test_make_batch_honours_the_segment_mix() -> None:
+    mix = {"device_type": {"tablet": 1.0}, "publisher_category": {"news": 1, "games": 1}}
+    config = SimConfig("http://127.0.0.1:8000", rate=10, duration_s=1, mix=mix)
+    bodies = _decoded(config, world.FEATURES, 2000)
+    assert {b["segment"]["device_type"] for b in bodies} == {"tablet"}
+    tablet = world.FEATURES.index("device_tablet")
+    assert all(row[tablet] == 1.0 for b in bodies for row in b["features"])
+    news = np.mean([b["segment"]["publisher_category"] == "news" for b in bodies])
+    assert 0.45 < news < 0.55
+    assert {b["segment"]["publisher_category"] for b in bodies} == {"news", "games"}
+    assert {b["segment"]["country_tier"] for b in bodies} == set(world.COUNTRY_TIERS)
+
+
+def test_make_batch_orders_rows_like_the_model() -> None:
+    features = ["device_tablet", "ad_relevance", "user_age_bucket"]
+    config = SimConfig("http://127.0.0.1:8000", rate=10, duration_s=1, candidates=3)
+    positional = _decoded(config, features, 5)
+    x = world.sample_requests(np.random.default_rng(config.seed), 5, 3)
+    np.testing.assert_array_equal(
+        np.array([b["features"] for b in positional], dtype=np.float32),
+        x[:, :, world.feature_columns(features)],
+    )
+    assert len({b["request_id"] for b in positional}) == 5
+    config.positional = False
+    named = _decoded(config, features, 5)
+    assert named[0]["features"][1] == dict(zip(features, positional[0]["features"][1], strict=True))
+
+
+def test_sim_stats_first_time_all_champion_finds_the_lasting_flip() -> None:
+    stats = SimStats(rate=10, duration_s=6)
+    stats.buckets = [[9, 1, 0], [10, 0, 0], [8, 0, 2], [10, 0, 0], [0, 0, 0], [10, 0, 0]]
+    assert stats.first_time_all_champion() == 3.0
+    assert stats.first_time_all_champion(after_s=4.5) == 5.0
+    stats.buckets.append([5, 5, 0])
+    assert stats.first_time_all_champion() is None
+
+
+def test_simulator_imports_without_onnx() -> None:
+    code = "import sys, bench.simulator; assert 'onnx' not in sys.modules, 'onnx imported'"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
