@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,7 @@ from router import layout, slab
 from router import metrics as prom
 from router import snapshot as snap
 from router.config import Config, token_secret
+from router.dashboard import Dashboard
 from router.layout import BASIS_POINTS, Counter
 from router.models import Model
 from router.registry import Registry
@@ -88,15 +90,30 @@ class Worker:
         self.sync()
 
     # -- periodic work (the ticker), never per request -----------------------
-    def sync(self) -> None:
-        """Load models the slot table names, acknowledge slots, check the heartbeat."""
+    def pending_loads(self) -> list[tuple[int, int, Path]]:
+        """(slot, version, file) of each model the slot table names and this worker lacks."""
+        ctrl = self.shm.control
+        out = []
+        for s in range(layout.N_SLOTS):
+            version = int(ctrl["slot_model"][s])
+            current = self.models[s]
+            if version and (current is None or current.version != version):
+                out.append((s, version, self.registry.path_of(self.registry.get(version))))
+        return out
+
+    def sync(self, loaded: dict[int, Model] | None = None) -> None:
+        """Install models the slot table names (`loaded` ones were built off the event
+        loop by the ticker), acknowledge slots, check the heartbeat."""
         ctrl = self.shm.control
         for s in range(layout.N_SLOTS):
             version = int(ctrl["slot_model"][s])
             seq = int(ctrl["slot_seq"][s])
             current = self.models[s]
             if version and (current is None or current.version != version):
-                self.models[s] = self.registry.load(version)
+                model = (loaded or {}).get(s)
+                if model is None or model.version != version:
+                    model = self.registry.load(version)
+                self.models[s] = model
             elif not version:
                 self.models[s] = None
             if int(self.slab["slot_seq"][s]) != seq:
@@ -367,6 +384,7 @@ class App:
                 Route("/metrics", self.metrics),
                 Route("/status", self.status),
                 Route("/admin/rollout/{command}", self.admin, methods=["POST"]),
+                *Dashboard().routes(),
             ],
             lifespan=self.lifespan,
         )
@@ -389,7 +407,13 @@ class App:
             worker = self.worker
             if worker is not None:
                 try:
-                    worker.sync()
+                    # Building a session takes tens of ms: off the event loop, so
+                    # requests keep flowing while a new model loads.
+                    loaded = {
+                        slot: await asyncio.to_thread(Model, path, version)
+                        for slot, version, path in worker.pending_loads()
+                    }
+                    worker.sync(loaded)
                     failure = ""
                 except Exception as e:  # a bad model file must not stop the ticker
                     if str(e) != failure:
@@ -462,7 +486,13 @@ class App:
 
     async def metrics(self, request: Request) -> Response:
         worker, snapshot = self._snapshot()
-        text = prom.render(snapshot, worker.models, worker.route.stale)
+        text = prom.render(
+            snapshot,
+            worker.models,
+            stale=worker.route.stale,
+            effective_split_bp=worker.route.split_bp,
+            status=worker.evaluator_status.read(),
+        )
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     async def status(self, request: Request) -> Response:
