@@ -1,0 +1,194 @@
+"""The `rampart` command line against a real `rampart serve`: `status` (table, --json,
+--watch, an unreachable server) and `report` on the state directory a real evaluator
+process wrote, read after the server has stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import (
+    ADMIN_TOKEN,
+    Server,
+    free_port,
+    rampart,
+    start_server,
+    stop_server,
+    tiny_model,
+)
+
+from guardrails.journal import Journal
+from rampart.cli import _status_text
+
+
+def _register(tmp: Path) -> Path:
+    state = tmp / "state"
+    for path in (tiny_model(tmp / "a.onnx"), tiny_model(tmp / "b.onnx", scale=2.0)):
+        out = rampart("models", "register", str(path), "--state-dir", str(state))
+        assert out.returncode == 0, out.stderr
+    return state
+
+
+def _config(tmp: Path) -> Path:
+    path = tmp / "rampart.toml"
+    path.write_text("[rollout]\njournal_every_s = 0.0\n")  # a metrics record every tick
+    return path
+
+
+def _wait_for_guardrails(server: Server) -> None:
+    status: dict[str, Any] = {}
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status = httpx.get(f"{server.url}/status", timeout=5).json()
+        if status["phase"] == 1 and status["guardrails"]:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the rollout never showed guardrails: {status}")
+
+
+@pytest.fixture(scope="module")
+def rolling(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server with a rollout in phase 1 whose guardrails have been evaluated."""
+    tmp = tmp_path_factory.mktemp("rolling")
+    server = start_server(_register(tmp))
+    try:
+        assert server.admin("start", {"version": "2"}).status_code == 200
+        _wait_for_guardrails(server)
+        yield server
+    finally:
+        stop_server(server)
+
+
+def test_status_prints_phase_split_guardrails_next_and_arms(rolling: Server) -> None:
+    out = rampart("status", "--url", rolling.url)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("rollout r") and lines[0].endswith("tiny:2 vs tiny:1")
+    assert lines[1].startswith("phase 1/5  running  split 3.0%  in phase ")
+    assert "(min 1d00h, max 2d00h)" in lines[1]  # the default phase 1: 24-48 h
+    status = httpx.get(f"{rolling.url}/status", timeout=5).json()
+    table = lines[lines.index(next(x for x in lines if x.startswith("GUARDRAIL"))) :]
+    for g in status["guardrails"]:
+        row = next(x for x in table if x.startswith(g["name"] + " "))
+        assert row.split()[-1] == g["state"] and g["threshold"] in row
+    assert any(x.startswith("next: ") for x in lines)
+    assert any(x.split()[:2] == ["champion", "tiny:1"] for x in lines)
+    assert any(x.split()[:2] == ["challenger", "tiny:2"] for x in lines)
+    assert "\033[" not in out.stdout  # no colour when stdout is not a terminal
+
+
+def test_status_json_prints_the_raw_status(rolling: Server) -> None:
+    out = rampart("status", "--url", rolling.url, "--json")
+    assert out.returncode == 0, out.stderr
+    status = json.loads(out.stdout)
+    assert status["phase"] == 1 and status["split_bp"] == 300
+    assert status["models"]["challenger"]["version"] == "2"
+    assert {g["state"] for g in status["guardrails"]} <= {"pass", "fail", "waiting"}
+
+
+def test_status_text_colours_each_state_for_a_terminal(rolling: Server) -> None:
+    status = httpx.get(f"{rolling.url}/status", timeout=5).json()
+    status["guardrails"][0]["state"] = "fail"
+    status["guardrails"][1]["state"] = "waiting"
+    plain = _status_text(status, colour=False).splitlines()
+    coloured = _status_text(status, colour=True).splitlines()
+    colours = {"pass": "\033[32m", "fail": "\033[31;1m", "waiting": "\033[33m"}
+    for g in status["guardrails"]:
+        i = next(i for i, x in enumerate(plain) if x.startswith(g["name"] + " "))
+        # Same columns as the plain table, the state wrapped in its colour.
+        assert coloured[i] == plain[i][: -len(g["state"])] + (
+            f"{colours[g['state']]}{g['state']}\033[0m"
+        )
+
+
+def test_status_watch_refreshes_until_interrupted(rolling: Server) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rampart.cli", "status", "--watch", "--url", rolling.url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(4.0)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=10)
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    assert stdout.count("phase 1/5") >= 2  # refreshed at least once
+
+
+def test_status_unreachable_server_exits_1_with_a_message() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    out = rampart("status", "--url", url)
+    assert out.returncode == 1
+    assert f"rampart: cannot read {url}/status" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_report_renders_a_rollout_after_the_server_is_gone(tmp_path: Path) -> None:
+    server = start_server(_register(tmp_path), config=_config(tmp_path))
+    try:
+        rollout_id = server.admin("start", {"version": "2"}).json()["rollout"]
+        _wait_for_guardrails(server)
+        time.sleep(2.0)  # a few metrics records
+        env = dict(os.environ, RAMPART_ADMIN_TOKEN=ADMIN_TOKEN)
+        out = rampart("rollout", "rollback", "--url", server.url, env=env)
+        assert out.returncode == 0, out.stdout + out.stderr
+    finally:
+        stop_server(server)
+    state = str(server.state)
+
+    md = rampart("report", rollout_id, "--state-dir", state)
+    assert md.returncode == 0, md.stderr
+    assert md.stdout.startswith(f"# Rollout {rollout_id}: tiny:2 vs tiny:1")
+    assert "- **Outcome:** rolled_back" in md.stdout
+    assert "| 1 |" in md.stdout and "**failed**" in md.stdout
+    assert "rolled back in phase 1 (manual)" in md.stdout
+    assert "Sampled metric records" in md.stdout
+
+    out_file = tmp_path / "postmortem.html"
+    page = rampart("report", rollout_id, "--format", "html", "--state-dir", state)
+    written = rampart(
+        "report", rollout_id, "--format", "html", "--state-dir", state, "--out", str(out_file)
+    )
+    assert page.returncode == 0 and written.returncode == 0, written.stderr
+    assert out_file.read_text() == page.stdout
+    assert page.stdout.startswith("<!DOCTYPE html>") and "<svg" in page.stdout
+
+    listed = rampart("report", "--list", "--state-dir", state)
+    assert listed.returncode == 0
+    assert listed.stdout.startswith(rollout_id) and "rolled_back" in listed.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        pytest.param(["r-nope"], "no rollout 'r-nope'", id="unknown-id"),
+        pytest.param([], "report needs a ROLLOUT_ID", id="no-id"),
+    ],
+)
+def test_report_bad_arguments_exit_2_with_a_message(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    state = tmp_path / "state"
+    Journal(state).close()  # an empty journal
+    out = rampart("report", *args, "--state-dir", str(state))
+    assert out.returncode == 2
+    assert message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_report_without_a_journal_exits_2(tmp_path: Path) -> None:
+    out = rampart("report", "r1", "--state-dir", str(tmp_path / "nowhere"))
+    assert out.returncode == 2
+    assert "no rollout journal" in out.stderr
+    assert not (tmp_path / "nowhere").exists()  # reading never creates a state directory
