@@ -313,10 +313,19 @@ def broken_constant() -> onnx.ModelProto:
 
 
 def broken_nan() -> onnx.ModelProto:
-    """NaN for every row: sqrt(0·Σx − 1)."""
+    """The champion, except NaN for rows with RAISE_FEATURE > RAISE_THRESHOLD (~42% of live
+    rows): sigmoid(z) + sqrt(-over). The registry's probe rows stay below the threshold, so
+    the model loads and fails only on live traffic, as a feature-pipeline bug would."""
     g = _Graph()
-    g.op("Sqrt", [g.op("Sub", [g.zero_row_sum(), g.const("one", 1.0)])], out=OUTPUT_NAME)
-    return g.model("ctr-broken-nan", "Broken: predicts NaN for every row.")
+    column = g.op("Gather", [INPUT_NAME, g.const("nan_column", [_COL[RAISE_FEATURE]])], axis=1)
+    over = g.op("Greater", [column, g.const("nan_threshold", RAISE_THRESHOLD)])
+    negative = g.op("Neg", [g.op("Cast", [over], to=TensorProto.FLOAT)])
+    y = g.op("Sigmoid", [g.mlp_logit(fitted("champion"))])
+    g.op("Add", [y, g.op("Sqrt", [negative])], out=OUTPUT_NAME)
+    return g.model(
+        "ctr-mlp-broken-nan",
+        f"Broken: the champion, but NaN for rows with {RAISE_FEATURE} > {RAISE_THRESHOLD}.",
+    )
 
 
 def broken_raise() -> onnx.ModelProto:

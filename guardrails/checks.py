@@ -24,6 +24,7 @@ from guardrails.metrics import (
     calibration_kernel,
     distribution_kernel,
     srm_kernel,
+    srm_sequential_kernel,
     wilson_kernel,
 )
 from guardrails.policy import Policy, State
@@ -219,9 +220,22 @@ def segment_error_rate(p: Policy, e: Evidence) -> Result:
 
 
 def latency_p99(p: Policy, e: Evidence) -> Result:
+    """The challenger's p99 (time in the handler, from the merged HDR histograms). Requests
+    cut off by the challenger timeout count here: over 1% of them means p99 is past it."""
     g = p.guards
     threshold = f"< {g.max_p99_ms:g} ms"
     value, judged = e.challenger.latency_us[1] / 1000, False
+    c = e.challenger
+    low, _ = wilson_kernel(float(c.timeouts), float(c.requests), _z(g.confidence))
+    if low > 0.01:
+        return Result(
+            "latency_p99",
+            value,
+            threshold,
+            State.FAIL,
+            1,
+            f"{c.timeouts} of {c.requests} requests hit the challenger timeout",
+        )
     for arm in (e.challenger, e.recent):
         if arm is None or arm.latency_count < g.min_latency_samples:
             continue
@@ -285,19 +299,24 @@ def prediction_shift(p: Policy, e: Evidence) -> Result:
 
 
 def sample_ratio(p: Policy, e: Evidence) -> Result:
+    """Requests per arm since the phase started against the split, with the always-valid
+    test (metrics.srm_sequential_kernel); the plain chi-square p is in the detail."""
     g = p.guards
     n_b, n_c = e.phase_requests
-    _, pvalue = srm_kernel(float(n_b), float(n_c), float(e.split_bp))
+    log_bf = srm_sequential_kernel(float(n_b), float(n_c), float(e.split_bp), g.srm_concentration)
+    pvalue = min(1.0, math.exp(-log_bf))
+    _, chi2_p = srm_kernel(float(n_b), float(n_c), float(e.split_bp))
     state = State.WAITING
     if n_b + n_c >= g.min_srm_requests:
         state = State.FAIL if pvalue < g.srm_p else State.PASS
     return Result(
         "sample_ratio",
         pvalue,
-        f"p >= {g.srm_p:g}",
+        f"always-valid p >= {g.srm_p:g}",
         state,
         1,
-        f"{n_c} of {n_b + n_c} requests to the challenger at {e.split_bp} bp",
+        f"{n_c} of {n_b + n_c} requests to the challenger at {e.split_bp} bp "
+        f"(chi-square p {chi2_p:.3g})",
     )
 
 
@@ -379,17 +398,20 @@ def calibration_buckets(p: Policy, e: Evidence) -> Result:
             2,
             f"no bucket has {g.min_bucket_clicks} clicks yet",
         )
+    # A judged bucket passes unless it is surely outside the band: one whose ratio is out
+    # only by noise is not failed, and a truly bad one fails as its clicks grow (this check
+    # keeps applying in every later phase).
     judged_ratio = ratio[judged_mask]
     worst = float(judged_ratio[np.argmax(np.abs(np.log(judged_ratio)))])
-    unsure = int((state[judged_mask] != PASS).sum())
+    noisy = int((state[judged_mask] != PASS).sum())
     thin = int(((arm.bucket_clicks > 0) & ~judged_mask).sum())
     return Result(
         "calibration_buckets",
         worst,
         threshold,
-        State.WAITING if unsure else State.PASS,
+        State.PASS,
         2,
-        f"{int(judged_mask.sum())} buckets judged ({unsure} not yet sure), "
+        f"{int(judged_mask.sum())} buckets judged ({noisy} outside only by noise), "
         f"{thin} with too few clicks to judge",
     )
 

@@ -61,6 +61,7 @@ class Evaluator:
         self.series = view.Series()
         self.last_journal = 0.0
         self.tick_seconds = 0.0
+        self.events_cache: tuple[Any, list[dict[str, Any]]] = (None, [])
         self._adopt()
 
     # -- control word ---------------------------------------------------------------------------
@@ -122,6 +123,7 @@ class Evaluator:
         elif r is not None and r.state.active:
             self._judge(r, now)
         self._drain_alerts(now)
+        # Decided and acted on; publishing the picture for /status is the slow part.
         self.tick_seconds = time.perf_counter() - started
         statusfile.write(self.config.state_path, view.status(self, now))
 

@@ -117,6 +117,7 @@ class Journal:
         self.db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(_SCHEMA)
+        self.last_seq = 0  # of the last event this process appended
 
     def close(self) -> None:
         self.db.close()
@@ -175,10 +176,15 @@ class Journal:
             "INSERT INTO events (rollout_id, t, kind, phase, data) VALUES (?, ?, ?, ?, ?)",
             (rollout_id, t, kind, phase, json.dumps(data, default=_jsonable)),
         )
-        return int(cur.lastrowid or 0)
+        self.last_seq = int(cur.lastrowid or 0)
+        return self.last_seq
 
     def events(
-        self, rollout_id: str | None = None, kinds: tuple[str, ...] = (), limit: int = 0
+        self,
+        rollout_id: str | None = None,
+        kinds: tuple[str, ...] = (),
+        limit: int = 0,
+        exclude: tuple[str, ...] = (),
     ) -> list[Event]:
         sql = "SELECT seq, rollout_id, t, kind, phase, data FROM events"
         clauses, args = [], []
@@ -188,6 +194,9 @@ class Journal:
         if kinds:
             clauses.append(f"kind IN ({', '.join('?' * len(kinds))})")
             args.extend(kinds)
+        if exclude:
+            clauses.append(f"kind NOT IN ({', '.join('?' * len(exclude))})")
+            args.extend(exclude)
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)
         if limit:

@@ -22,6 +22,9 @@ from router.segments import DIMENSIONS, SegmentSpace
 from router.snapshot import SlotTotals
 
 WAITING, PASS, FAIL = 0, 1, 2
+# Below this many clicks the normal approximation of log(ratio) is too rough to fail a
+# bucket on, however far out it looks; passing needs the configured minimum.
+MIN_INTERVAL_CLICKS = 20.0
 _PERCENTILES = np.array([50.0, 99.0, 99.9, 100.0])
 
 
@@ -66,9 +69,9 @@ def calibration_kernel(
     """Per bucket: ratio = predicted / clicks, its interval, and a state.
 
     Clicks are close to Poisson, so log(ratio) has sd ~ 1/sqrt(clicks): the interval is
-    ratio * exp(-+z / sqrt(clicks)). FAIL only when the whole interval is outside [lo, hi];
-    PASS when there are min_clicks and the ratio is inside; otherwise WAITING (too few clicks
-    to judge, or outside but not yet surely so).
+    ratio * exp(-+z / sqrt(clicks)). FAIL when the whole interval is outside [lo, hi] (and
+    there are MIN_INTERVAL_CLICKS); PASS when there are min_clicks and the ratio is inside;
+    otherwise WAITING (too few clicks to judge, or outside but not yet surely so).
     """
     n = clicks.shape[0]
     ratio = np.full(n, np.nan)
@@ -84,11 +87,9 @@ def calibration_kernel(
         ratio[i] = r
         low[i] = r / spread
         high[i] = r * spread
-        if c < min_clicks:
-            continue
-        if low[i] > hi or high[i] < lo:
+        if c >= MIN_INTERVAL_CLICKS and (low[i] > hi or high[i] < lo):
             state[i] = FAIL
-        elif lo <= r <= hi:
+        elif c >= min_clicks and lo <= r <= hi:
             state[i] = PASS
     return ratio, low, high, state
 
@@ -107,9 +108,10 @@ def calibration_reference(
         ratio = np.where(clicks > 0, predicted / clicks, np.nan)
         spread = np.where(clicks > 0, np.exp(z / np.sqrt(clicks)), np.nan)
     low, high = ratio / spread, ratio * spread
-    judged = clicks >= min_clicks
-    state = np.where(judged & ((low > hi) | (high < lo)), FAIL, WAITING)
-    state = np.where(judged & (state != FAIL) & (ratio >= lo) & (ratio <= hi), PASS, state)
+    surely_out = (clicks >= MIN_INTERVAL_CLICKS) & ((low > hi) | (high < lo))
+    state = np.where(surely_out, FAIL, WAITING)
+    inside = (clicks >= min_clicks) & (ratio >= lo) & (ratio <= hi)
+    state = np.where(~surely_out & inside, PASS, state)
     return ratio, low, high, state.astype(np.int64)
 
 
@@ -175,6 +177,32 @@ def srm_kernel(champion: float, challenger: float, split_bp: float) -> tuple[flo
 
 
 @njit(cache=True)
+def srm_sequential_kernel(
+    champion: float, challenger: float, split_bp: float, concentration: float
+) -> float:
+    """Always-valid sample-ratio test: the log Bayes factor of "the challenger's share is
+    anything" (Beta(k s, k (1 - s)) around the split s) against "it is exactly s".
+
+    The Beta-binomial mixture likelihood ratio is a nonnegative martingale under the null,
+    so by Ville's inequality P(it ever exceeds 1/alpha) <= alpha however often it is looked
+    at: 1 / BF is an always-valid p-value (the sequential SRM test of Lindon and Malek,
+    "Anytime-valid inference for multinomial count data", NeurIPS 2022, two-arm case).
+    A chi-square p-value checked every second would cross any fixed line on noise alone.
+    """
+    share = split_bp / layout.BASIS_POINTS
+    if champion + challenger <= 0 or share <= 0.0 or share >= 1.0:
+        return 0.0
+    a = concentration * share
+    b = concentration * (1.0 - share)
+    log_mixture = (
+        math.lgamma(a + challenger) + math.lgamma(b + champion) - math.lgamma(a + b + champion
+        + challenger) - (math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b))
+    )  # fmt: skip
+    log_null = challenger * math.log(share) + champion * math.log(1.0 - share)
+    return log_mixture - log_null
+
+
+@njit(cache=True)
 def wilson_kernel(events: float, n: float, z: float) -> tuple[float, float]:
     """Wilson score interval of a proportion; (0, 1) with no trials."""
     if n <= 0:
@@ -221,7 +249,8 @@ class SegmentCodes:
 @dataclass(frozen=True)
 class ArmMetrics:
     requests: int
-    errors: int
+    errors: int  # raised, NaN, out of range, features; timeouts are the latency check's
+    timeouts: int
     fallbacks: int
     stale_routed: int
     predictions: int
@@ -260,7 +289,8 @@ def measure(totals: SlotTotals, codes: SegmentCodes) -> ArmMetrics:
     lat = hdr.percentiles(totals.latency, _PERCENTILES)
     return ArmMetrics(
         requests=int(c[layout.Counter.REQUESTS]),
-        errors=totals.errors,
+        errors=totals.errors - int(c[layout.Counter.ERR_TIMEOUT]),
+        timeouts=int(c[layout.Counter.ERR_TIMEOUT]),
         fallbacks=int(c[layout.Counter.FALLBACKS]),
         stale_routed=int(c[layout.Counter.STALE_ROUTED]),
         predictions=int(c[layout.Counter.CANDIDATES]),

@@ -52,11 +52,11 @@ class Phase:
 
 
 DEFAULT_PHASES = (
-    Phase(1, 300, 24, 48, 10_000),
-    Phase(2, 1000, 48, 72, 50_000),
-    Phase(3, 2000, 72, 120, 200_000, p_better=0.6, inconclusive_ok=True),
-    Phase(4, 4000, 72, 120, 500_000, p_better=0.85, min_uplift=0.01),
-    Phase(5, 5000, 48, 72, 1_000_000, p_better=0.90, min_uplift=0.01),
+    Phase(1, 300, 24.0, 48.0, 10_000),
+    Phase(2, 1000, 48.0, 72.0, 50_000),
+    Phase(3, 2000, 72.0, 120.0, 200_000, p_better=0.6, inconclusive_ok=True),
+    Phase(4, 4000, 72.0, 120.0, 500_000, p_better=0.85, min_uplift=0.01),
+    Phase(5, 5000, 48.0, 72.0, 1_000_000, p_better=0.90, min_uplift=0.01),
 )
 
 
@@ -70,7 +70,8 @@ class Guards:
     max_segment_error_rate: float = 0.5
     max_prediction_ks: float = 0.5
     min_prediction_spread: float = 0.25  # challenger sd / champion sd of predictions
-    srm_p: float = 0.001
+    srm_p: float = 0.001  # on the always-valid p-value of the sequential SRM test
+    srm_concentration: float = 100.0  # k of its Beta(k s, k (1 - s)) mixture around split s
     calibration_low: float = 0.85
     calibration_high: float = 1.15
     bucket_low: float = 0.7
@@ -130,9 +131,11 @@ class Policy:
     @classmethod
     def from_config(cls, config: Config) -> Policy:
         raw = config.raw
-        rollout = dict(raw.get("rollout", {}))
+        rollout = raw.get("rollout", {})
         guards = _typed(Guards, "guardrails", raw.get("guardrails", {}))
         phases_raw = raw.get("phases", {})
+        if not isinstance(phases_raw, dict):
+            raise ConfigError(f"[phases] must be a table, got {phases_raw!r}")
         unknown = set(phases_raw) - {str(p.number) for p in DEFAULT_PHASES}
         if unknown:
             raise ConfigError(f"[phases] has unknown phase(s) {sorted(unknown)}; phases are 1-5")
@@ -164,9 +167,21 @@ class Policy:
             if not 0 <= p.min_hours <= p.max_hours:
                 raise ConfigError(f"[phases.{p.number}] needs 0 <= min_hours <= max_hours")
             previous = p.split_bp
+        for p in self.phases:
+            if not 0 <= p.p_better < 1:
+                raise ConfigError(f"[phases.{p.number}] p_better must be in [0, 1)")
         g = self.guards
-        if not (0 < g.calibration_low < 1 < g.calibration_high and g.bucket_low < g.bucket_high):
-            raise ConfigError("[guardrails] calibration bands must be low < 1 < high")
+        if not (0 < g.calibration_low < 1 < g.calibration_high):
+            raise ConfigError("[guardrails] needs calibration_low < 1 < calibration_high")
+        if not 0 < g.bucket_low < 1 < g.bucket_high:
+            raise ConfigError("[guardrails] needs bucket_low < 1 < bucket_high")
+        for name in ("max_error_rate", "max_segment_error_rate", "srm_p",
+                     "segment_probability", "literal_p_worse", "max_segment_degradation"):
+            if not 0 < getattr(g, name) < 1:
+                raise ConfigError(f"[guardrails] {name} must be in (0, 1), got {getattr(g, name)}")
+        for f in dataclasses.fields(g):
+            if f.name.startswith("min_") and getattr(g, f.name) < 0:
+                raise ConfigError(f"[guardrails] {f.name} must not be negative")
         if not 0.5 < g.confidence < 1:
             raise ConfigError("[guardrails] confidence must be in (0.5, 1)")
 
@@ -180,6 +195,8 @@ def _typed(
     extra: dict[str, Any] | None = None,
 ) -> Any:
     """Build dataclass `cls` from a config section, checking keys and types exactly."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"[{section}] must be a table, got {values!r}")
     extra = extra or {}
     defaults = base if base is not None else cls(**extra)
     settable = {f.name for f in dataclasses.fields(cls)} - set(extra) - {"number"}

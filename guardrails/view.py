@@ -36,14 +36,16 @@ class Series:
             self.points = self.points[::2]
             self.interval_s *= 2
         self.points.append(
-            {
-                "t": now,
-                "phase": phase,
-                "split_bp": split_bp,
-                "champion": _ctr(e.champion),
-                "challenger": _ctr(e.challenger),
-                "p_better": e.comparison.p_better if e.comparison.method != "none" else None,
-            }
+            clean(
+                {
+                    "t": now,
+                    "phase": phase,
+                    "split_bp": split_bp,
+                    "champion": _ctr(e.champion),
+                    "challenger": _ctr(e.challenger),
+                    "p_better": e.comparison.p_better if e.comparison.method != "none" else None,
+                }
+            )
         )
 
 
@@ -182,19 +184,7 @@ def status(ev: Evaluator, now: float) -> dict[str, Any]:
                 "result": seen.get("result", "pending"),
             }
         )
-    events = []
-    if r is not None:
-        for x in ev.journal.events(r.id, limit=50):
-            if x.kind != "metrics":
-                events.append(
-                    {
-                        "t": x.t,
-                        "kind": x.kind,
-                        "phase": x.phase,
-                        "detail": x.data.get("reason", ""),
-                        **_brief(x.data),
-                    }
-                )
+    events = _events(ev, r)
     out: dict[str, Any] = {
         "phase": r.phase if active and r is not None else 0,
         "state": r.state.value if active and r is not None else "idle",
@@ -205,7 +195,7 @@ def status(ev: Evaluator, now: float) -> dict[str, Any]:
         "guardrails": [x.to_json() for x in results],
         "next": _next_step(ev, r, results),
         "comparison": None,
-        "series": ev.series.points if r is not None else [],
+        "series": [],
         "calibration": {
             "bucket_width": ev.config.bucket_width,
             "band": [p.guards.bucket_low, p.guards.bucket_high],
@@ -232,7 +222,24 @@ def status(ev: Evaluator, now: float) -> dict[str, Any]:
         out["calibration"]["buckets"] = _buckets(e, ev.config.bucket_width)
         out["latency"] = {"champion": _latency(e.champion), "challenger": _latency(e.challenger)}
         out["segments"] = [vars(s) for s in e.segments]
-    return clean(out)
+    out = clean(out)
+    out["series"] = ev.series.points if r is not None else []  # cleaned as they were added
+    return out
+
+
+def _events(ev: Evaluator, r: Rollout | None) -> list[dict[str, Any]]:
+    """The rollout's last 50 decisions, re-read only when the log has grown."""
+    if r is None:
+        return []
+    key = (r.id, ev.journal.last_seq)
+    if ev.events_cache[0] != key:
+        events = [
+            clean({"t": x.t, "kind": x.kind, "phase": x.phase,
+                   "detail": x.data.get("reason", ""), **_brief(x.data)})
+            for x in ev.journal.events(r.id, limit=50, exclude=("metrics",))
+        ]  # fmt: skip
+        ev.events_cache = (key, events)
+    return ev.events_cache[1]
 
 
 def _brief(data: dict[str, Any]) -> dict[str, Any]:

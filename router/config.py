@@ -38,6 +38,7 @@ class ServeConfig:
     challenger_timeout_ms: float = 50.0
     stale_after_s: float = 3.0
     ticker_s: float = 0.1
+    evaluator_cpu: int = -1  # pin the evaluator to this CPU, away from the workers (-1: don't)
 
 
 @dataclass(frozen=True)

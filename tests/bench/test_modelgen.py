@@ -106,9 +106,19 @@ def test_broken_constant_predicts_two_percent(sessions: dict[str, ort.InferenceS
     np.testing.assert_allclose(predict(sessions["broken_constant"], x), 0.02, rtol=1e-6)
 
 
-def test_broken_nan_predicts_nan(sessions: dict[str, ort.InferenceSession]) -> None:
-    x = modelgen.sample_features(np.random.default_rng(10), 100)
-    assert np.all(np.isnan(predict(sessions["broken_nan"], x)))
+def test_broken_nan_predicts_nan_only_on_live_rows_over_the_threshold(
+    sessions: dict[str, ort.InferenceSession],
+) -> None:
+    sess = sessions["broken_nan"]
+    f = len(FEATURES)
+    for probe in (np.zeros((8, f)), np.ones((8, f))):
+        assert np.isfinite(predict(sess, probe.astype(np.float32))).all()
+    x = modelgen.sample_features(np.random.default_rng(10), 400)
+    over = x[:, FEATURES.index(modelgen.RAISE_FEATURE)] > modelgen.RAISE_THRESHOLD
+    pred = predict(sess, x)
+    assert 0.2 < over.mean() < 0.8
+    assert np.isnan(pred[over]).all()
+    np.testing.assert_allclose(pred[~over], predict(sessions["champion"], x)[~over], rtol=1e-5)
 
 
 def test_broken_raise_raises_only_above_threshold(
