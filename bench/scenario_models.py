@@ -29,8 +29,9 @@ REGRESSED_DEVICE = "tablet"
 # broken_raise raises iff a row of the batch has this feature above the threshold.
 RAISE_FEATURE = "user_sessions_7d_log"
 RAISE_THRESHOLD = 3.0
-# The worse model sees ad_relevance capped here: it cannot tell good ads from the best ones.
-WORSE_RELEVANCE_CAP = 0.3
+# The worse model sees ad_relevance capped here (and no ad_historical_ctr): it cannot tell
+# good ads from the best ones.
+WORSE_RELEVANCE_CAP = -0.5
 
 
 def demo_model_path(variant: str) -> Path:

@@ -89,7 +89,8 @@ SCENARIOS = {
 
 # One config for every scenario and the demo. time_scale 1/7200: an hour of the policy is
 # half a second, so the 12-day promotion takes 144 s. Evidence minimums are lowered to what
-# ~800 requests/s give in those seconds; the thresholds themselves are the defaults.
+# ~1000 requests/s give in those seconds, and calibration buckets are 5% wide instead of 1%
+# (a few hundred clicks cannot fill 1%-wide ones); the thresholds themselves are the defaults.
 SCENARIO_CONFIG = """
 [serve]
 workers = 1
@@ -101,6 +102,9 @@ publisher_category = {publishers}
 device_type = {devices}
 country_tier = {tiers}
 creative_type = {creatives}
+
+[calibration]
+bucket_width = 0.05
 
 [rollout]
 time_scale = 0.000138889
@@ -114,7 +118,7 @@ min_latency_samples = 100
 min_ctr_impressions = 300
 min_predictions = 300
 min_srm_requests = 500
-min_calibration_clicks = 100
+min_calibration_clicks = 60
 min_bucket_clicks = 15
 min_segment_clicks = 120
 confidence = 0.99
@@ -274,7 +278,7 @@ class Traffic:
 def run_scenario(
     name: str,
     *,
-    rate: float = 800.0,
+    rate: float = 1000.0,
     seed: int = 1,
     timeout_s: float = 420.0,
     port: int = 0,
@@ -371,18 +375,20 @@ def _disturb(s: Scenario, serve: Serve, watch: _Watch) -> dict[str, Any]:
     # the champion within stale_after_s; the supervisor then replaces the hung process.
     pid = int(status["evaluator"]["pid"])
     os.kill(pid, signal.SIGSTOP)
-    frozen = time.monotonic()
+    frozen, frozen_wall = time.monotonic(), time.time()
     stale = watch.until(lambda st: bool(st.get("stale")), deadline)
     stale_after = time.monotonic() - frozen
     resumed = watch.until(
         lambda st: not st.get("stale") and st.get("evaluator", {}).get("pid") != pid, deadline
     )
+    resumed_wall = time.time()
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGCONT)
     serve.admin("rollback")  # end the scenario; the verdict is about the fail-safe
     return {
         "freeze": {
-            "frozen_at_s": round(frozen - watch.t0, 2),
+            "frozen_at": frozen_wall,
+            "resumed_at": resumed_wall,
             "stale_seen_s": round(stale_after, 2),
             "effective_split_during_stale": stale.get("effective_split_bp"),
             "resumed_phase": resumed.get("phase"),
@@ -407,12 +413,28 @@ def _verdict(
     end: dict[str, Any] = ends[-1] if ends else {}
     outcome, phase, guardrail = last.get("state"), last.get("phase"), end.get("guardrail")
     detection = None
-    if stats is not None and stats.timeline:
-        first = next((t.t for t in stats.timeline if t.challenger or t.fallback), None)
-        after = extra.get("freeze", {}).get("frozen_at_s", first)
-        if first is not None and outcome != "promoted":
-            seen = stats.first_time_all_champion(after or 0.0)
-            detection = None if seen is None else round(seen - (after or 0.0), 2)
+    if stats is not None and stats.timeline and outcome != "promoted":
+        # Seconds from the simulator's start (its timeline's clock).
+        if s.disturb == "freeze-evaluator":
+            # From the freeze to the start of the first full second with no challenger
+            # answer (at a 3% split and 1000 requests/s, chance gives one in e^30).
+            bad = extra["freeze"]["frozen_at"] - stats.started_at
+            seen, run = None, None
+            for t in stats.timeline:
+                if t.t < bad:
+                    continue
+                if t.challenger or t.fallback:
+                    run = None
+                elif run is None:
+                    run = t.t
+                if run is not None and t.t + stats.timeline_s - run >= 1.0:
+                    seen = run
+                    break
+        else:
+            bad = next((t.t for t in stats.timeline if t.challenger or t.fallback), None)
+            seen = None if bad is None else stats.first_time_all_champion(bad)
+        if bad is not None and seen is not None:
+            detection = round(max(seen - bad, 0.0), 2)
     if s.disturb == "freeze-evaluator":
         outcome, guardrail = "rolled_back", "evaluator_heartbeat"
         phase = extra["freeze"]["phase_before"]

@@ -63,6 +63,15 @@ class Evaluator:
         self.tick_seconds = 0.0
         self.events_cache: tuple[Any, list[dict[str, Any]]] = (None, [])
         self._adopt()
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Run every check once on empty evidence: loading the numba kernels takes a second
+        or more on a busy machine, and that must not happen in the tick that sees a breach."""
+        empty = snapshot.take(self.shm).champion
+        zero = measure(empty - empty, self.codes)
+        e = checks.gather(self.policy, zero, zero, zero, (0, 0), 300, 0.0, 0.0)
+        checks.evaluate(self.policy, e, len(self.policy.phases))
 
     # -- control word ---------------------------------------------------------------------------
     def _word(self) -> tuple[int, int, bool, int]:

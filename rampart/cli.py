@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("scenario", help="run a rollout scenario end to end and print its verdict")
     p.add_argument("name")
     p.add_argument("--json", dest="json_out", help="also write the verdict to this file")
-    p.add_argument("--rate", type=float, default=800.0, help="simulated requests per second")
+    p.add_argument("--rate", type=float, default=1000.0, help="simulated requests per second")
     p.add_argument("--seed", type=int, default=1)
 
     p = sub.add_parser("models", help="the model registry")
