@@ -173,7 +173,7 @@ def fitted(variant: str) -> Mlp:
     """The fitted network behind a variant: "champion", "challenger" or "worse" (cached)."""
     x, p = _training_set()
     if variant == "champion":
-        return fit_mlp(x, p, exclude=["user_interest_match"], seed=SEED + 1)
+        return fit_mlp(x, p, exclude=["user_interest_match", "ad_historical_ctr"], seed=SEED + 1)
     if variant == "challenger":
         return fit_mlp(x, p, seed=SEED + 2, steps=600)
     if variant == "worse":
@@ -183,6 +183,11 @@ def fitted(variant: str) -> Mlp:
         mlp = fit_mlp(x, p, exclude=blind, cap=cap, seed=SEED + 3)
         return recalibrate_shown(mlp)
     raise ValueError(f"unknown fitted variant {variant!r}")
+
+
+# How hard segment_regression mis-ranks on tablets: about -28% CTR of the shown ad there (its
+# predictions there 1.12x), and +3.7% overall: the challenger's +10% elsewhere carries it.
+REGRESSION_STRENGTH = 1.3
 
 
 def _segment_regression_mlp() -> Mlp:
@@ -195,12 +200,13 @@ def _segment_regression_mlp() -> Mlp:
     mean 0.4, the rest mean 0) so the tablet predictions keep roughly their level.
     """
     base = fitted("challenger")
+    k = REGRESSION_STRENGTH
     v = np.zeros(len(FEATURES))
-    v[_COL["ad_relevance"]] = -0.5
-    v[_COL["ad_historical_ctr"]] = -0.3
-    v[_COL["user_interest_match"]] = -0.8
-    v[_COL["bid_price_log"]] = 0.55
-    c = 0.8 * 0.4
+    v[_COL["ad_relevance"]] = -0.5 * k
+    v[_COL["ad_historical_ctr"]] = -0.3 * k
+    v[_COL["user_interest_match"]] = -0.8 * k
+    v[_COL["bid_price_log"]] = 0.55 * k
+    c = 0.8 * 0.4 * k
     big = 100.0
     gate = np.zeros(len(FEATURES))
     gate[_COL[f"device_{REGRESSED_DEVICE}"]] = big
@@ -274,16 +280,17 @@ def _mlp_model(mlp: Mlp, name: str, description: str) -> onnx.ModelProto:
 
 
 def champion() -> onnx.ModelProto:
-    """30 → 16 → 1 MLP close to the ground truth; it does not use user_interest_match."""
+    """30 → 16 → 1 MLP fitted to the ground truth without user_interest_match and
+    ad_historical_ctr: the production model the challengers are measured against."""
     return _mlp_model(
         fitted("champion"),
         "ctr-mlp",
-        "Champion: MLP 30-16-1 fitted to the ground truth without user_interest_match.",
+        "Champion: MLP 30-16-1 fitted without user_interest_match and ad_historical_ctr.",
     )
 
 
 def challenger_better() -> onnx.ModelProto:
-    """Like the champion, but uses user_interest_match: it ranks candidates better."""
+    """Fitted on every feature: it ranks candidates better (about +10% CTR of the shown ad)."""
     return _mlp_model(
         fitted("challenger"),
         "ctr-mlp",

@@ -89,7 +89,7 @@ SCENARIOS = {
 
 # One config for every scenario and the demo. time_scale 1/7200: an hour of the policy is
 # half a second, so the 12-day promotion takes 144 s. Evidence minimums are lowered to what
-# ~1000 requests/s give in those seconds, and calibration buckets are 5% wide instead of 1%
+# ~2000 requests/s give in those seconds, and calibration buckets are 5% wide instead of 1%
 # (a few hundred clicks cannot fill 1%-wide ones); the thresholds themselves are the defaults.
 SCENARIO_CONFIG = """
 [serve]
@@ -275,56 +275,115 @@ class Traffic:
         return self.stats
 
 
+class Session:
+    """One `rampart serve` with the shipped champion, the simulator driving it, and a local
+    Slack webhook; rollouts run one after another on it (`rollout`)."""
+
+    def __init__(
+        self,
+        *,
+        rate: float = 2000.0,
+        seed: int = 1,
+        port: int = 0,
+        on_status: Callable[[dict[str, Any]], None] | None = None,
+        keep_state: Path | None = None,
+        prefix: str = "sim-",
+        max_s: float = 900.0,
+    ) -> None:
+        self.rate, self.seed, self.port, self.prefix = rate, seed, port, prefix
+        self.on_status = on_status
+        self.keep_state = keep_state
+        self.max_s = max_s
+        self.stack = contextlib.ExitStack()
+
+    def __enter__(self) -> Session:
+        if _pin(1) and hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, {1})  # the ad server (simulator) and the workers apart
+        stack = self.stack.__enter__()
+        root = self.keep_state or Path(
+            stack.enter_context(tempfile.TemporaryDirectory(prefix="rampart-"))
+        )
+        self.state = root / "state"
+        self.register("champion")
+        config = root / "scenario.toml"
+        config.write_text(scenario_config())
+        slack_url, self.alerts = stack.enter_context(slack_sink())
+        env = dict(os.environ, RAMPART_ADMIN_TOKEN=ADMIN_TOKEN, RAMPART_SLACK_WEBHOOK=slack_url)
+        self.serve = Serve(self.state, config, self.port or _free_port(), env)
+        stack.callback(self.serve.stop)
+        self.serve.start()
+        _warm_up(self.serve.url)
+        sim = simulator.SimConfig(
+            self.serve.url,
+            self.rate,
+            self.max_s,
+            seed=self.seed,
+            timeline_s=0.1,
+            request_prefix=self.prefix,
+        )
+        self.traffic = Traffic(sim)
+        self.traffic.start()
+        stack.callback(self.traffic.stop)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stack.__exit__(None, None, None)
+
+    def register(self, variant: str) -> int:
+        from router.registry import Registry
+
+        registry = Registry(self.state)
+        try:
+            return registry.register(demo_model_path(variant)).version
+        finally:
+            registry.close()
+
+    def rollout(self, s: Scenario, timeout_s: float = 420.0) -> dict[str, Any]:
+        """Roll out the scenario's challenger and return the verdict when the rollout ends."""
+        began = time.monotonic()
+        version = self.register(s.challenger)
+        started_wall = time.time()
+        rollout_id = self.serve.admin("start", {"version": str(version)})["rollout"]
+        watch = _Watch(self.serve, self.on_status)
+        extra = _disturb(s, self.serve, watch) if s.disturb else {}
+
+        def ended(st: dict[str, Any]) -> bool:
+            return not st.get("rollout") and (st.get("last_rollout") or {}).get("id") == rollout_id
+
+        final = watch.until(ended, began + timeout_s)
+        time.sleep(0.5)  # answers in flight at the flip reach the timeline
+        stats = self.traffic.live
+        alert = self.alerts[-1] if self.alerts else None
+        seconds = time.monotonic() - began
+        return _verdict(s, final, watch, stats, alert, extra, seconds, started_wall)
+
+
 def run_scenario(
     name: str,
     *,
-    rate: float = 1000.0,
+    rate: float = 2000.0,
     seed: int = 1,
     timeout_s: float = 420.0,
-    port: int = 0,
     on_status: Callable[[dict[str, Any]], None] | None = None,
     keep_state: Path | None = None,
 ) -> dict[str, Any]:
-    """Run one scenario to its end and return the verdict (see the module docstring)."""
+    """Run one scenario on a fresh server and return its verdict (see the module docstring)."""
     if name not in SCENARIOS:
         raise ValueError(f"unknown scenario {name!r}; scenarios: {', '.join(SCENARIOS)}")
-    s = SCENARIOS[name]
-    if _pin(1) and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {1})  # the ad server (simulator) and the workers apart
-    began = time.monotonic()
-    with contextlib.ExitStack() as stack:
-        root = keep_state or Path(
-            stack.enter_context(tempfile.TemporaryDirectory(prefix="rampart-"))
-        )
-        state = root / "state"
-        from router.registry import Registry
-
-        registry = Registry(state)
-        registry.register(demo_model_path("champion"))
-        challenger = registry.register(demo_model_path(s.challenger))
-        registry.close()
-        config = root / "scenario.toml"
-        config.write_text(scenario_config())
-        slack_url, alerts = stack.enter_context(slack_sink())
-        env = dict(os.environ, RAMPART_ADMIN_TOKEN=ADMIN_TOKEN, RAMPART_SLACK_WEBHOOK=slack_url)
-        serve = Serve(state, config, port or _free_port(), env)
-        stack.callback(serve.stop)
-        serve.start()
-        _warm_up(serve.url)
-        traffic = Traffic(
-            simulator.SimConfig(
-                serve.url, rate, timeout_s, seed=seed, timeline_s=0.1, request_prefix=f"{name}-"
-            )
-        )
-        traffic.start()
-        stack.callback(traffic.stop)
-        serve.admin("start", {"version": str(challenger.version)})
-        watch = _Watch(serve, on_status)
-        extra = _disturb(s, serve, watch) if s.disturb else {}
-        final = watch.until(lambda st: not st.get("rollout"), began + timeout_s)
-        time.sleep(0.5)  # answers in flight at the flip reach the timeline
-        stats = traffic.stop()
-    return _verdict(s, final, watch, stats, alerts, extra, time.monotonic() - began)
+    session = Session(
+        rate=rate,
+        seed=seed,
+        on_status=on_status,
+        keep_state=keep_state,
+        prefix=f"{name}-",
+        max_s=timeout_s + 60,
+    )
+    with session:
+        verdict = session.rollout(SCENARIOS[name], timeout_s)
+        stats = session.traffic.stop()
+    if stats is not None:
+        verdict["traffic"] = _traffic_summary(stats)
+    return verdict
 
 
 class _Watch:
@@ -403,9 +462,10 @@ def _verdict(
     final: dict[str, Any],
     watch: _Watch,
     stats: SimStats | None,
-    alerts: list[dict[str, Any]],
+    alert: dict[str, Any] | None,
     extra: dict[str, Any],
     seconds: float,
+    started_wall: float,
 ) -> dict[str, Any]:
     last = final.get("last_rollout") or {}
     events = final.get("events") or []
@@ -431,7 +491,11 @@ def _verdict(
                     seen = run
                     break
         else:
-            bad = next((t.t for t in stats.timeline if t.challenger or t.fallback), None)
+            since = started_wall - stats.started_at
+            bad = next(
+                (t.t for t in stats.timeline if t.t >= since and (t.challenger or t.fallback)),
+                None,
+            )
             seen = None if bad is None else stats.first_time_all_champion(bad)
         if bad is not None and seen is not None:
             detection = round(max(seen - bad, 0.0), 2)
@@ -453,17 +517,19 @@ def _verdict(
         "rollout": last.get("id"),
         "phases": [{"phase": p, "entered_s": t} for p, t in watch.phases],
         "seconds": round(seconds, 1),
-        "alert": alerts[-1] if alerts else None,
-        "traffic": None
-        if stats is None
-        else {
-            "rate": stats.rate,
-            "answered": stats.answered,
-            "fell_behind": stats.fell_behind,
-            "latency_ms": stats.latency_ms,
-            "arms": {a: vars(x) for a, x in stats.arms.items()},
-        },
+        "alert": alert,
+        "traffic": None if stats is None else _traffic_summary(stats),
         **extra,
+    }
+
+
+def _traffic_summary(stats: SimStats) -> dict[str, Any]:
+    return {
+        "rate": stats.rate,
+        "answered": stats.answered,
+        "fell_behind": stats.fell_behind,
+        "latency_ms": stats.latency_ms,
+        "arms": {a: vars(x) for a, x in stats.arms.items()},
     }
 
 

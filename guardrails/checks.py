@@ -87,6 +87,7 @@ class Evidence:
     segments: list[SegmentRow]
     time_in_phase_s: float
     total_s: float
+    phase: int = 0  # 0: judge every decision check now (unit tests of single checks)
 
 
 def gather(
@@ -98,6 +99,7 @@ def gather(
     split_bp: int,
     time_in_phase_s: float,
     total_s: float,
+    phase: int = 0,
 ) -> Evidence:
     b = stats.BetaArm(champion.impressions, champion.clicks)
     c = stats.BetaArm(challenger.impressions, challenger.clicks)
@@ -134,6 +136,7 @@ def gather(
         segments,
         time_in_phase_s,
         total_s,
+        phase,
     )
 
 
@@ -447,22 +450,39 @@ def ab_worse(p: Policy, e: Evidence) -> Result:
     )
 
 
+def _at_judgement(p: Policy, e: Evidence) -> bool:
+    """Whether the phase's minimum duration and sample are reached: the moment a decision
+    check is judged (judging it every second from the start would act on noise)."""
+    if not e.phase:
+        return True
+    return e.time_in_phase_s >= p.min_s(e.phase) and e.challenger.impressions >= p.min_impressions(
+        e.phase
+    )
+
+
 def segment_degradation(p: Policy, e: Evidence) -> Result:
+    """Per segment value of every dimension: P(challenger CTR < (1 - 5%) x champion's). Many
+    values are compared at once, so the probability each must pass is Bonferroni-corrected
+    (0.9 over 13 values: 0.9923 each); and it is a decision check, acted on only from the
+    phase's minimum duration and sample on."""
     g = p.guards
-    threshold = f"no segment < -{g.max_segment_degradation:.0%} with P > {g.segment_probability:g}"
     enough = [s for s in e.segments if s.enough]
-    failing = [s for s in enough if s.p_degraded > g.segment_probability]
+    needed = 1 - (1 - g.segment_probability) / max(len(enough), 1)
+    threshold = f"no segment < -{g.max_segment_degradation:.0%} with P > {needed:.4g}"
+    failing = [s for s in enough if s.p_degraded > needed]
     if failing:
         s = min(failing, key=lambda s: s.change)
-        return Result(
-            "segment_degradation",
-            s.change,
-            threshold,
-            State.FAIL,
-            4,
-            f"{s.dimension}={s.value}, P(degraded) {s.p_degraded:.3f}",
-            stops=True,
-        )
+        detail = f"{s.dimension}={s.value}, P(degraded) {s.p_degraded:.4f}"
+        if not _at_judgement(p, e):
+            return Result(
+                "segment_degradation",
+                s.change,
+                threshold,
+                State.WAITING,
+                4,
+                f"{detail}; judged at the phase minimum",
+            )
+        return Result("segment_degradation", s.change, threshold, State.FAIL, 4, detail, stops=True)
     if not enough:
         return Result(
             "segment_degradation",

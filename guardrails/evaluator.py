@@ -156,6 +156,7 @@ class Evaluator:
             snap.split_bp,
             now - r.phase_started,
             now - r.started,
+            r.phase,
         )
         self.evidence = e
         self.results = checks.evaluate(self.policy, e, r.phase)

@@ -1,145 +1,99 @@
-"""`rampart demo`: serve the embedded demo models and drive traffic through them.
+"""`rampart demo`: the whole story in under three minutes, on the shipped models.
 
-Starts `rampart serve` on a temporary state directory with the shipped champion
-and challenger, starts a rollout (3% to the challenger), sends /predict requests
-and posts impressions and clicks, and prints what the server reports each
-second. Leaves nothing running.
+Starts `rampart serve` on a temporary state directory with the demo champion, drives it with
+the ad-server simulator (impressions and clicks drawn from a known ground truth), and rolls
+out two challengers one after the other, with a live view of the rollout in the terminal:
+
+1. a better model, walked through all five phases and promoted;
+2. a broken one (constant predictions), rolled back automatically in phase 1 — with the
+   Slack alert it sent, received by a local webhook.
+
+The policy is the production one on a scaled clock (one hour of the policy is half a second;
+see bench/scenarios.py). Everything it started is stopped when it ends or is interrupted.
 """
 
 from __future__ import annotations
 
-import os
-import random
-import secrets
-import signal
-import subprocess
+import json
 import sys
-import tempfile
 import time
-from importlib import resources
-from pathlib import Path
+from typing import Any
 
-import httpx
-import numpy as np
+from bench.scenarios import SCENARIOS, Session
+from rampart.terminal import status_text
 
-SEGMENTS = {
-    "publisher_category": ["news", "gaming", "defi", "wallet", "social"],
-    "device_type": ["mobile", "desktop", "tablet"],
-    "country_tier": ["tier1", "tier2", "tier3"],
-    "creative_type": ["banner", "native", "video"],
-}
+STAGES = (
+    ("promote", "a better challenger: five phases, then promotion"),
+    ("broken-constant", "a broken challenger (constant predictions): automatic rollback"),
+)
 
 
-def _demo_models() -> list[Path]:
-    root = resources.files("router") / "demo"
-    return [Path(str(root / "champion.onnx")), Path(str(root / "challenger.onnx"))]
+class LiveView:
+    """Redraws the rollout at most twice a second on a terminal; elsewhere prints a line
+    per phase change, so logs stay readable."""
 
+    def __init__(self, stream: Any = sys.stdout) -> None:
+        self.stream = stream
+        self.tty = bool(getattr(stream, "isatty", lambda: False)())
+        self.stage = ""
+        self.last_draw = 0.0
+        self.last_line = ""
 
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], seconds: float = 90) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"rampart serve exited with code {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+    def __call__(self, status: dict[str, Any]) -> None:
+        if self.tty:
+            now = time.monotonic()
+            if now - self.last_draw < 0.5:
                 return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    raise RuntimeError("rampart serve did not become ready")
-
-
-def run_demo(port: int = 8000, seconds: float = 10.0) -> int:
-    token = secrets.token_hex(16)
-    env = dict(os.environ, RAMPART_ADMIN_TOKEN=token)
-    url = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryDirectory(prefix="rampart-demo-") as tmp:
-        state = Path(tmp) / "state"
-        from router.registry import Registry
-
-        registry = Registry(state)
-        champion, challenger = (registry.register(p) for p in _demo_models())
-        registry.close()
-        print(f"registered champion {champion.label} and candidate {challenger.label}")
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "rampart.cli",
-                "serve",
-                "--state-dir",
-                str(state),
-                "--port",
-                str(port),
-            ],
-            env=env,
-            start_new_session=True,
+            self.last_draw = now
+            text = status_text(status, colour=True)
+            self.stream.write(f"\033[H\033[2J{self.stage}\n\n{text}\n")
+            self.stream.flush()
+            return
+        line = (
+            f"  phase {status.get('phase')}  split {status.get('split_bp', 0) / 100:.1f}%  "
+            f"{status.get('state')}"
         )
-        try:
-            _wait_ready(url, proc)
-            print(f"serving on {url}")
-            with httpx.Client(base_url=url, timeout=10) as client:
-                r = client.post(
-                    "/admin/rollout/start",
-                    json={"version": str(challenger.version)},
-                    headers={"Authorization": f"Bearer {token}"},
-                )
-                print(f"rollout start: {r.json()}")
-                _traffic(client, champion.features, seconds)
-        finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-    print("demo finished; server stopped")
-    return 0
+        if line != self.last_line:
+            self.last_line = line
+            print(line, file=self.stream, flush=True)
 
 
-def _traffic(client: httpx.Client, features: tuple[str, ...], seconds: float) -> None:
-    rng = np.random.default_rng(7)
-    pick = random.Random(7)
-    end = time.monotonic() + seconds
-    next_report = time.monotonic() + 1
-    i = 0
-    events: list[dict[str, object]] = []
-    while time.monotonic() < end:
-        rows = rng.normal(size=(5, len(features))).astype(np.float32)
-        segment = {dim: pick.choice(values) for dim, values in SEGMENTS.items()}
-        answer = client.post(
-            "/predict",
-            json={
-                "request_id": f"demo-{i}",
-                "features": [dict(zip(features, map(float, row), strict=True)) for row in rows],
-                "segment": segment,
-            },
-        ).json()
-        i += 1
-        best = max(answer["predictions"])
-        events.append({"token": answer["token"], "type": "impression", "prediction": best})
-        if pick.random() < best:
-            events.append({"token": answer["token"], "type": "click", "prediction": best})
-        if len(events) >= 50:
-            client.post("/events", json={"events": events})
-            events = []
-        if time.monotonic() >= next_report:
-            next_report += 1
-            _report(client.get("/status").json())
-    if events:
-        client.post("/events", json={"events": events})
-    _report(client.get("/status").json())
-
-
-def _report(status: dict[str, object]) -> None:
-    arms = status["arms"]
-    assert isinstance(arms, dict)
-    parts = [f"split {int(status['split_bp']) / 100:.1f}%"]  # type: ignore[call-overload]
-    for arm in ("champion", "challenger"):
-        a = arms[arm]
-        ctr = a["clicks"] / a["impressions"] if a["impressions"] else 0.0
-        parts.append(
-            f"{arm}: {a['requests']} req, {a['impressions']} impr, "
-            f"{a['clicks']} clicks (CTR {ctr:.2%}), {a['errors']} errors"
+def _summary(verdict: dict[str, Any]) -> str:
+    phases = ", ".join(f"{p['phase']} at {p['entered_s']:.0f}s" for p in verdict["phases"])
+    lines = [f"  outcome: {verdict['outcome']} in phase {verdict['phase']}"]
+    if verdict.get("guardrail"):
+        lines.append(
+            f"  guardrail: {verdict['guardrail']} = {verdict.get('value')} "
+            f"(threshold {verdict.get('threshold')})"
         )
-    print("  " + " | ".join(parts), flush=True)
+    if verdict.get("detection_seconds") is not None:
+        lines.append(
+            f"  detection: {verdict['detection_seconds']:.1f} s from the challenger's first "
+            "answer to 100% champion, as the ad server saw it"
+        )
+    lines.append(f"  phases entered: {phases}; {verdict['seconds']:.0f} s")
+    return "\n".join(lines)
+
+
+def run_demo(rate: float = 2000.0, port: int = 0) -> int:
+    view = LiveView()
+    verdicts = []
+    began = time.monotonic()
+    print("Starting rampart serve with the demo champion and the ad-server simulator...")
+    with Session(rate=rate, port=port, on_status=view, prefix="demo-") as session:
+        for i, (name, title) in enumerate(STAGES, 1):
+            view.stage = f"Rampart demo, stage {i}/{len(STAGES)}: {title}"
+            print(f"\n{view.stage}", flush=True)
+            verdict = session.rollout(SCENARIOS[name])
+            verdicts.append(verdict)
+            print(f"\n{view.stage}\n{_summary(verdict)}", flush=True)
+        alert = verdicts[-1].get("alert")
+    if alert:
+        print("\nThe Slack alert the rollback sent (received by a local webhook):")
+        print(json.dumps(alert, indent=2))
+    ok = all(v["passed"] for v in verdicts)
+    print(
+        f"\nDemo {'finished' if ok else 'FAILED'} in {time.monotonic() - began:.0f} s; "
+        "the server and its temporary state are gone."
+    )
+    return 0 if ok else 1

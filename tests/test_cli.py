@@ -27,7 +27,7 @@ from conftest import (
 )
 
 from guardrails.journal import Journal
-from rampart.cli import _status_text
+from rampart.terminal import status_text as _status_text
 
 
 def _register(tmp: Path) -> Path:
