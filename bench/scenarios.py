@@ -341,6 +341,7 @@ class Session:
     def rollout(self, s: Scenario, timeout_s: float = 420.0) -> dict[str, Any]:
         """Roll out the scenario's challenger and return the verdict when the rollout ends."""
         began = time.monotonic()
+        alerts_before = len(self.alerts)
         version = self.register(s.challenger)
         started_wall = time.time()
         rollout_id = self.serve.admin("start", {"version": str(version)})["rollout"]
@@ -353,7 +354,10 @@ class Session:
         final = watch.until(ended, began + timeout_s)
         time.sleep(0.5)  # answers in flight at the flip reach the timeline
         stats = self.traffic.live
-        alert = self.alerts[-1] if self.alerts else None
+        deadline = time.monotonic() + 5.0  # delivery runs on its own thread, after the flip
+        while len(self.alerts) == alerts_before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        alert = self.alerts[-1] if len(self.alerts) > alerts_before else None
         seconds = time.monotonic() - began
         return _verdict(s, final, watch, stats, alert, extra, seconds, started_wall)
 
