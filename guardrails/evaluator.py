@@ -278,7 +278,7 @@ class Evaluator:
         self.journal.append(r.id, outcome.value, r.phase, data, now)
         self.alerter.send(
             Alert(
-                kind=outcome.value,
+                kind="rollback" if outcome == RolloutState.ROLLED_BACK else outcome.value,
                 rollout_id=r.id,
                 phase=r.phase,
                 challenger=self._label(r.challenger),

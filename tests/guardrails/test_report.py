@@ -142,7 +142,7 @@ def test_render_markdown_rollback_shows_phases_decisions_and_the_breach(
         "rolled back in phase 3",
     ]
     assert md.count("Metrics: champion CTR") == 3  # the metrics that drove each decision
-    assert "| rolled_back | webhook | **failed** | 1 | ConnectError" in md  # alert delivery
+    assert "| rollback | webhook | **failed** | 1 | ConnectError" in md  # alert delivery
 
 
 def test_render_markdown_without_out_samples_the_metrics_as_text(
