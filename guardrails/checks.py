@@ -23,6 +23,7 @@ from guardrails.metrics import (
     ArmMetrics,
     calibration_kernel,
     distribution_kernel,
+    error_evalue_kernel,
     srm_kernel,
     srm_sequential_kernel,
     wilson_kernel,
@@ -161,36 +162,21 @@ def predictions_in_range(p: Policy, e: Evidence) -> Result:
 
 
 def error_rate(p: Policy, e: Evidence) -> Result:
-    """Errors / requests of the challenger, since it started and over the recent window.
-    Fails when the rate's lower confidence bound is above the threshold."""
+    """Errors / requests of the challenger since it started, with an always-valid test
+    (metrics.error_evalue_kernel): fails when the evidence that the rate is above the limit
+    reaches 1 / (1 - confidence), an error rate of 0.1% can be checked every second."""
     g = p.guards
-    z = _z(g.confidence)
-    limit = g.max_error_rate
-    state, worst = State.PASS, e.challenger.error_rate
-    for arm in (e.challenger, e.recent):
-        if arm is None:
-            continue
-        low, _ = wilson_kernel(float(arm.errors), float(arm.requests), z)
-        if low > limit:
-            return Result(
-                "error_rate",
-                arm.error_rate,
-                f"< {limit:.2%}",
-                State.FAIL,
-                1,
-                f"{arm.errors} errors in {arm.requests} requests",
-            )
     arm = e.challenger
-    if arm.requests < g.min_requests or arm.error_rate >= limit:
-        state = State.WAITING
-    return Result(
-        "error_rate",
-        worst,
-        f"< {limit:.2%}",
-        state,
-        1,
-        f"{arm.errors} errors in {arm.requests} requests",
+    limit = g.max_error_rate
+    log_e = error_evalue_kernel(float(arm.errors), float(arm.requests), limit)
+    detail = (
+        f"{arm.errors} errors in {arm.requests} requests, e-value {math.exp(min(log_e, 700)):.3g}"
     )
+    if log_e >= math.log(1.0 / (1.0 - g.confidence)):
+        return Result("error_rate", arm.error_rate, f"< {limit:.2%}", State.FAIL, 1, detail)
+    passing = arm.requests >= g.min_requests and arm.error_rate < limit
+    state = State.PASS if passing else State.WAITING
+    return Result("error_rate", arm.error_rate, f"< {limit:.2%}", state, 1, detail)
 
 
 def segment_error_rate(p: Policy, e: Evidence) -> Result:
@@ -536,7 +522,10 @@ def advance_checks(p: Policy, e: Evidence, phase: int) -> list[Result]:
     )
     c = e.comparison
     if spec.p_better > 0:
-        ok = c.p_better > spec.p_better or (spec.inconclusive_ok and c.method != "none")
+        # Phase 3's "or inconclusive": not clearly worse either (P(worse) within the literal
+        # rule's line); a clearly worse challenger waits here until ab_worse or the maximum.
+        inconclusive = c.method != "none" and c.p_worse <= p.guards.literal_p_worse
+        ok = c.p_better > spec.p_better or (spec.inconclusive_ok and inconclusive)
         out.append(
             Result(
                 "p_better",
@@ -565,8 +554,8 @@ def advance_checks(p: Policy, e: Evidence, phase: int) -> list[Result]:
             Result(
                 "total_duration",
                 e.total_s,
-                f"> {need_s:g} s",
-                State.PASS if e.total_s > need_s else State.WAITING,
+                f">= {need_s:g} s",
+                State.PASS if e.total_s >= need_s else State.WAITING,
                 phase,
                 f"{p.promote_after_days:g} days x time_scale {p.time_scale:g}",
             )

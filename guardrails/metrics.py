@@ -203,6 +203,34 @@ def srm_sequential_kernel(
 
 
 @njit(cache=True)
+def error_evalue_kernel(errors: float, n: float, limit: float) -> float:
+    """Always-valid test of "error rate > limit": the log of an e-value for H0: rate <= limit.
+
+    A mixture, with equal weights, of the likelihood ratios of rates limit * 2^j (j = 1..12,
+    below 1) against the limit. Under any rate <= limit each ratio is a supermartingale, so
+    by Ville's inequality the mixture ever reaching 1/alpha has probability <= alpha, however
+    often it is looked at. A confidence bound checked every second would not hold that: at a
+    0.1% limit one early error puts any fixed-level bound above it.
+    """
+    if n <= 0 or limit <= 0.0 or limit >= 1.0:
+        return 0.0
+    ok = n - errors
+    terms = np.empty(12)
+    k = 0
+    for j in range(1, 13):
+        p = limit * 2.0**j
+        if p >= 1.0:
+            break
+        terms[k] = errors * math.log(p / limit) + ok * math.log((1.0 - p) / (1.0 - limit))
+        k += 1
+    top = terms[:k].max()
+    total = 0.0
+    for i in range(k):
+        total += math.exp(terms[i] - top)
+    return top + math.log(total / k)
+
+
+@njit(cache=True)
 def wilson_kernel(events: float, n: float, z: float) -> tuple[float, float]:
     """Wilson score interval of a proportion; (0, 1) with no trials."""
     if n <= 0:
