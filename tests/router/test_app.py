@@ -324,6 +324,11 @@ def test_stale_heartbeat_routes_everything_to_champion(server: Server) -> None:
     shm = SharedMemory.attach(server.state)
     evaluator_pid = int(shm.control["evaluator_pid"])
     assert evaluator_pid > 0
+    # The worker must have seen a fresh heartbeat first (a slow evaluator start looks stale).
+    deadline = time.monotonic() + 30
+    while httpx.get(f"{server.url}/status", timeout=5).json()["stale"] is True:
+        assert time.monotonic() < deadline, "the evaluator never started its heartbeat"
+        time.sleep(0.1)
     # Frozen, not killed: the supervisor would restart a dead evaluator at once.
     os.kill(evaluator_pid, signal.SIGSTOP)
     killed = time.monotonic()
