@@ -208,6 +208,18 @@ class Serve:
             time.sleep(0.2)
         raise RuntimeError("rampart serve did not become ready")
 
+    def wait_for_evaluator(self, timeout_s: float = 300.0) -> None:
+        """Until the evaluator's heartbeat is fresh: its first start on a machine compiles
+        the numba kernels (a minute or so), and admin commands wait for it."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                status = self.status()
+                if status.get("evaluator") and not status.get("stale"):
+                    return
+            time.sleep(0.25)
+        raise RuntimeError("the evaluator did not start")
+
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
@@ -313,6 +325,7 @@ class Session:
         stack.callback(self.serve.stop)
         self.serve.start()
         _warm_up(self.serve.url)
+        self.serve.wait_for_evaluator()
         sim = simulator.SimConfig(
             self.serve.url,
             self.rate,
@@ -425,6 +438,7 @@ def _disturb(s: Scenario, serve: Serve, watch: _Watch) -> dict[str, Any]:
         serve.stop()
         serve.start()
         _warm_up(serve.url)
+        serve.wait_for_evaluator()
         after = watch.until(lambda st: bool(st.get("rollout")), deadline)["rollout"]
         return {
             "restart": {

@@ -76,8 +76,9 @@ class _EvaluatorSupervisor(threading.Thread):
         self.proc: multiprocessing.process.BaseProcess | None = None
         self.restarts = 0
         self.shm: SharedMemory | None = None
+        self.spawned_at = 0.0
 
-    STARTUP_GRACE_S = 20.0
+    STARTUP_GRACE_S = 300.0
 
     def _spawn(self) -> None:
         from guardrails import evaluator
@@ -98,7 +99,7 @@ class _EvaluatorSupervisor(threading.Thread):
         delay = 0.5
         while not self.stopping.is_set():
             self._spawn()
-            started = time.monotonic()
+            started, self.spawned_at = time.monotonic(), time.time()
             assert self.proc is not None
             while self.proc.is_alive() and not self.stopping.is_set():
                 self.proc.join(0.5)
@@ -116,15 +117,17 @@ class _EvaluatorSupervisor(threading.Thread):
             self.stopping.wait(delay)
 
     def _hung(self, started: float) -> bool:
-        """Alive but silent: no heartbeat for twice the workers' stale timeout (after a
-        start-up grace period, since the first start compiles the numba kernels)."""
+        """Alive but silent: no heartbeat for twice the workers' stale timeout. Before its
+        first heartbeat an evaluator gets STARTUP_GRACE_S: the first start on a machine
+        compiles the numba kernels, which can take a minute."""
         from router.slab import SharedMemory
 
-        if time.monotonic() - started < self.STARTUP_GRACE_S:
-            return False
         if self.shm is None:
             self.shm = SharedMemory.attach(self.config.state_path)
-        age = time.time() - self.shm.heartbeat_ns() / 1e9
+        beat = self.shm.heartbeat_ns() / 1e9
+        if beat < self.spawned_at:
+            return time.monotonic() - started > self.STARTUP_GRACE_S
+        age = time.time() - beat
         return age > 2 * self.config.serve.stale_after_s
 
     def stop(self) -> None:

@@ -79,7 +79,10 @@ def run_demo(rate: float = 2000.0, port: int = 0) -> int:
     view = LiveView()
     verdicts = []
     began = time.monotonic()
-    print("Starting rampart serve with the demo champion and the ad-server simulator...")
+    print(
+        "Starting rampart serve with the demo champion and the ad-server simulator "
+        "(the first run on a machine also compiles the numba kernels)..."
+    )
     with Session(rate=rate, port=port, on_status=view, prefix="demo-") as session:
         for i, (name, title) in enumerate(STAGES, 1):
             view.stage = f"Rampart demo, stage {i}/{len(STAGES)}: {title}"
