@@ -14,6 +14,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import cast
 
+from bench.loadgen import error_kind
+
 Done = Callable[[int, bytes, str | None], None]
 
 
@@ -55,7 +57,7 @@ class Pool:
         except OSError as e:
             self.open -= 1
             self.busy -= 1
-            done(0, b"", "connect_" + _error_kind(e))
+            done(0, b"", "connect_" + error_kind(e))
             return
         conn.send(request, done)
 
@@ -162,14 +164,5 @@ class _Connection(asyncio.Protocol):
             return
         self.transport = None
         self.pool.lost(self)
-        self._fail(_error_kind(exc) if exc else "closed")
+        self._fail(error_kind(exc) if exc else "closed")
 
-
-def _error_kind(exc: BaseException) -> str:
-    kinds: dict[type[BaseException], str] = {
-        ConnectionRefusedError: "refused",
-        ConnectionResetError: "reset",
-        BrokenPipeError: "broken_pipe",
-        TimeoutError: "timeout",
-    }
-    return kinds.get(type(exc), type(exc).__name__)

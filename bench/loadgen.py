@@ -265,7 +265,7 @@ class _Connection(asyncio.Protocol):
             run.inflight -= 1
             if not run.stopping and self.start_ns >= run.warmup_end_ns:
                 run.lost += 1
-                run.count_error(_error_kind(exc) if exc else "closed", self.start_ns)
+                run.count_error(error_kind(exc) if exc else "closed", self.start_ns)
             self.start_ns = -1
         if not run.stopping:
             task = asyncio.get_running_loop().create_task(_reconnect(run, self.host, self.port))
@@ -273,7 +273,8 @@ class _Connection(asyncio.Protocol):
             task.add_done_callback(run.reconnects.discard)
 
 
-def _error_kind(exc: BaseException) -> str:
+def error_kind(exc: BaseException) -> str:
+    """A short, stable name for a connection failure, for error counts."""
     kinds: dict[type[BaseException], str] = {
         ConnectionRefusedError: "refused",
         ConnectionResetError: "reset",
@@ -294,7 +295,7 @@ async def _reconnect(run: _Run, host: str, port: int) -> None:
         try:
             conn = await _connect(run, host, port)
         except OSError as exc:
-            run.count_error("connect_" + _error_kind(exc), time.perf_counter_ns())
+            run.count_error("connect_" + error_kind(exc), time.perf_counter_ns())
             await asyncio.sleep(_RECONNECT_DELAY_S)
         else:
             conn.ready()
