@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
 
-from router.config import Config, ConfigError
+from router.config import Config, ConfigError, typed_section
 
 HOUR = 3600.0
 DAY = 24 * HOUR
@@ -132,7 +132,7 @@ class Policy:
     def from_config(cls, config: Config) -> Policy:
         raw = config.raw
         rollout = raw.get("rollout", {})
-        guards = _typed(Guards, "guardrails", raw.get("guardrails", {}))
+        guards = typed_section(Guards, "guardrails", raw.get("guardrails", {}))
         phases_raw = raw.get("phases", {})
         if not isinstance(phases_raw, dict):
             raise ConfigError(f"[phases] must be a table, got {phases_raw!r}")
@@ -140,10 +140,16 @@ class Policy:
         if unknown:
             raise ConfigError(f"[phases] has unknown phase(s) {sorted(unknown)}; phases are 1-5")
         phases = tuple(
-            _typed(Phase, f"phases.{p.number}", phases_raw.get(str(p.number), {}), base=p)
+            typed_section(
+                Phase,
+                f"phases.{p.number}",
+                phases_raw.get(str(p.number), {}),
+                base=p,
+                fixed=("number",),
+            )
             for p in DEFAULT_PHASES
         )
-        policy = _typed(cls, "rollout", rollout, extra={"phases": phases, "guards": guards})
+        policy = typed_section(cls, "rollout", rollout, extra={"phases": phases, "guards": guards})
         policy.validate()
         return policy
 
@@ -175,8 +181,14 @@ class Policy:
             raise ConfigError("[guardrails] needs calibration_low < 1 < calibration_high")
         if not 0 < g.bucket_low < 1 < g.bucket_high:
             raise ConfigError("[guardrails] needs bucket_low < 1 < bucket_high")
-        for name in ("max_error_rate", "max_segment_error_rate", "srm_p",
-                     "segment_probability", "literal_p_worse", "max_segment_degradation"):
+        for name in (
+            "max_error_rate",
+            "max_segment_error_rate",
+            "srm_p",
+            "segment_probability",
+            "literal_p_worse",
+            "max_segment_degradation",
+        ):
             if not 0 < getattr(g, name) < 1:
                 raise ConfigError(f"[guardrails] {name} must be in (0, 1), got {getattr(g, name)}")
         for f in dataclasses.fields(g):
@@ -184,38 +196,6 @@ class Policy:
                 raise ConfigError(f"[guardrails] {f.name} must not be negative")
         if not 0.5 < g.confidence < 1:
             raise ConfigError("[guardrails] confidence must be in (0.5, 1)")
-
-
-def _typed(
-    cls: Any,
-    section: str,
-    values: dict[str, Any],
-    *,
-    base: Any = None,
-    extra: dict[str, Any] | None = None,
-) -> Any:
-    """Build dataclass `cls` from a config section, checking keys and types exactly."""
-    if not isinstance(values, dict):
-        raise ConfigError(f"[{section}] must be a table, got {values!r}")
-    extra = extra or {}
-    defaults = base if base is not None else cls(**extra)
-    settable = {f.name for f in dataclasses.fields(cls)} - set(extra) - {"number"}
-    unknown = set(values) - settable
-    if unknown:
-        raise ConfigError(
-            f"unknown key(s) in [{section}]: {sorted(unknown)}; known: {sorted(settable)}"
-        )
-    out: dict[str, Any] = {}
-    for name, value in values.items():
-        default = getattr(defaults, name)
-        if type(default) is float and type(value) is int:
-            value = float(value)
-        if type(value) is not type(default):
-            raise ConfigError(
-                f"[{section}] {name} must be a {type(default).__name__}, got {value!r}"
-            )
-        out[name] = value
-    return dataclasses.replace(defaults, **out)
 
 
 @dataclass(frozen=True)

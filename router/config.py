@@ -96,6 +96,40 @@ def _asdict(serve: ServeConfig) -> dict[str, Any]:
     return {f.name: getattr(serve, f.name) for f in fields(serve)}
 
 
+def typed_section(
+    cls: Any,
+    section: str,
+    values: dict[str, Any],
+    *,
+    base: Any = None,
+    extra: dict[str, Any] | None = None,
+    fixed: tuple[str, ...] = (),
+) -> Any:
+    """Build dataclass `cls` from a config section, checking keys and types exactly: `base`
+    gives the defaults (else `cls(**extra)`); `extra` fields and `fixed` ones are not keys."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"[{section}] must be a table, got {values!r}")
+    extra = extra or {}
+    defaults = base if base is not None else cls(**extra)
+    settable = {f.name for f in fields(cls)} - set(extra) - set(fixed)
+    unknown = set(values) - settable
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) in [{section}]: {sorted(unknown)}; known: {sorted(settable)}"
+        )
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        default = getattr(defaults, name)
+        if type(default) is float and type(value) is int:
+            value = float(value)
+        if type(value) is not type(default):
+            raise ConfigError(
+                f"[{section}] {name} must be a {type(default).__name__}, got {value!r}"
+            )
+        out[name] = value
+    return replace(defaults, **out)
+
+
 def _no_unknown(section: str, values: dict[str, Any], known: set[str]) -> None:
     unknown = set(values) - known
     if unknown:
@@ -105,19 +139,7 @@ def _no_unknown(section: str, values: dict[str, Any], known: set[str]) -> None:
 
 
 def _serve(values: dict[str, Any]) -> ServeConfig:
-    defaults = ServeConfig()
-    _no_unknown("serve", values, set(_asdict(defaults)))
-    out: dict[str, Any] = {}
-    for f in fields(defaults):
-        default = getattr(defaults, f.name)
-        value = values.get(f.name, default)
-        kind = type(default)
-        if kind is float and type(value) is int:
-            value = float(value)
-        if type(value) is not kind:
-            raise ConfigError(f"[serve] {f.name} must be a {kind.__name__}, got {value!r}")
-        out[f.name] = value
-    serve = ServeConfig(**out)
+    serve: ServeConfig = typed_section(ServeConfig, "serve", values)
     if not 1 <= serve.workers <= serve.max_workers:
         raise ConfigError(
             f"[serve] workers must be between 1 and max_workers ({serve.max_workers}), "
