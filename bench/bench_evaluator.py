@@ -51,7 +51,7 @@ from router import hashing, hdr, layout, snapshot
 from router.config import Config
 from router.layout import Counter
 from router.registry import Registry, Status
-from router.slab import SharedMemory
+from router.shared_memory import SharedMemory
 
 TICK_TARGET_MS = {"default": 2.0, "10k": 20.0}
 ROLLBACK_TARGET_MS = 1100.0  # one 1 s tick + 100 ms

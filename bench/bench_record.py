@@ -2,7 +2,7 @@
 
 Contenders, each timed in alternating rounds (medians reported, and the ratio to
 Rampart's kernel):
-- rampart: `router.slab.record_request` (numba, through the slot address) into a
+- rampart: `router.recording.record_request` (numba, through the slot address) into a
   real mmap'd state file;
 - hdrh: `HdrHistogram.record_value` (pure Python);
 - prometheus: `prometheus_client.Histogram.observe` with the default buckets.
@@ -51,17 +51,17 @@ def main(argv: list[str] | None = None) -> int:
     from hdrh.histogram import HdrHistogram
     from prometheus_client import CollectorRegistry, Histogram
 
-    from router import slab
+    from router import recording, shared_memory
 
     tmp = tempfile.TemporaryDirectory()
-    shm = slab.SharedMemory.open(Path(tmp.name), slab.Geometry(1, 512, 100))
+    shm = shared_memory.SharedMemory.open(Path(tmp.name), shared_memory.Geometry(1, 512, 100))
     addr = shm.slot_address(0, 0)
     hist = HdrHistogram(1, 60_000_000, 3)
     prom = Histogram("latency_seconds", "x", registry=CollectorRegistry())
     values = [int(v) for v in np.random.default_rng(1).lognormal(5.5, 1.0, args.n)]
     seconds = [v / 1e6 for v in values]
 
-    record = slab.record_request
+    record = recording.record_request
     contenders: dict[str, Callable[[], float]] = {
         "rampart": lambda: _time_kernel(record, addr, values),
         "hdrh": lambda: _time(hist.record_value, values),

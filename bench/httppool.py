@@ -165,4 +165,3 @@ class _Connection(asyncio.Protocol):
         self.transport = None
         self.pool.lost(self)
         self._fail(error_kind(exc) if exc else "closed")
-

@@ -37,7 +37,7 @@ import numpy.typing as npt
 from numba import njit, prange
 
 from guardrails import stats
-from guardrails.metrics import error_evalue_kernel, srm_sequential_kernel
+from guardrails.measures import error_evalue_kernel, srm_sequential_kernel
 from guardrails.policy import Policy
 from guardrails.stats import EXACT_CUTOFF, beta_compare_kernel, sequential_bound_kernel
 

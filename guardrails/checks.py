@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from guardrails import stats
-from guardrails.metrics import (
+from guardrails.measures import (
     FAIL,
     PASS,
     ArmMetrics,

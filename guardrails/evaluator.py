@@ -20,15 +20,16 @@ from typing import Any
 
 from guardrails import checks, view
 from guardrails.alerts import Alert, Alerter, Delivery
-from guardrails.journal import Journal, Rollout, RolloutState
-from guardrails.metrics import ArmMetrics, SegmentCodes, measure
+from guardrails.measures import ArmMetrics, SegmentCodes, measure
 from guardrails.policy import Action, Decision, Policy, decide
-from router import layout, snapshot, statusfile
+from guardrails.rollouts import Journal, Rollout, RolloutState
+from router import layout, snapshot
+from router import status as status_file
 from router.config import Config
+from router.mailbox import CommandStore
 from router.registry import Registry, Status
-from router.slab import Geometry, SharedMemory
+from router.shared_memory import Geometry, SharedMemory
 from router.snapshot import SlotTotals
-from router.store import CommandStore
 
 Clock = Callable[[], float]
 
@@ -134,7 +135,7 @@ class Evaluator:
         self._drain_alerts(now)
         # Decided and acted on; publishing the picture for /status is the slow part.
         self.tick_seconds = time.perf_counter() - started
-        statusfile.write(self.config.state_path, view.status(self, now))
+        status_file.write(self.config.state_path, view.status(self, now))
 
     def _judge(self, r: Rollout, now: float) -> None:
         snap = snapshot.take(self.shm)

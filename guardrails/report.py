@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from guardrails.journal import Event, Journal, Rollout
+from guardrails.rollouts import Event, Journal, Rollout
 
 Format = Literal["md", "html"]
 DECISIONS = ("advanced", "paused", "resumed", "rolled_back", "stopped", "promoted")

@@ -8,9 +8,9 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from guardrails.checks import Evidence, Result
-from guardrails.journal import Rollout
-from guardrails.metrics import ArmMetrics, wilson_kernel
+from guardrails.measures import ArmMetrics, wilson_kernel
 from guardrails.policy import State
+from guardrails.rollouts import Rollout
 
 if TYPE_CHECKING:
     from guardrails.evaluator import Evaluator

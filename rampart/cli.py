@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 
 from guardrails.policy import Policy
-from rampart.terminal import status_text
+from rampart.status_table import status_text
 from router.config import Config, ConfigError
-from router.slab import SharedMemory
+from router.shared_memory import SharedMemory
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -120,7 +120,7 @@ class _EvaluatorSupervisor(threading.Thread):
         """Alive but silent: no heartbeat for twice the workers' stale timeout. Before its
         first heartbeat an evaluator gets STARTUP_GRACE_S: the first start on a machine
         compiles the numba kernels, which can take a minute."""
-        from router.slab import SharedMemory
+        from router.shared_memory import SharedMemory
 
         if self.shm is None:
             self.shm = SharedMemory.attach(self.config.state_path)
@@ -175,7 +175,7 @@ def _status(url: str, as_json: bool, watch: bool) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     from guardrails import report
-    from guardrails.journal import Journal
+    from guardrails.rollouts import Journal
 
     state = Path(args.state_dir)
     if not (state / "rollouts.db").is_file():

@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from bench.scenarios import SCENARIOS, Session
-from rampart.terminal import status_text
+from rampart.status_table import status_text
 
 STAGES = (
     ("promote", "a better challenger: five phases, then promotion"),

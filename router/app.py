@@ -25,17 +25,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from router import layout, slab
-from router import metrics as prom
+from router import exposition as prom
+from router import layout, recording, shared_memory
 from router import snapshot as snap
+from router.codec import JSON, Rejected, decode, encode, media_type, named_rows, positional_rows
 from router.config import Config, token_secret
 from router.dashboard import Dashboard
 from router.layout import BASIS_POINTS, Counter
+from router.mailbox import COMMANDS, CommandStore
 from router.models import Model
 from router.registry import Registry
-from router.requests import JSON, Rejected, decode, encode, media_type, named_rows, positional_rows
-from router.statusfile import StatusReader
-from router.store import COMMANDS, CommandStore
+from router.status import StatusReader
 from router.tokens import TokenError, TokenSigner
 from router.types import Receive, Scope, Send
 
@@ -64,8 +64,8 @@ class Worker:
         self.serve = config.serve
         self.segments = config.segments
         state = config.state_path
-        self.shm = slab.SharedMemory.attach(state)
-        self.lock = slab.SlabLock(state, self.shm.geometry.n_slabs)
+        self.shm = shared_memory.SharedMemory.attach(state)
+        self.lock = shared_memory.SlabLock(state, self.shm.geometry.n_slabs)
         self.slab_index = self.lock.index
         self.slab = self.shm.slabs[self.slab_index]
         self.slab["owner_pid"] = os.getpid()
@@ -193,7 +193,7 @@ class Worker:
         route = self.route
         arm = 1 if _hash(rid.encode(), self.hash_seed) % BASIS_POINTS < route.split_bp else 0
         if route.stale:  # kept out of the sample-ratio check: the split was not in force
-            slab.bump(self.slot_addr[route.champion], Counter.STALE_ROUTED)
+            recording.bump(self.slot_addr[route.champion], Counter.STALE_ROUTED)
         features = req.get("features")
         champion = self.models[route.champion]
         if champion is None:
@@ -231,7 +231,7 @@ class Worker:
         if fallback is not None:
             payload["fallback"] = fallback
             slot = route.challenger
-            slab.bump(self.slot_addr[slot], Counter.FALLBACKS)
+            recording.bump(self.slot_addr[slot], Counter.FALLBACKS)
         return payload, slot, cell, 1 if fallback else 0
 
     def _challenger(
@@ -244,24 +244,24 @@ class Worker:
             try:
                 inputs = named_rows(named, model.features, self.known_features, len(named))
             except Rejected:
-                slab.bump(addr, Counter.ERR_FEATURES)
+                recording.bump(addr, Counter.ERR_FEATURES)
                 return x, "challenger_features"
         else:
             cols = self.columns[slot]
             if cols is None:
-                slab.bump(addr, Counter.ERR_FEATURES)
+                recording.bump(addr, Counter.ERR_FEATURES)
                 return x, "challenger_features"
             inputs = x if cols is SAME_ORDER else x[:, cols]
         start = _perf_ns()
         try:
             out = model.predict(inputs)
         except Exception:
-            slab.bump(addr, Counter.ERR_RAISED)
+            recording.bump(addr, Counter.ERR_RAISED)
             return x, "challenger_error"
         if _perf_ns() - start > self.timeout_ns:
-            slab.bump(addr, Counter.ERR_TIMEOUT)
+            recording.bump(addr, Counter.ERR_TIMEOUT)
             return x, "challenger_timeout"
-        if out.size != x.shape[0] or slab.record_predictions(addr, out):
+        if out.size != x.shape[0] or recording.record_predictions(addr, out):
             return x, "challenger_invalid"
         return out, None
 
@@ -272,9 +272,9 @@ class Worker:
         try:
             out = model.predict(x)
         except Exception:
-            slab.bump(addr, Counter.ERR_RAISED)
+            recording.bump(addr, Counter.ERR_RAISED)
             raise Rejected("model_unavailable", "the champion model failed", 503) from None
-        if out.size != x.shape[0] or slab.record_predictions(addr, out):
+        if out.size != x.shape[0] or recording.record_predictions(addr, out):
             raise Rejected("model_unavailable", "the champion returned invalid predictions", 503)
         return out
 
@@ -337,7 +337,8 @@ class Worker:
         if claims.cell >= self.segments.n_cells:
             return "bad_token"
         bucket = min(int(p / self.bucket_width), self.n_buckets - 1)
-        slab.record_event(self.slot_addr[slot], self.tables, claims.cell, bucket, click, float(p))
+        addr = self.slot_addr[slot]
+        recording.record_event(addr, self.tables, claims.cell, bucket, click, float(p))
         return None
 
 
@@ -458,7 +459,7 @@ class App:
         except Rejected as e:
             return await self._refuse(send, e, scope)
         out = encode(payload, kind)
-        slab.record_request(worker.slot_addr[slot], (_perf_ns() - t0) // 1000, cell, error)
+        recording.record_request(worker.slot_addr[slot], (_perf_ns() - t0) // 1000, cell, error)
         await _send(send, 200, out, kind)
 
     async def _events(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from router import layout
-from router.slab import SharedMemory
+from router.shared_memory import SharedMemory
 
 _SLOT_FIELDS = (
     "counters",

@@ -26,8 +26,8 @@ from conftest import (
     tiny_model,
 )
 
-from guardrails.journal import Journal
-from rampart.terminal import status_text as _status_text
+from guardrails.rollouts import Journal
+from rampart.status_table import status_text as _status_text
 
 
 def _register(tmp: Path) -> Path:

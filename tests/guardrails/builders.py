@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from guardrails import checks
-from guardrails.metrics import ArmMetrics, SegmentCodes, measure
+from guardrails.measures import ArmMetrics, SegmentCodes, measure
 from guardrails.policy import Policy
 from router import hdr, layout
 from router.config import Config

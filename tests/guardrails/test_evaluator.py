@@ -22,11 +22,12 @@ from traffic import Traffic
 from guardrails import evaluator as evaluator_mod
 from guardrails.alerts import Alerter
 from guardrails.evaluator import Evaluator
-from guardrails.journal import Journal
-from router import layout, statusfile
+from guardrails.rollouts import Journal
+from router import layout
+from router import status as status_file
 from router.config import Config
 from router.registry import Registry, Status
-from router.slab import SharedMemory
+from router.shared_memory import SharedMemory
 
 HOUR = 3600.0
 
@@ -303,7 +304,7 @@ def test_restart_resumes_the_rollout_in_the_same_phase(rig: Rig, tmp_path: Path)
 def test_status_file_lists_guardrails_and_the_next_step(rig: Rig) -> None:
     rig.start()
     rig.step()
-    status = statusfile.StatusReader(rig.config.state_path).read()
+    status = status_file.StatusReader(rig.config.state_path).read()
     assert status is not None
     assert status["phase"] == 1 and status["split_bp"] == 300 and status["state"] == "running"
     names = {g["name"] for g in status["guardrails"]}

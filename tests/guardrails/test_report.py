@@ -15,7 +15,7 @@ from test_evaluator import _rig
 
 from guardrails import report
 from guardrails.alerts import Alerter
-from guardrails.journal import Event, Journal
+from guardrails.rollouts import Event, Journal
 
 DEAD_HOOK = "http://127.0.0.1:9/down"  # nothing listens on the discard port
 

@@ -7,9 +7,9 @@ import time
 
 import numpy as np
 
-from router import layout, slab
+from router import layout, recording
 from router.config import Config
-from router.slab import SharedMemory
+from router.shared_memory import SharedMemory
 
 
 class Traffic:
@@ -50,12 +50,12 @@ class Traffic:
         for i in range(n):
             error = 1 if i < errors else 0
             if error:
-                slab.bump(addr, layout.Counter.ERR_RAISED)
+                recording.bump(addr, layout.Counter.ERR_RAISED)
             elif predictions is not None:
-                slab.record_predictions(addr, predictions[i % len(predictions)].reshape(1))
+                recording.record_predictions(addr, predictions[i % len(predictions)].reshape(1))
             else:
-                slab.record_predictions(addr, np.array([self.rng.beta(2, 90)]))
-            slab.record_request(addr, latency_us, cell, error)
+                recording.record_predictions(addr, np.array([self.rng.beta(2, 90)]))
+            recording.record_request(addr, latency_us, cell, error)
 
     def events(
         self, arm: str, impressions: int, clicks: int, *, prediction: float = 0.02, cell: int = 0
@@ -63,6 +63,6 @@ class Traffic:
         addr = self.shm.slot_address(self.index, self.slot(arm))
         bucket = min(int(prediction / self.config.bucket_width), self.config.n_buckets - 1)
         for _ in range(impressions):
-            slab.record_event(addr, self.tables, cell, bucket, 0, prediction)
+            recording.record_event(addr, self.tables, cell, bucket, 0, prediction)
         for _ in range(clicks):
-            slab.record_event(addr, self.tables, cell, bucket, 1, prediction)
+            recording.record_event(addr, self.tables, cell, bucket, 1, prediction)

@@ -318,7 +318,7 @@ def test_stale_heartbeat_routes_everything_to_champion(server: Server) -> None:
     import signal
     import time
 
-    from router.slab import SharedMemory
+    from router.shared_memory import SharedMemory
 
     assert server.admin("start", {"version": "2"}).status_code == 200
     shm = SharedMemory.attach(server.state)
@@ -356,7 +356,7 @@ def test_killed_evaluator_is_restarted_and_resumes_the_rollout(server: Server) -
     import os
     import signal
 
-    from router.slab import SharedMemory
+    from router.shared_memory import SharedMemory
 
     assert server.admin("start", {"version": "2"}).status_code == 200
     shm = SharedMemory.attach(server.state)

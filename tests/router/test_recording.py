@@ -7,20 +7,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from router import layout, slab, snapshot
+from router import layout, recording, shared_memory, snapshot
 from router.layout import Counter
 
-GEOMETRY = slab.Geometry(n_slabs=3, n_cells=16, n_buckets=100)
+GEOMETRY = shared_memory.Geometry(n_slabs=3, n_cells=16, n_buckets=100)
 
 
 def test_record_kernels_write_their_slot_only(tmp_path: Path) -> None:
-    shm = slab.SharedMemory.open(tmp_path, GEOMETRY)
+    shm = shared_memory.SharedMemory.open(tmp_path, GEOMETRY)
     addr = shm.slot_address(1, 1)
-    slab.record_request(addr, 1500, 4, 1)
-    assert slab.record_predictions(addr, np.array([[0.1005], [0.9005]], dtype=np.float32)) == 0
+    recording.record_request(addr, 1500, 4, 1)
+    assert recording.record_predictions(addr, np.array([[0.1005], [0.9005]], dtype=np.float32)) == 0
     tables = layout.table_words(16, 100)
-    slab.record_event(addr, tables, 4, 2, 0, 0.025)
-    slab.record_event(addr, tables, 4, 2, 1, 0.025)
+    recording.record_event(addr, tables, 4, 2, 0, 0.025)
+    recording.record_event(addr, tables, 4, 2, 1, 0.025)
     mine = shm.slabs["slots"][1, 1]
     assert mine["counters"][Counter.REQUESTS] == 1
     assert mine["counters"][Counter.CANDIDATES] == 2
@@ -45,9 +45,9 @@ def test_record_kernels_write_their_slot_only(tmp_path: Path) -> None:
 def test_record_predictions_flags_invalid_output(
     tmp_path: Path, values: list[float], counter: Counter
 ) -> None:
-    shm = slab.SharedMemory.open(tmp_path, GEOMETRY)
+    shm = shared_memory.SharedMemory.open(tmp_path, GEOMETRY)
     addr = shm.slot_address(0, 0)
-    assert slab.record_predictions(addr, np.array(values, dtype=np.float32)) == counter
+    assert recording.record_predictions(addr, np.array(values, dtype=np.float32)) == counter
     mine = shm.slabs["slots"][0, 0]
     assert mine["counters"][counter] == 1
     assert mine["counters"][Counter.CANDIDATES] == 0
@@ -62,45 +62,45 @@ def test_control_word_roundtrip() -> None:
 
 
 def test_open_refuses_mismatched_layout(tmp_path: Path) -> None:
-    slab.SharedMemory.open(tmp_path, GEOMETRY).close()
-    with pytest.raises(slab.LayoutMismatch, match="segment cells"):
-        slab.SharedMemory.open(tmp_path, slab.Geometry(3, 32, 100))
+    shared_memory.SharedMemory.open(tmp_path, GEOMETRY).close()
+    with pytest.raises(shared_memory.LayoutMismatch, match="segment cells"):
+        shared_memory.SharedMemory.open(tmp_path, shared_memory.Geometry(3, 32, 100))
     (tmp_path / "other").mkdir()
-    (tmp_path / "other" / slab.STATE_FILE).write_bytes(b"\0" * 8192)
-    with pytest.raises(slab.LayoutMismatch, match="not a Rampart state file"):
-        slab.SharedMemory.attach(tmp_path / "other")
+    (tmp_path / "other" / shared_memory.STATE_FILE).write_bytes(b"\0" * 8192)
+    with pytest.raises(shared_memory.LayoutMismatch, match="not a Rampart state file"):
+        shared_memory.SharedMemory.attach(tmp_path / "other")
 
 
 def test_state_file_survives_reattach(tmp_path: Path) -> None:
-    shm = slab.SharedMemory.open(tmp_path, GEOMETRY)
-    slab.record_request(shm.slot_address(0, 0), 10, 0, 0)
+    shm = shared_memory.SharedMemory.open(tmp_path, GEOMETRY)
+    recording.record_request(shm.slot_address(0, 0), 10, 0, 0)
     shm.write_control(layout.pack_control(1000, 0, True, 3))
-    again = slab.SharedMemory.attach(tmp_path)
+    again = shared_memory.SharedMemory.attach(tmp_path)
     assert again.slabs["slots"][0, 0]["counters"][Counter.REQUESTS] == 1
     assert layout.unpack_control(again.control_word())[0] == 1000
 
 
 def test_slab_lock_exclusive_and_freed_by_death(tmp_path: Path) -> None:
-    first = slab.SlabLock(tmp_path, 3)
-    second = slab.SlabLock(tmp_path, 3)
+    first = shared_memory.SlabLock(tmp_path, 3)
+    second = shared_memory.SlabLock(tmp_path, 3)
     assert {first.index, second.index} == {0, 1}
     # Another process takes the last slab and dies without releasing it.
     code = (
-        "import os, sys; from pathlib import Path; from router import slab;"
-        f"lock = slab.SlabLock(Path({str(tmp_path)!r}), 3); os._exit(10 + lock.index)"
+        "import os, sys; from pathlib import Path; from router import shared_memory;"
+        f"lock = shared_memory.SlabLock(Path({str(tmp_path)!r}), 3); os._exit(10 + lock.index)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 12
-    third = slab.SlabLock(tmp_path, 3)
+    third = shared_memory.SlabLock(tmp_path, 3)
     assert third.index == 2
     with pytest.raises(RuntimeError, match="all 3 worker slabs"):
-        slab.SlabLock(tmp_path, 3)
+        shared_memory.SlabLock(tmp_path, 3)
 
 
 def test_snapshot_sums_only_slabs_that_acknowledged_the_slot(tmp_path: Path) -> None:
-    shm = slab.SharedMemory.open(tmp_path, GEOMETRY)
+    shm = shared_memory.SharedMemory.open(tmp_path, GEOMETRY)
     shm.control["slot_seq"][0] = 2
     for i in range(3):
-        slab.record_request(shm.slot_address(i, 0), 100, 0, 0)
+        recording.record_request(shm.slot_address(i, 0), 100, 0, 0)
     shm.slabs["slot_seq"][0, 0] = 2
     shm.slabs["slot_seq"][1, 0] = 2
     shm.slabs["slot_seq"][2, 0] = 1  # still counting the previous model

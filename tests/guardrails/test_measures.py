@@ -7,7 +7,7 @@ import pytest
 from builders import CODES, CONFIG, Slot, cell, zero_totals
 from scipy import stats
 
-from guardrails.metrics import (
+from guardrails.measures import (
     FAIL,
     PASS,
     WAITING,

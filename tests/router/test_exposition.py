@@ -13,8 +13,8 @@ import pytest
 from conftest import Server
 from prometheus_client.parser import text_string_to_metric_families
 
+from router import exposition as prom
 from router import hdr, layout
-from router import metrics as prom
 from router.snapshot import SlotTotals, Snapshot
 
 ROW = [0.5, 1.0, -0.5, 2.0]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from builders import FIELDS, Slot, healthy
 
-from guardrails.journal import Journal, Rollout, RolloutState
+from guardrails.rollouts import Journal, Rollout, RolloutState
 from router.snapshot import SlotTotals
 
 
