@@ -16,18 +16,52 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from typing import Any, NamedTuple
 
 import httpx
 
-from router.config import ConfigError
+from router.config import ConfigError, typed_section
 
 QUEUE_LIMIT = 1000  # per target; an alert storm this large is a bug, not news
 HISTORY_LIMIT = 50
-_NUMBERS = {"timeout_s": float, "max_attempts": int, "backoff_s": float, "max_backoff_s": float}
-CONFIG_KEYS = {"slack_webhook", "webhook_url", *_NUMBERS}
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    """The `[alerts]` section. The Slack URL is a secret: RAMPART_SLACK_WEBHOOK wins."""
+
+    slack_webhook: str = ""
+    webhook_url: str = ""
+    timeout_s: float = 2.0
+    max_attempts: int = 6
+    backoff_s: float = 0.5
+    max_backoff_s: float = 30.0
+
+    @classmethod
+    def from_section(cls, values: dict[str, Any]) -> AlertsConfig:
+        alerts: AlertsConfig = typed_section(cls, "alerts", values)
+        alerts.check()
+        return alerts
+
+    def with_env(self) -> AlertsConfig:
+        slack = os.environ.get("RAMPART_SLACK_WEBHOOK") or self.slack_webhook
+        webhook = self.webhook_url or os.environ.get("RAMPART_ALERT_WEBHOOK", "")
+        return replace(self, slack_webhook=slack, webhook_url=webhook)
+
+    def check(self) -> None:
+        for key in ("slack_webhook", "webhook_url"):
+            url = getattr(self, key)
+            if url and not url.startswith(("http://", "https://")):
+                raise ConfigError(f"[alerts] {key} must start with http(s)://: {url[:40]!r}")
+        if self.timeout_s <= 0:
+            raise ConfigError(f"[alerts] timeout_s must be > 0, got {self.timeout_s}")
+        if self.max_attempts < 1:
+            raise ConfigError(f"[alerts] max_attempts must be >= 1, got {self.max_attempts}")
+        if not 0 <= self.backoff_s <= self.max_backoff_s:
+            raise ConfigError("[alerts] backoff_s must be in [0, max_backoff_s]")
+
 # kind -> (emoji, verb); other kinds are shown as they are.
 _WORDING = {
     "rollback": (":rotating_light:", "rolled back"),
@@ -179,25 +213,22 @@ class Alerter:
             t.thread.start()
 
     @classmethod
+    def from_config(cls, alerts: AlertsConfig) -> Alerter:
+        a = alerts.with_env()
+        a.check()
+        return cls(
+            a.slack_webhook or None,
+            a.webhook_url or None,
+            timeout_s=a.timeout_s,
+            max_attempts=a.max_attempts,
+            backoff_s=a.backoff_s,
+            max_backoff_s=a.max_backoff_s,
+        )
+
+    @classmethod
     def from_env_and_config(cls, alerts_section: dict[str, Any]) -> Alerter:
-        """The `[alerts]` config section; the Slack URL is a secret, so the environment wins."""
-        unknown = set(alerts_section) - CONFIG_KEYS
-        if unknown:
-            raise ConfigError(
-                f"unknown key(s) in [alerts]: {sorted(unknown)}; known: {sorted(CONFIG_KEYS)}"
-            )
-        numbers: dict[str, Any] = {}
-        for key, kind in _NUMBERS.items():
-            value = alerts_section.get(key)
-            if value is None:
-                continue
-            ok = type(value) is kind or (kind is float and type(value) is int)  # no bools
-            if not ok:
-                raise ConfigError(f"[alerts] {key} must be of type {kind.__name__}, got {value!r}")
-            numbers[key] = kind(value)
-        slack = os.environ.get("RAMPART_SLACK_WEBHOOK") or alerts_section.get("slack_webhook")
-        webhook = alerts_section.get("webhook_url") or os.environ.get("RAMPART_ALERT_WEBHOOK")
-        return cls(slack or None, webhook or None, **numbers)
+        """The `[alerts]` config section as TOML gave it, plus the environment."""
+        return cls.from_config(AlertsConfig.from_section(alerts_section))
 
     @property
     def history(self) -> list[Delivery]:

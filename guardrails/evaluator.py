@@ -1,16 +1,17 @@
-"""The evaluator process: the only writer of the control word.
+"""The evaluator: the only writer of the split.
 
-Each tick (1 s): write the heartbeat, apply queued admin commands, sum the slabs,
-compute every guardrail of the current phase, decide (hold, advance, promote, roll
-back, stop) and act. A rollback flips the control word to 100% champion first, in
-the tick that saw the breach; the registry, the event log and the alert follow, and
-alert delivery runs on its own thread so it can never delay a flip.
+Each tick (1 s): apply queued admin commands, sum the evidence, compute every
+guardrail of the current phase, decide (hold, advance, promote, roll back, stop)
+and act. A rollback flips the split to 100% champion first, in the tick that saw
+the breach; the registry, the event log and the alert follow, and alert delivery
+runs on its own thread so it can never delay a flip. What it serves (this host's
+control block, or the fleet's decision) is `guardrails.serving`; `run` is the
+single-host process loop (fleet mode's is `guardrails.fleet.run`).
 """
 
 from __future__ import annotations
 
 import os
-import secrets
 import signal
 import time
 from collections import deque
@@ -22,14 +23,16 @@ from guardrails import checks, view
 from guardrails.alerts import Alert, Alerter, Delivery
 from guardrails.measures import ArmMetrics, SegmentCodes, measure
 from guardrails.policy import Action, Decision, Policy, decide
-from guardrails.rollouts import Journal, Rollout, RolloutState
-from router import layout, snapshot
+from guardrails.rollouts import EventKind, Journal, Rollout, RolloutState
+from guardrails.serving import LocalServing, Serving
 from router import status as status_file
 from router.config import Config
-from router.mailbox import CommandStore
+from router.control import ControlWriter
+from router.mailbox import AdminMailbox, Command
 from router.registry import Registry, Status
 from router.shared_memory import Geometry, SharedMemory
 from router.snapshot import SlotTotals
+from router.status import EvaluatorStatus
 
 Clock = Callable[[], float]
 
@@ -38,20 +41,29 @@ class Evaluator:
     def __init__(
         self,
         config: Config,
-        shm: SharedMemory,
+        shm: SharedMemory | None = None,
         *,
+        serving: Serving | None = None,
+        registry: Registry | None = None,
+        mailbox: AdminMailbox | None = None,
+        journal: Journal | None = None,
         clock: Clock = time.time,
         alerter: Alerter | None = None,
     ) -> None:
+        """Single-host by default: this host's `shm`, and the registry, mailbox and journal
+        of its state directory. Fleet mode passes the fleet's own (guardrails.fleet)."""
         self.config = config
-        self.shm = shm
+        if serving is None:
+            assert shm is not None, "an evaluator serves either a state file or `serving`"
+            serving = LocalServing(shm, config.serve.stale_after_s)
+        self.serving = serving
         self.clock = clock
         self.policy = Policy.from_config(config)
         self.codes = SegmentCodes(config.segments)
         state = config.state_path
-        self.registry = Registry(state)
-        self.commands = CommandStore(state)
-        self.journal = Journal(state)
+        self.registry = registry or Registry(state)
+        self.mailbox = mailbox or AdminMailbox(state)
+        self.journal = journal or Journal(state)
         self.alerter = alerter or Alerter.from_env_and_config(config.raw.get("alerts", {}))
         self.alert_results: deque[Delivery] = deque(maxlen=1000)
         self.alerter.on_result(self.alert_results.append)  # drained into the log by tick()
@@ -62,70 +74,55 @@ class Evaluator:
         self.series = view.Series()
         self.last_journal = 0.0
         self.tick_seconds = 0.0
-        self.events_cache: tuple[Any, list[dict[str, Any]]] = (None, [])
+        self._events_cache: tuple[Any, list[dict[str, Any]]] = (None, [])
         self._adopt()
         self._warm_up()
 
     def _warm_up(self) -> None:
         """Run every check once on empty evidence: loading the numba kernels takes a second
         or more on a busy machine, and that must not happen in the tick that sees a breach."""
-        empty = snapshot.take(self.shm).champion
+        empty = self.serving.take().champion
         zero = measure(empty - empty, self.codes)
         e = checks.gather(self.policy, zero, zero, zero, (0, 0), 300, 0.0, 0.0)
         checks.evaluate(self.policy, e, len(self.policy.phases))
 
-    # -- control word ---------------------------------------------------------------------------
-    def _word(self) -> tuple[int, int, bool, int]:
-        return layout.unpack_control(self.shm.control_word())
-
+    # -- the split --------------------------------------------------------------------------------
     def _flip(self, split_bp: int, champion_slot: int, has_challenger: bool) -> None:
-        generation = self._word()[3] + 1
-        self.shm.write_control(
-            layout.pack_control(split_bp, champion_slot, has_challenger, generation)
-        )
+        self.serving.flip(split_bp, champion_slot, has_challenger)
 
-    def shm_split(self) -> int:
-        split, _, has_challenger, _ = self._word()
-        return split if has_challenger else 0
-
-    def _load_slot(self, slot: int, version: int) -> None:
-        ctrl = self.shm.control
-        ctrl["slot_model"][slot] = version
-        ctrl["slot_seq"][slot] = int(ctrl["slot_seq"][slot]) + 1
+    def _champion_slot(self) -> int:
+        return self.serving.word().champion_slot
 
     def _adopt(self) -> None:
-        """Make the control block agree with the registry and the journal (start, restart)."""
-        ctrl = self.shm.control
-        if int(ctrl["hash_seed"]) == 0:
-            ctrl["hash_seed"] = secrets.randbits(63) | 1
+        """Make the split agree with the registry and the journal (start, restart)."""
         champions = self.registry.with_status(Status.CHAMPION)
         if not champions:
             return
         version = champions[-1].version
-        _, champion_slot, has_challenger, _ = self._word()
-        if int(ctrl["slot_model"][champion_slot]) != version:
-            self._load_slot(champion_slot, version)
+        word = self.serving.word()
+        champion_slot = word.champion_slot
+        if self.serving.slot_model(champion_slot) != version:
+            self.serving.load_slot(champion_slot, version)
             self._flip(0, champion_slot, False)
         r = self.rollout
-        challenger_slot = 1 - champion_slot
-        if r is not None and int(ctrl["slot_model"][challenger_slot]) != r.challenger:
+        if r is not None and self.serving.slot_model(1 - champion_slot) != r.challenger:
             # The shared-memory file was replaced: the rollout's evidence is gone.
             self._end(
                 Decision(Action.STOP, "shared-memory state lost on restart"), RolloutState.STOPPED
             )
-        elif r is None and has_challenger:
+        elif r is None and word.has_challenger:
             self._flip(0, champion_slot, False)
 
-    # -- the tick -------------------------------------------------------------------------------
+    # -- the tick ---------------------------------------------------------------------------------
     def tick(self) -> None:
+        """Decide and act. Publishing `status()` is the caller's (it is the slow part)."""
         started = time.perf_counter()
-        self.shm.control["heartbeat_ns"] = time.time_ns()
-        for command_id, kind, payload in self.commands.pending():
+        for command_id, kind, payload in self.mailbox.pending():
             try:
                 result = self.apply(kind, payload)
             except Exception as e:  # a bad command must not stop the evaluator
                 result = {"ok": False, "error": "command_failed", "detail": str(e)}
-            self.commands.finish(command_id, result)
+            self.mailbox.finish(command_id, result)
         now = self.clock()
         r = self.rollout
         if r is not None and r.state == RolloutState.LOADING:
@@ -133,12 +130,10 @@ class Evaluator:
         elif r is not None and r.state.active:
             self._judge(r, now)
         self._drain_alerts(now)
-        # Decided and acted on; publishing the picture for /status is the slow part.
         self.tick_seconds = time.perf_counter() - started
-        status_file.write(self.config.state_path, view.status(self, now))
 
     def _judge(self, r: Rollout, now: float) -> None:
-        snap = snapshot.take(self.shm)
+        snap = self.serving.take()
         assert r.baseline is not None
         champion = measure(snap.champion - r.baseline, self.codes)
         challenger_totals = snap.challenger
@@ -161,7 +156,7 @@ class Evaluator:
         )
         self.evidence = e
         self.results = checks.evaluate(self.policy, e, r.phase)
-        decision = self._decide(r)
+        decision = decide(self.policy, r.phase, self.results, e.time_in_phase_s, r.paused)
         self.series.add(now, r.phase, snap.split_bp, e)
         if decision.action in (Action.ROLLBACK, Action.STOP):
             outcome = (
@@ -176,11 +171,7 @@ class Evaluator:
             self._promote(decision)
         elif now - self.last_journal >= self.policy.journal_every_s:
             self.last_journal = now
-            self.journal.append(r.id, "metrics", r.phase, view.metrics_record(e), now)
-
-    def _decide(self, r: Rollout) -> Decision:
-        assert self.evidence is not None
-        return decide(self.policy, r.phase, self.results, self.evidence.time_in_phase_s, r.paused)
+            self.journal.append(r.id, EventKind.METRICS, r.phase, view.metrics_record(e), now)
 
     def _recent(self, now: float, totals: SlotTotals) -> ArmMetrics | None:
         """The challenger over the last window_s: the oldest kept total subtracted."""
@@ -192,17 +183,11 @@ class Evaluator:
             return None
         return measure(totals - oldest, self.codes)
 
-    # -- transitions ----------------------------------------------------------------------------
+    # -- transitions ------------------------------------------------------------------------------
     def _finish_loading(self, r: Rollout, now: float) -> None:
         """Raise the split only once every live worker has loaded the challenger."""
-        ctrl = self.shm.control
-        _, champion_slot, _, _ = self._word()
-        slot = 1 - champion_slot
-        live = self.shm.slabs["heartbeat_ns"] > time.time_ns() - int(
-            self.config.serve.stale_after_s * 1e9
-        )
-        acked = self.shm.slabs["slot_seq"][:, slot] == ctrl["slot_seq"][slot]
-        if not (acked | ~live).all():
+        champion_slot = self._champion_slot()
+        if not self.serving.loaded_everywhere(1 - champion_slot):
             if now - r.started > self.policy.load_timeout_s:
                 self._end(
                     Decision(
@@ -213,20 +198,20 @@ class Evaluator:
                     RolloutState.STOPPED,
                 )
             return
-        snap = snapshot.take(self.shm)
-        r.baseline = snap.champion
+        r.baseline = self.serving.take().champion
         r.phase_requests = [0, 0]
         r.state = RolloutState.PAUSED if r.paused else RolloutState.RUNNING
         r.started = r.phase_started = now
         r.phases = [{"phase": 1, "entered": now, "exited": None, "result": "current"}]
-        self._flip(self.policy.phase(1).split_bp, champion_slot, True)
+        split = self.policy.phase(1).split_bp
+        self._flip(split, champion_slot, True)
         self.journal.save(r, with_baseline=True)
-        self.journal.append(r.id, "phase", 1, {"split_bp": self.policy.phase(1).split_bp}, now)
+        self.journal.append(r.id, EventKind.PHASE, 1, {"split_bp": split}, now)
 
     def _advance(self, r: Rollout, now: float, champion: ArmMetrics, ch: ArmMetrics) -> None:
         nxt = r.phase + 1
         split = self.policy.phase(nxt).split_bp
-        self._flip(split, self._word()[1], True)
+        self._flip(split, self._champion_slot(), True)
         record = [x.to_json() for x in self.results]
         r.phases[-1].update(exited=now, result="passed")
         r.phases.append({"phase": nxt, "entered": now, "exited": None, "result": "current"})
@@ -235,7 +220,7 @@ class Evaluator:
         self.journal.save(r)
         self.journal.append(
             r.id,
-            "advanced",
+            EventKind.ADVANCED,
             nxt,
             {"from": nxt - 1, "split_bp": split, "guardrails": record, "metrics": self._metrics()},
             now,
@@ -244,8 +229,7 @@ class Evaluator:
     def _promote(self, decision: Decision, manual: bool = False) -> None:
         r = self.rollout
         assert r is not None
-        _, champion_slot, _, _ = self._word()
-        self._flip(0, 1 - champion_slot, False)  # the new champion serves, in one flip
+        self._flip(0, 1 - self._champion_slot(), False)  # the new champion serves, in one flip
         now = self.clock()
         self.registry.set_status(r.challenger, Status.CHAMPION, "promoted")
         self.registry.set_status(r.champion, Status.RETIRED, f"replaced by {r.challenger}")
@@ -254,7 +238,7 @@ class Evaluator:
     def _end(self, decision: Decision, outcome: RolloutState, manual: bool = False) -> None:
         r = self.rollout
         assert r is not None
-        self._flip(0, self._word()[1], False)  # first, before anything slow
+        self._flip(0, self._champion_slot(), False)  # first, before anything slow
         now = self.clock()
         self.registry.set_status(r.challenger, Status.FAILED, decision.reason)
         self._close(r, outcome, decision, now, manual)
@@ -276,7 +260,7 @@ class Evaluator:
             "guardrails": [x.to_json() for x in self.results],
             "metrics": self._metrics(),
         }
-        self.journal.append(r.id, outcome.value, r.phase, data, now)
+        self.journal.append(r.id, EventKind(outcome.value), r.phase, data, now)
         self.alerter.send(
             Alert(
                 kind="rollback" if outcome == RolloutState.ROLLED_BACK else outcome.value,
@@ -306,34 +290,35 @@ class Evaluator:
             d = self.alert_results.popleft()
             phase = self.rollout.phase if self.rollout else 0
             record = {**d._asdict(), "outcome": d.outcome.value}
-            self.journal.append(d.rollout_id, "alert", phase, record, now)
+            self.journal.append(d.rollout_id, EventKind.ALERT, phase, record, now)
 
-    # -- admin commands -------------------------------------------------------------------------
-    def apply(self, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
+    # -- admin commands ---------------------------------------------------------------------------
+    def apply(self, kind: Command, payload: dict[str, Any]) -> dict[str, Any]:
         r = self.rollout
         active = r is not None and r.state.active
-        if kind == "start":
+        if kind == Command.START:
             if active:
                 return {"ok": False, "error": "rollout_in_progress", "detail": r.id if r else ""}
             return self._start(payload)
         if not active or r is None:
             return {"ok": False, "error": "no_rollout"}
         now = self.clock()
-        if kind in ("pause", "resume"):
-            r.paused = kind == "pause"
+        if kind in (Command.PAUSE, Command.RESUME):
+            r.paused = kind == Command.PAUSE
             if r.state != RolloutState.LOADING:
                 r.state = RolloutState.PAUSED if r.paused else RolloutState.RUNNING
             self.journal.save(r)
-            self.journal.append(r.id, f"{kind}d", r.phase, {"manual": True}, now)
-            return {"ok": True, "state": r.state.value, "split_bp": self._word()[0]}
-        if kind == "rollback":
+            event = EventKind.PAUSED if r.paused else EventKind.RESUMED
+            self.journal.append(r.id, event, r.phase, {"manual": True}, now)
+            return {"ok": True, "state": r.state.value, "split_bp": self.serving.word().split_bp}
+        if kind == Command.ROLLBACK:
             self._end(
                 Decision(Action.ROLLBACK, "manual rollback", "manual"),
                 RolloutState.ROLLED_BACK,
                 manual=True,
             )
             return {"ok": True, "split_bp": 0, "rollout": r.id}
-        if kind == "promote":
+        if kind == Command.PROMOTE:
             if r.state == RolloutState.LOADING:
                 return {"ok": False, "error": "challenger_not_loaded"}
             self._promote(Decision(Action.PROMOTE, "manual promotion", "manual"), manual=True)
@@ -344,7 +329,7 @@ class Evaluator:
         try:
             version = int(payload.get("version", ""))
             record = self.registry.get(version)
-        except (KeyError, ValueError):
+        except (KeyError, ValueError, TypeError):
             return {"ok": False, "error": "unknown_version", "detail": str(payload.get("version"))}
         if record.status != Status.CANDIDATE:
             return {"ok": False, "error": "not_a_candidate", "detail": record.status.value}
@@ -352,9 +337,9 @@ class Evaluator:
         if not champions:
             return {"ok": False, "error": "no_champion"}
         now = self.clock()
-        _, champion_slot, _, _ = self._word()
+        champion_slot = self._champion_slot()
         self.registry.set_status(version, Status.CHALLENGER, "rollout started")
-        self._load_slot(1 - champion_slot, version)
+        self.serving.load_slot(1 - champion_slot, version)
         self._flip(0, champion_slot, True)  # workers load it; the split rises once all have
         r = Rollout(
             id=self.journal.new_id(version, now),
@@ -371,25 +356,74 @@ class Evaluator:
         self.journal.save(r)
         self.journal.append(
             r.id,
-            "started",
+            EventKind.STARTED,
             1,
             {"challenger": record.label, "champion": self._label(r.champion)},
             now,
         )
         return {"ok": True, "rollout": r.id, "challenger": str(version), "state": r.state.value}
 
+    # -- what /status shows ----------------------------------------------------------------------
+    def status(self, now: float) -> EvaluatorStatus:
+        return view.status(
+            policy=self.policy,
+            rollout=self.rollout,
+            results=self.results,
+            evidence=self.evidence,
+            series=self.series,
+            events=self._recent_events(),
+            counters=self.journal.outcomes(),
+            split_bp=self.serving.word().challenger_split_bp,
+            bucket_width=self.config.bucket_width,
+            tick_ms=self.tick_seconds * 1000,
+            now=now,
+        )
+
+    def _recent_events(self) -> list[dict[str, Any]]:
+        """The rollout's last 50 decisions, re-read only when the log has grown."""
+        r = self.rollout
+        if r is None:
+            return []
+        key = (r.id, self.journal.last_seq)
+        if self._events_cache[0] != key:
+            events = self.journal.events(r.id, limit=50, exclude=(EventKind.METRICS,))
+            self._events_cache = (key, [view.event_brief(x) for x in events])
+        return self._events_cache[1]
+
     def close(self) -> None:
         self.alerter.close(2.0)
         self.journal.close()
         self.registry.close()
-        self.commands.close()
+        self.mailbox.close()
+
+
+START_ERROR_FILE = "evaluator.error"
 
 
 def run(config: Config, tick_s: float = 1.0) -> None:
-    """Evaluator process entry point; runs until SIGTERM or SIGINT."""
-    shm = SharedMemory.attach(config.state_path)
-    shm.control["evaluator_pid"] = os.getpid()
-    evaluator = Evaluator(config, shm)
+    """Single-host evaluator process: beat, decide, publish, once a tick, until SIGTERM.
+    A failure before the first tick leaves one line in START_ERROR_FILE for the supervisor."""
+    error_file = config.state_path / START_ERROR_FILE
+    try:
+        shm = SharedMemory.attach(config.state_path)
+        control = ControlWriter(shm)
+        control.claim(os.getpid())
+        evaluator = Evaluator(config, shm)
+    except Exception as e:
+        error_file.write_text(f"{type(e).__name__}: {e}".splitlines()[0] + "\n")
+        raise
+    error_file.unlink(missing_ok=True)
+    ticks(tick_s, lambda: _tick(config, control, evaluator), evaluator.close)
+
+
+def _tick(config: Config, control: ControlWriter, evaluator: Evaluator) -> None:
+    control.beat()
+    evaluator.tick()
+    status_file.write(config.state_path, evaluator.status(evaluator.clock()))
+
+
+def ticks(tick_s: float, tick: Callable[[], None], close: Callable[[], None]) -> None:
+    """Call `tick` every `tick_s` until SIGTERM or SIGINT, then `close`."""
     stop = False
 
     def _stop(signum: int, frame: Any) -> None:
@@ -401,14 +435,16 @@ def run(config: Config, tick_s: float = 1.0) -> None:
     next_tick = time.monotonic()
     try:
         while not stop:
-            evaluator.tick()
+            # A tick that raises ends the process: its heartbeat stops, workers fail safe
+            # to the champion, and the supervisor starts a fresh evaluator.
+            tick()
             next_tick += tick_s
             delay = next_tick - time.monotonic()
             if delay < 0:  # fell behind (a slow disk): skip the missed ticks, don't burst
                 next_tick = time.monotonic()
             time.sleep(max(0.0, delay))
     finally:
-        evaluator.close()
+        close()
 
 
 def prepare(config: Config) -> SharedMemory:

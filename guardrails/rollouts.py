@@ -67,6 +67,21 @@ class RolloutState(StrEnum):
         return self in (RolloutState.LOADING, RolloutState.RUNNING, RolloutState.PAUSED)
 
 
+class EventKind(StrEnum):
+    """What an event-log record says happened."""
+
+    STARTED = "started"
+    PHASE = "phase"  # the first phase's split is in force
+    ADVANCED = "advanced"
+    PAUSED = "paused"
+    RESUMED = "resumed"
+    METRICS = "metrics"  # a periodic look at the evidence, for the post-mortem's plots
+    ALERT = "alert"  # a delivery settled
+    ROLLED_BACK = "rolled_back"
+    STOPPED = "stopped"
+    PROMOTED = "promoted"
+
+
 @dataclass
 class Rollout:
     id: str

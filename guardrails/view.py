@@ -1,19 +1,18 @@
-"""What the evaluator shows: the status document workers serve, and compact metric
-records for the event log (the post-mortem's plots are drawn from those)."""
+"""What the evaluator shows: the status document workers serve (built by a pure function
+of the rollout's state; its schema is `router.status`), and compact metric records for
+the event log (the post-mortem's plots are drawn from those)."""
 
 from __future__ import annotations
 
 import math
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from guardrails.checks import Evidence, Result
 from guardrails.measures import ArmMetrics, wilson_kernel
-from guardrails.policy import State
-from guardrails.rollouts import Rollout
-
-if TYPE_CHECKING:
-    from guardrails.evaluator import Evaluator
+from guardrails.policy import Policy, State
+from guardrails.rollouts import Event, Rollout, RolloutState
+from router.status import EvaluatorStatus, PhaseInfo, RolloutInfo
 
 MAX_POINTS = 300
 _Z95 = 1.959963984540054
@@ -120,10 +119,10 @@ def metrics_record(e: Evidence) -> dict[str, Any]:
     )
 
 
-def _next_step(ev: Evaluator, r: Rollout | None, results: list[Result]) -> str:
+def _next_step(policy: Policy, r: Rollout | None, results: list[Result]) -> str:
     if r is None or not r.state.active:
         return "no rollout: register a model, then `rampart rollout start VERSION`"
-    if r.state == "loading":
+    if r.state == RolloutState.LOADING:
         return "waiting for every worker to load the challenger"
     if r.paused:
         return "paused: `rampart rollout resume` to continue (breaches still roll back)"
@@ -131,11 +130,11 @@ def _next_step(ev: Evaluator, r: Rollout | None, results: list[Result]) -> str:
     if failing:
         return f"rolling back: {failing[0].name}"
     waiting = [x for x in results if x.state != State.PASS]
-    last = r.phase == len(ev.policy.phases)
+    last = r.phase == len(policy.phases)
     goal = (
         "promote"
         if last
-        else f"advance to phase {r.phase + 1} ({ev.policy.phase(r.phase + 1).split_bp / 100:g}%)"
+        else f"advance to phase {r.phase + 1} ({policy.phase(r.phase + 1).split_bp / 100:g}%)"
     )
     if not waiting:
         return f"{goal}: every guardrail passes"
@@ -143,36 +142,32 @@ def _next_step(ev: Evaluator, r: Rollout | None, results: list[Result]) -> str:
     return f"{goal} when: {needs}"
 
 
-def status(ev: Evaluator, now: float) -> dict[str, Any]:
-    r = ev.rollout
-    active = r is not None and r.state.active
-    p = ev.policy
-    results = ev.results if active else []
-    e = ev.evidence if active else None
-    rollout = None
-    if r is not None:
-        rollout = {
-            "id": r.id,
-            "challenger": str(r.challenger),
-            "champion": str(r.champion),
-            "phase": r.phase,
-            "state": r.state.value,
-            "started": r.started,
-            "phase_started": r.phase_started,
-            "time_in_phase_s": now - r.phase_started,
-            "phase_min_s": p.min_s(r.phase),
-            "phase_max_s": p.max_s(r.phase),
-            "paused": r.paused,
-            "time_scale": p.time_scale,
-            "outcome": r.outcome,
-            "reason": r.reason,
-            "ended": r.ended,
-        }
+def _rollout_info(p: Policy, r: Rollout, now: float) -> RolloutInfo:
+    return {
+        "id": r.id,
+        "challenger": str(r.challenger),
+        "champion": str(r.champion),
+        "phase": r.phase,
+        "state": r.state.value,
+        "started": r.started,
+        "phase_started": r.phase_started,
+        "time_in_phase_s": now - r.phase_started,
+        "phase_min_s": p.min_s(r.phase),
+        "phase_max_s": p.max_s(r.phase),
+        "paused": r.paused,
+        "time_scale": p.time_scale,
+        "outcome": r.outcome,
+        "reason": r.reason,
+        "ended": r.ended,
+    }
+
+
+def _phases(p: Policy, r: Rollout | None) -> list[PhaseInfo]:
     entered = {x["phase"]: x for x in (r.phases if r else [])}
-    phases = []
+    out: list[PhaseInfo] = []
     for spec in p.phases:
         seen = entered.get(spec.number, {})
-        phases.append(
+        out.append(
             {
                 "phase": spec.number,
                 "split_bp": spec.split_bp,
@@ -184,28 +179,51 @@ def status(ev: Evaluator, now: float) -> dict[str, Any]:
                 "result": seen.get("result", "pending"),
             }
         )
-    events = _events(ev, r)
-    out: dict[str, Any] = {
+    return out
+
+
+def status(
+    *,
+    policy: Policy,
+    rollout: Rollout | None,
+    results: list[Result],
+    evidence: Evidence | None,
+    series: Series,
+    events: list[dict[str, Any]],
+    counters: dict[str, int],
+    split_bp: int,
+    bucket_width: float,
+    tick_ms: float,
+    now: float,
+) -> EvaluatorStatus:
+    """The status document, from the rollout's state alone (no I/O)."""
+    r = rollout
+    p = policy
+    active = r is not None and r.state.active
+    results = results if active else []
+    e = evidence if active else None
+    info = _rollout_info(p, r, now) if r is not None else None
+    out: EvaluatorStatus = {
         "phase": r.phase if active and r is not None else 0,
         "state": r.state.value if active and r is not None else "idle",
-        "split_bp": ev.shm_split(),
-        "rollout": rollout if active else None,
-        "last_rollout": rollout,
-        "phases": phases,
-        "guardrails": [x.to_json() for x in results],
-        "next": _next_step(ev, r, results),
+        "split_bp": split_bp,
+        "rollout": info if active else None,
+        "last_rollout": info,
+        "phases": _phases(p, r),
+        "guardrails": [x.to_json() for x in results],  # type: ignore[misc]
+        "next": _next_step(p, r, results),
         "comparison": None,
         "series": [],
         "calibration": {
-            "bucket_width": ev.config.bucket_width,
+            "bucket_width": bucket_width,
             "band": [p.guards.bucket_low, p.guards.bucket_high],
             "buckets": [],
         },
         "latency": None,
         "segments": [],
-        "events": events,
-        "counters": ev.journal.outcomes(),
-        "evaluator": {"pid": os.getpid(), "updated": now, "tick_ms": ev.tick_seconds * 1000},
+        "events": events if r is not None else [],
+        "counters": counters,
+        "evaluator": {"pid": os.getpid(), "updated": now, "tick_ms": tick_ms},
         "early_rollback": p.early_rollback,
     }
     if e is not None:
@@ -219,34 +237,24 @@ def status(ev: Evaluator, now: float) -> dict[str, Any]:
             "method": c.method,
             "sequential": {"estimate": s.estimate, "lower": s.lower, "upper": s.upper},
         }
-        out["calibration"]["buckets"] = _buckets(e, ev.config.bucket_width)
+        out["calibration"]["buckets"] = _buckets(e, bucket_width)
         out["latency"] = {"champion": _latency(e.champion), "challenger": _latency(e.challenger)}
         out["segments"] = [vars(s) for s in e.segments]
-    out = clean(out)
-    out["series"] = ev.series.points if r is not None else []  # cleaned as they were added
-    return out
+    cleaned: EvaluatorStatus = clean(out)
+    cleaned["series"] = series.points if r is not None else []  # cleaned as they were added
+    return cleaned
 
 
-def _events(ev: Evaluator, r: Rollout | None) -> list[dict[str, Any]]:
-    """The rollout's last 50 decisions, re-read only when the log has grown."""
-    if r is None:
-        return []
-    key = (r.id, ev.journal.last_seq)
-    if ev.events_cache[0] != key:
-        events = [
-            clean({"t": x.t, "kind": x.kind, "phase": x.phase,
-                   "detail": x.data.get("reason", ""), **_brief(x.data)})
-            for x in ev.journal.events(r.id, limit=50, exclude=("metrics",))
-        ]  # fmt: skip
-        ev.events_cache = (key, events)
-    return ev.events_cache[1]
-
-
-def _brief(data: dict[str, Any]) -> dict[str, Any]:
-    return {
+def event_brief(x: Event) -> dict[str, Any]:
+    """One event-log record as the dashboard lists it."""
+    data = x.data
+    brief = {
         k: data.get(k)
         for k in ("guardrail", "value", "threshold", "split_bp", "target", "outcome", "attempts")
     }
+    return clean(
+        {"t": x.t, "kind": x.kind, "phase": x.phase, "detail": data.get("reason", ""), **brief}
+    )
 
 
 def clean(value: Any) -> Any:

@@ -6,6 +6,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 import time
@@ -16,7 +17,8 @@ import httpx
 
 from guardrails.policy import Policy
 from rampart.status_table import status_text
-from router.config import Config, ConfigError
+from router.config import Config, ConfigError, check_secrets
+from router.control import ControlBlock
 from router.shared_memory import SharedMemory
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -32,12 +34,22 @@ def _config(args: argparse.Namespace) -> Config:
     )
 
 
-def serve(config: Config, config_path: str | None = None) -> None:
+def check(config: Config) -> None:
+    """Every section and secret, checked before any worker or evaluator starts: a mistake
+    is one line naming the key (ConfigError), exit 2."""
+    from guardrails.alerts import AlertsConfig
+
+    Policy.from_config(config)
+    AlertsConfig.from_section(config.raw.get("alerts", {})).with_env().check()
+    check_secrets(fleet=config.fleet.enabled)
+
+
+def serve(config: Config, config_path: str | None = None) -> int:
     import uvicorn
 
     from guardrails import evaluator
 
-    Policy.from_config(config)  # a bad rollout config fails here, before anything starts
+    check(config)
     evaluator.prepare(config).close()
     supervisor = _EvaluatorSupervisor(config)
     supervisor.start()
@@ -62,6 +74,10 @@ def serve(config: Config, config_path: str | None = None) -> None:
         )
     finally:
         supervisor.stop()
+    if supervisor.gave_up:
+        print(f"rampart: {supervisor.gave_up}", file=sys.stderr)
+        return 1
+    return 0
 
 
 class _EvaluatorSupervisor(threading.Thread):
@@ -75,10 +91,14 @@ class _EvaluatorSupervisor(threading.Thread):
         self.stopping = threading.Event()
         self.proc: multiprocessing.process.BaseProcess | None = None
         self.restarts = 0
-        self.shm: SharedMemory | None = None
+        self.control: ControlBlock | None = None
         self.spawned_at = 0.0
+        self.gave_up = ""  # why it stopped restarting, if it did
 
     STARTUP_GRACE_S = 300.0
+    # An evaluator that dies before its first heartbeat this many times in a row, the same
+    # way each time, will not start: say why and stop instead of restarting it forever.
+    MAX_START_FAILURES = 3
 
     def _spawn(self) -> None:
         from guardrails import evaluator
@@ -97,6 +117,7 @@ class _EvaluatorSupervisor(threading.Thread):
 
     def run(self) -> None:
         delay = 0.5
+        failures: list[str] = []
         while not self.stopping.is_set():
             self._spawn()
             started, self.spawned_at = time.monotonic(), time.time()
@@ -108,6 +129,15 @@ class _EvaluatorSupervisor(threading.Thread):
                     self.proc.kill()
             if self.stopping.is_set():
                 return
+            why = self._start_error()
+            failures = [*failures, why] if why else []
+            if len(failures) >= self.MAX_START_FAILURES and len(set(failures)) == 1:
+                self.gave_up = (
+                    f"the evaluator failed {len(failures)} times at start: {why}; stopping"
+                )
+                print(f"rampart: {self.gave_up}", file=sys.stderr, flush=True)
+                os.kill(os.getpid(), signal.SIGTERM)  # uvicorn shuts the workers down
+                return
             self.restarts += 1
             delay = 0.5 if time.monotonic() - started > 60 else min(delay * 2, 30.0)
             print(
@@ -116,15 +146,23 @@ class _EvaluatorSupervisor(threading.Thread):
             )
             self.stopping.wait(delay)
 
+    def _start_error(self) -> str:
+        """The one line a failed evaluator start left, if it died before its first tick."""
+        from guardrails.evaluator import START_ERROR_FILE
+
+        path = self.config.state_path / START_ERROR_FILE
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            return ""
+
     def _hung(self, started: float) -> bool:
         """Alive but silent: no heartbeat for twice the workers' stale timeout. Before its
         first heartbeat an evaluator gets STARTUP_GRACE_S: the first start on a machine
         compiles the numba kernels, which can take a minute."""
-        from router.shared_memory import SharedMemory
-
-        if self.shm is None:
-            self.shm = SharedMemory.attach(self.config.state_path)
-        beat = self.shm.heartbeat_ns() / 1e9
+        if self.control is None:
+            self.control = ControlBlock(SharedMemory.attach(self.config.state_path))
+        beat = self.control.heartbeat_ns() / 1e9
         if beat < self.spawned_at:
             return time.monotonic() - started > self.STARTUP_GRACE_S
         age = time.time() - beat
@@ -250,8 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "serve":
-            serve(_config(args), args.config)
-            return 0
+            return serve(_config(args), args.config)
         if args.command == "demo":
             from rampart.demo import run_demo
 

@@ -9,6 +9,8 @@ import msgpack
 import numba
 import numpy as np
 
+from router.layout import Reject
+
 MSGPACK = b"application/msgpack"
 JSON = b"application/json"
 
@@ -16,7 +18,7 @@ JSON = b"application/json"
 class Rejected(Exception):
     """A request problem: HTTP status, stable reason code, and a human message."""
 
-    def __init__(self, reason: str, detail: str, status: int = 400) -> None:
+    def __init__(self, reason: Reject, detail: str, status: int = 400) -> None:
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
@@ -32,13 +34,13 @@ def media_type(headers: list[tuple[bytes, bytes]]) -> bytes:
             if kind in (b"application/x-msgpack", b"application/vnd.msgpack"):
                 return MSGPACK
             raise Rejected(
-                "unsupported_media_type",
+                Reject.UNSUPPORTED_MEDIA_TYPE,
                 f"content type {value.decode(errors='replace')!r} is not "
                 "application/msgpack or application/json",
                 415,
             )
     raise Rejected(
-        "unsupported_media_type", "no content type; send application/msgpack or JSON", 415
+        Reject.UNSUPPORTED_MEDIA_TYPE, "no content type; send application/msgpack or JSON", 415
     )
 
 
@@ -49,7 +51,7 @@ def decode(body: bytes, kind: bytes) -> Any:
         return json.loads(body)
     except Exception as e:  # both libraries raise a family of types on bad input
         name = "msgpack" if kind == MSGPACK else "JSON"
-        raise Rejected("malformed_body", f"body is not valid {name}: {e}") from None
+        raise Rejected(Reject.MALFORMED_BODY, f"body is not valid {name}: {e}") from None
 
 
 def encode(payload: dict[str, Any], kind: bytes) -> bytes:
@@ -67,14 +69,16 @@ def positional_rows(features: list[Any], max_batch: int) -> np.ndarray:
         x = np.array(features, dtype=np.float32)
     except ValueError as e:
         if "inhomogeneous" in str(e) or "sequence" in str(e):
-            raise Rejected("wrong_row_width", "rows of the batch have different lengths") from None
-        raise Rejected("bad_features", "features must be numbers") from None
+            raise Rejected(
+                Reject.WRONG_ROW_WIDTH, "rows of the batch have different lengths"
+            ) from None
+        raise Rejected(Reject.BAD_FEATURES, "features must be numbers") from None
     except TypeError:
-        raise Rejected("bad_features", "features must be numbers") from None
+        raise Rejected(Reject.BAD_FEATURES, "features must be numbers") from None
     if x.ndim == 1:
         x = x.reshape(1, -1)
     elif x.ndim != 2:
-        raise Rejected("bad_features", "features must be a row or a list of rows")
+        raise Rejected(Reject.BAD_FEATURES, "features must be a row or a list of rows")
     return checked(x, max_batch)
 
 
@@ -83,39 +87,39 @@ def named_rows(
 ) -> np.ndarray:
     """Rows given as {feature name: number} → float32 [N, F] in `names` order."""
     if not rows:
-        raise Rejected("empty_batch", "the batch has no rows")
+        raise Rejected(Reject.EMPTY_BATCH, "the batch has no rows")
     if len(rows) > max_batch:
-        raise Rejected("batch_too_large", f"{len(rows)} rows; the limit is {max_batch}")
+        raise Rejected(Reject.BATCH_TOO_LARGE, f"{len(rows)} rows; the limit is {max_batch}")
     width = len(names)
     table = []
     for row in rows:
         if type(row) is not dict:
-            raise Rejected("bad_features", "a batch must not mix named and positional rows")
+            raise Rejected(Reject.BAD_FEATURES, "a batch must not mix named and positional rows")
         try:
             table.append([row[n] for n in names])
         except KeyError as e:
-            raise Rejected("missing_feature", f"feature {e.args[0]!r} is missing") from None
+            raise Rejected(Reject.MISSING_FEATURE, f"feature {e.args[0]!r} is missing") from None
         if len(row) != width:
             unknown = sorted(k for k in row if k not in known)
             if unknown:
-                raise Rejected("unknown_feature", f"unknown feature(s) {unknown[:5]}")
+                raise Rejected(Reject.UNKNOWN_FEATURE, f"unknown feature(s) {unknown[:5]}")
     try:
         x = np.array(table)
     except ValueError:
-        raise Rejected("bad_features", "feature values must be numbers") from None
+        raise Rejected(Reject.BAD_FEATURES, "feature values must be numbers") from None
     if x.dtype.kind not in "fiub":
-        raise Rejected("bad_features", "feature values must be numbers")
+        raise Rejected(Reject.BAD_FEATURES, "feature values must be numbers")
     return checked(x.astype(np.float32), max_batch)
 
 
 def checked(x: np.ndarray, max_batch: int) -> np.ndarray:
     n = x.shape[0]
     if n == 0 or x.shape[1] == 0:
-        raise Rejected("empty_batch", "the batch has no rows")
+        raise Rejected(Reject.EMPTY_BATCH, "the batch has no rows")
     if n > max_batch:
-        raise Rejected("batch_too_large", f"{n} rows; the limit is {max_batch}")
+        raise Rejected(Reject.BATCH_TOO_LARGE, f"{n} rows; the limit is {max_batch}")
     if not all_finite(x):
-        raise Rejected("non_finite_feature", "features must be finite numbers")
+        raise Rejected(Reject.NON_FINITE_FEATURE, "features must be finite numbers")
     return x
 
 

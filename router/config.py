@@ -16,7 +16,19 @@ from typing import Any
 
 from router.segments import SegmentSpace
 
-KNOWN_SECTIONS = ("serve", "segments", "calibration", "rollout", "phases", "guardrails", "alerts")
+# [rollout], [phases.N], [guardrails] and [alerts] belong to the evaluator: it parses them
+# (guardrails.settings), and `rampart serve` does so before anything starts.
+KNOWN_SECTIONS = (
+    "serve",
+    "segments",
+    "calibration",
+    "faults",
+    "fleet",
+    "rollout",
+    "phases",
+    "guardrails",
+    "alerts",
+)
 
 
 class ConfigError(ValueError):
@@ -42,10 +54,35 @@ class ServeConfig:
 
 
 @dataclass(frozen=True)
+class FaultsConfig:
+    """Fault injection, as Envoy's fault filter does it: prove on a game day that the
+    guardrails catch what they should. Off by default."""
+
+    challenger_delay_ms: float = 0.0  # added to every challenger model call
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    """Fleet mode: many sidecars, one rollout, coordinated through Redis. Off when `url`
+    is empty."""
+
+    url: str = ""  # redis://host:6379/0
+    name: str = "default"  # several fleets may share one Redis
+    host_id: str = ""  # default: hostname:port
+    lease_s: float = 5.0  # the leader's lease; another host takes over when it lapses
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.url)
+
+
+@dataclass(frozen=True)
 class Config:
     serve: ServeConfig = field(default_factory=ServeConfig)
     segments: SegmentSpace = field(default_factory=lambda: SegmentSpace.from_config({}))
     bucket_width: float = 0.01
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
+    fleet: FleetConfig = field(default_factory=FleetConfig)
     raw: dict[str, Any] = field(default_factory=dict)  # every section, for the evaluator
 
     @property
@@ -57,8 +94,19 @@ class Config:
         return Path(self.serve.state_dir).resolve()
 
     def with_overrides(self, **overrides: Any) -> Config:
+        """`rampart serve` flags over the file: [serve] keys, and `fleet_url`,
+        `fleet_name`, `host_id` for [fleet]."""
         given = {k: v for k, v in overrides.items() if v is not None}
-        return replace(self, serve=_serve(dict(_asdict(self.serve), **given)))
+        fleet = {
+            key: given.pop(flag)
+            for flag, key in (("fleet_url", "url"), ("fleet_name", "name"), ("host_id", "host_id"))
+            if flag in given
+        }
+        return replace(
+            self,
+            serve=_serve(dict(_asdict(self.serve), **given)),
+            fleet=_fleet(dict(_asdict(self.fleet), **fleet)),
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None) -> Config:
@@ -89,11 +137,15 @@ class Config:
         width = float(calibration.get("bucket_width", 0.01))
         if not 0.001 <= width <= 0.5:
             raise ConfigError(f"[calibration] bucket_width must be in [0.001, 0.5], got {width}")
-        return cls(_serve(data.get("serve", {})), segments, width, data)
+        faults = typed_section(FaultsConfig, "faults", data.get("faults", {}))
+        if not 0 <= faults.challenger_delay_ms <= 60_000:
+            raise ConfigError("[faults] challenger_delay_ms must be in [0, 60000]")
+        fleet = _fleet(data.get("fleet", {}))
+        return cls(_serve(data.get("serve", {})), segments, width, faults, fleet, data)
 
 
-def _asdict(serve: ServeConfig) -> dict[str, Any]:
-    return {f.name: getattr(serve, f.name) for f in fields(serve)}
+def _asdict(section: Any) -> dict[str, Any]:
+    return {f.name: getattr(section, f.name) for f in fields(section)}
 
 
 def typed_section(
@@ -157,6 +209,31 @@ def _serve(values: dict[str, Any]) -> ServeConfig:
     if serve.stale_after_s <= serve.ticker_s:
         raise ConfigError("[serve] stale_after_s must be longer than ticker_s")
     return serve
+
+
+def _fleet(values: dict[str, Any]) -> FleetConfig:
+    fleet: FleetConfig = typed_section(FleetConfig, "fleet", values)
+    if fleet.url and not fleet.url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(
+            f"[fleet] url must be redis://host:port/db, rediss:// or unix://, got {fleet.url!r}"
+        )
+    if not fleet.name or not all(c.isalnum() or c in "-_." for c in fleet.name):
+        raise ConfigError(f"[fleet] name must be letters, digits, '-', '_' or '.': {fleet.name!r}")
+    if not 1.0 <= fleet.lease_s <= 60.0:
+        raise ConfigError(f"[fleet] lease_s must be in [1, 60], got {fleet.lease_s}")
+    return fleet
+
+
+def check_secrets(fleet: bool) -> None:
+    """The secrets the environment must hold, checked before anything starts."""
+    env = os.environ.get("RAMPART_TOKEN_SECRET")
+    if env is not None and len(env) < 16:
+        raise ConfigError("RAMPART_TOKEN_SECRET must be at least 16 characters")
+    if fleet and not env:
+        raise ConfigError(
+            "RAMPART_TOKEN_SECRET is required in fleet mode: every host must verify the "
+            "event tokens the others sign"
+        )
 
 
 def token_secret(state_dir: Path) -> bytes:

@@ -19,7 +19,7 @@ so there is exactly one definition of where anything lives.
 
 from __future__ import annotations
 
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 
 import numpy as np
 
@@ -58,31 +58,40 @@ ERROR_COUNTERS = (
     Counter.ERR_FEATURES,
 )
 
-# Stable reason codes for rejected input; the index is the slab's `rejects` slot.
-REJECT_REASONS: tuple[str, ...] = (
-    "malformed_body",
-    "unsupported_media_type",
-    "missing_request_id",
-    "request_id_too_long",
-    "bad_features",
-    "wrong_row_width",
-    "non_finite_feature",
-    "unknown_feature",
-    "missing_feature",
-    "empty_batch",
-    "batch_too_large",
-    "body_too_large",
-    "bad_segment",
-    "bad_token",
-    "expired_token",
-    "unknown_model_version",
-    "bad_event",
-    "bad_prediction",
-    "too_many_events",
-    "model_unavailable",
-)
+
+class Reject(StrEnum):
+    """Stable reason codes for refused input. The order is the slab's `rejects` slots:
+    append new reasons, never reorder (a state file's counts would change meaning)."""
+
+    MALFORMED_BODY = "malformed_body"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    MISSING_REQUEST_ID = "missing_request_id"
+    REQUEST_ID_TOO_LONG = "request_id_too_long"
+    BAD_FEATURES = "bad_features"
+    WRONG_ROW_WIDTH = "wrong_row_width"
+    NON_FINITE_FEATURE = "non_finite_feature"
+    UNKNOWN_FEATURE = "unknown_feature"
+    MISSING_FEATURE = "missing_feature"
+    EMPTY_BATCH = "empty_batch"
+    BATCH_TOO_LARGE = "batch_too_large"
+    BODY_TOO_LARGE = "body_too_large"
+    BAD_SEGMENT = "bad_segment"
+    BAD_TOKEN = "bad_token"
+    EXPIRED_TOKEN = "expired_token"
+    UNKNOWN_MODEL_VERSION = "unknown_model_version"
+    BAD_EVENT = "bad_event"
+    BAD_PREDICTION = "bad_prediction"
+    TOO_MANY_EVENTS = "too_many_events"
+    MODEL_UNAVAILABLE = "model_unavailable"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    UNAUTHORIZED = "unauthorized"
+    UNKNOWN_COMMAND = "unknown_command"
+
+
 N_REJECT_SLOTS = 32
+REJECT_REASONS: tuple[str, ...] = tuple(r.value for r in Reject)
 REJECT_INDEX = {reason: i for i, reason in enumerate(REJECT_REASONS)}
+assert len(REJECT_REASONS) <= N_REJECT_SLOTS
 
 CONTROL_DTYPE = np.dtype(
     {

@@ -9,11 +9,22 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-COMMANDS = ("start", "pause", "resume", "rollback", "promote")
+
+class Command(StrEnum):
+    """What an admin may ask of the rollout (`POST /admin/rollout/<command>`)."""
+
+    START = "start"
+    PAUSE = "pause"
+    RESUME = "resume"
+    ROLLBACK = "rollback"
+    PROMOTE = "promote"
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS commands (
@@ -27,35 +38,39 @@ CREATE TABLE IF NOT EXISTS commands (
 """
 
 
-class CommandStore:
+class AdminMailbox:
     def __init__(self, state_dir: Path) -> None:
-        self._db = sqlite3.connect(state_dir / "commands.db", timeout=10, isolation_level=None)
+        # Workers call it from a thread (never on the event loop): one connection, one lock.
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(
+            state_dir / "commands.db", timeout=10, isolation_level=None, check_same_thread=False
+        )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
         self._db.close()
 
-    def submit(self, kind: str, payload: dict[str, Any]) -> int:
-        if kind not in COMMANDS:
-            raise ValueError(f"unknown command {kind!r}")
-        cur = self._db.execute(
-            "INSERT INTO commands (kind, payload, created_at) VALUES (?, ?, ?)",
-            (kind, json.dumps(payload), time.time()),
-        )
+    def submit(self, kind: Command, payload: dict[str, Any]) -> int:
+        with self._lock:
+            cur = self._db.execute(
+                "INSERT INTO commands (kind, payload, created_at) VALUES (?, ?, ?)",
+                (kind.value, json.dumps(payload), time.time()),
+            )
         return int(cur.lastrowid or 0)
 
     def result(self, command_id: int) -> dict[str, Any] | None:
-        row = self._db.execute(
-            "SELECT result FROM commands WHERE id = ? AND done_at IS NOT NULL", (command_id,)
-        ).fetchone()
+        with self._lock:
+            row = self._db.execute(
+                "SELECT result FROM commands WHERE id = ? AND done_at IS NOT NULL", (command_id,)
+            ).fetchone()
         return None if row is None else dict(json.loads(row[0]))
 
-    def pending(self) -> list[tuple[int, str, dict[str, Any]]]:
+    def pending(self) -> list[tuple[int, Command, dict[str, Any]]]:
         rows = self._db.execute(
             "SELECT id, kind, payload FROM commands WHERE done_at IS NULL ORDER BY id"
         ).fetchall()
-        return [(int(i), k, json.loads(p)) for i, k, p in rows]
+        return [(int(i), Command(k), json.loads(p)) for i, k, p in rows]
 
     def finish(self, command_id: int, result: dict[str, Any]) -> None:
         self._db.execute(

@@ -64,15 +64,12 @@ class SharedMemory:
         self._words = memoryview(self._mmap).cast("Q")
         self._control_index = layout.CONTROL_DTYPE.fields["control"][1] // 8  # type: ignore[index]
 
-    # -- control block ------------------------------------------------------
+    # -- the control word: router.control reads and writes it through these ------
     def control_word(self) -> int:
         return self._words[self._control_index]
 
     def write_control(self, word: int) -> None:
         self._words[self._control_index] = word
-
-    def heartbeat_ns(self) -> int:
-        return int(self.control["heartbeat_ns"])
 
     def slot_address(self, slab: int, slot: int) -> int:
         slab_dtype = self.geometry.slab
@@ -159,7 +156,7 @@ def _create(path: Path, geometry: Geometry) -> None:
         header["n_slabs"] = geometry.n_slabs
         header["n_cells"] = geometry.n_cells
         header["n_buckets"] = geometry.n_buckets
-        header["control"] = layout.pack_control(0, 0, False, 0)
+        header["control"] = 0  # split 0, champion in slot 0, no challenger, generation 0
         os.pwrite(fd, header.tobytes(), 0)
         os.fsync(fd)
     finally:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from router import layout
+from router.control import unpack
 from router.shared_memory import SharedMemory
 
 _SLOT_FIELDS = (
@@ -74,15 +75,15 @@ class Snapshot:
 
     @property
     def split_bp(self) -> int:
-        return layout.unpack_control(self.control)[0]
+        return unpack(self.control).split_bp
 
     @property
     def champion_slot(self) -> int:
-        return layout.unpack_control(self.control)[1]
+        return unpack(self.control).champion_slot
 
     @property
     def has_challenger(self) -> bool:
-        return layout.unpack_control(self.control)[2]
+        return unpack(self.control).has_challenger
 
     @property
     def champion(self) -> SlotTotals:

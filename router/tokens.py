@@ -16,6 +16,8 @@ import hmac
 import struct
 from dataclasses import dataclass
 
+from router.layout import Reject
+
 FORMAT = 1
 _BODY = struct.Struct("<BIBII")
 MAC_BYTES = 10
@@ -23,7 +25,7 @@ TOKEN_CHARS = 32
 
 
 class TokenError(ValueError):
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: Reject) -> None:
         super().__init__(reason)
         self.reason = reason
 
@@ -54,19 +56,19 @@ class TokenSigner:
     def verify(self, token: object, now: int) -> Claims:
         """Claims of a genuine, unexpired token; else TokenError with a reason code."""
         if type(token) is not str or len(token) != TOKEN_CHARS:
-            raise TokenError("bad_token")
+            raise TokenError(Reject.BAD_TOKEN)
         try:
             raw = base64.urlsafe_b64decode(token)
         except ValueError:
-            raise TokenError("bad_token") from None
+            raise TokenError(Reject.BAD_TOKEN) from None
         body, mac = raw[: _BODY.size], raw[_BODY.size :]
         if not hmac.compare_digest(mac, self._mac(body)):
-            raise TokenError("bad_token")
+            raise TokenError(Reject.BAD_TOKEN)
         fmt, version, arm, cell, issued = _BODY.unpack(body)
         if fmt != FORMAT or arm > 1:
-            raise TokenError("bad_token")
+            raise TokenError(Reject.BAD_TOKEN)
         if issued > now + self.max_skew_s:
-            raise TokenError("bad_token")
+            raise TokenError(Reject.BAD_TOKEN)
         if now - issued > self.ttl_s:
-            raise TokenError("expired_token")
+            raise TokenError(Reject.EXPIRED_TOKEN)
         return Claims(version, arm, cell, issued)
