@@ -1,0 +1,708 @@
+"""The fleet store: one rollout over many sidecars, kept in Redis.
+
+Control plane only (the evaluator and the CLI); workers never import it. Every key of a
+fleet lives under `rampart:{<name>}:` — the braces are a Redis Cluster hash tag, so one
+fleet's keys share a slot and every multi-key operation is a single Lua script (atomic;
+its keys are all passed in KEYS).
+
+    created           string  generation id, SET NX by the first leader or registration
+    epoch             int     fencing epoch: raised on every leadership change
+    leader            string  the leader's host id, with the lease as its PX expiry
+    decision          hash    version, epoch, t (ms), body (JSON)
+    state             hash    the leader's rollout state, key -> bytes
+    events            stream  fields seq, epoch, record (JSON); MAXLEN ~ 100000
+    events:seq        int     the event log's sequence
+    evidence:<R>      hash    "host|incarnation" -> cumulative evidence blob of rollout R
+    evidence-seq:<R>  hash    "host|incarnation" -> the seq of that blob
+    hosts             zset    host id scored by its last heartbeat (server ms)
+    host-info         hash    host id -> JSON info
+    commands          stream  pending admin commands: kind, payload (JSON)
+    command:<id>      string  a finished command's result (JSON), 7 days
+    models            hash    version -> JSON record (name, sha256, features, registered_at)
+    model-status      hash    version -> status
+    model-reason      hash    version -> reason
+    model-seq         int     the last version handed out
+    blob:<sha256>     bytes   model files, content-addressed
+
+The pub/sub channel `rampart:{<name>}:wakeup` carries the version of each new decision;
+it only saves a host a tick of latency, the stored decision stays the truth.
+
+Fencing: a leader writes with the epoch it was given; a script compares it with the
+current epoch, so a deposed leader's late write changes nothing. A new epoch is never
+below the server clock in ms, so epochs keep growing even across a store that restarted
+empty; `generation()` changing (or vanishing) tells a host that the state was lost.
+
+Every Redis failure (refused, timed out, out of memory, read-only replica) is raised as
+`StoreUnavailable`; invalid arguments are `ValueError`s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import redis
+from redis.backoff import NoBackoff
+from redis.commands.core import Script
+from redis.exceptions import NoScriptError, RedisError
+from redis.retry import Retry
+
+MAX_EVIDENCE_BYTES = 64 * 1024
+MAX_INFO_BYTES = 4 * 1024
+EVENTS_MAXLEN = 100_000
+COMMANDS_MAXLEN = 10_000  # commands pile up only while no leader runs
+HOST_FORGET_MS = 3_600_000  # hosts not seen for an hour drop out of hosts()
+COMMAND_RESULT_TTL_S = 7 * 86_400
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_COMMAND_ID = re.compile(r"\d{1,20}-\d{1,20}")
+
+# Server time in integer milliseconds. Formatted with %d: Lua's default number format
+# (%.14g) would round a 13-digit millisecond count once it is past 1e14.
+_NOW_MS = """
+local _t = redis.call('TIME')
+local now = string.format('%d', tonumber(_t[1]) * 1000 + math.floor(tonumber(_t[2]) / 1000))
+"""
+_FENCE = "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end\n"
+
+# A new epoch is max(stored + 1, server time in ms): strictly increasing, and still above
+# every epoch handed out before when the store restarted empty or a failover to a replica
+# lost the last INCR (as long as the server clock does not step back further than that).
+_ACQUIRE = (
+    """
+local holder = redis.call('GET', KEYS[2])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  return {0, redis.call('GET', KEYS[1])}
+end
+if holder then return false end"""
+    + _NOW_MS
+    + """
+local epoch = math.max(tonumber(redis.call('GET', KEYS[1]) or '0') + 1, tonumber(now))
+epoch = string.format('%d', epoch)
+redis.call('SET', KEYS[1], epoch)
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+redis.call('SET', KEYS[3], ARGV[3], 'NX')
+return {1, epoch}
+"""
+)
+_RESIGN = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+_WRITE_DECISION = (
+    _FENCE
+    + _NOW_MS
+    + """
+local version = redis.call('HINCRBY', KEYS[2], 'version', 1)
+redis.call('HSET', KEYS[2], 'epoch', ARGV[1], 't', now, 'body', ARGV[2])
+redis.call('PUBLISH', ARGV[3], version)
+return version
+"""
+)
+_SAVE_STATE = _FENCE + "redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])\nreturn 1\n"
+_APPEND_EVENT = (
+    _FENCE
+    + """
+local seq = redis.call('INCR', KEYS[3])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*',
+           'seq', seq, 'epoch', ARGV[1], 'record', ARGV[2])
+return seq
+"""
+)
+# Evidence is cumulative per (host, incarnation): keep only the highest seq, so a retried,
+# duplicated or reordered publish can never count twice or roll a host's counts back.
+_PUBLISH_EVIDENCE = """
+local stored = redis.call('HGET', KEYS[2], ARGV[1])
+if stored and tonumber(stored) >= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+return 1
+"""
+_FORGET_EVIDENCE = _FENCE + "redis.call('DEL', KEYS[2], KEYS[3])\nreturn 1\n"
+_HEARTBEAT = (
+    _NOW_MS
+    + """
+local cutoff = string.format('(%d', tonumber(now) - tonumber(ARGV[3]))
+local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', cutoff, 'LIMIT', 0, 1000)
+if #gone > 0 then
+  redis.call('ZREM', KEYS[1], unpack(gone))
+  redis.call('HDEL', KEYS[2], unpack(gone))
+end
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return 1
+"""
+)
+_FINISH_COMMAND = (
+    _FENCE
+    + """
+if redis.call('XDEL', KEYS[2], ARGV[2]) == 0 then return -1 end
+redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4])
+return 1
+"""
+)
+# "The first model registered in an empty registry becomes the champion", atomically:
+# two registrations racing on an empty registry cannot both become champion.
+_REGISTER_MODEL = """
+local version = ARGV[3]
+if version == '' then
+  version = string.format('%d', redis.call('INCR', KEYS[4]))
+elseif redis.call('HEXISTS', KEYS[1], version) == 1 then
+  return false
+elseif tonumber(redis.call('GET', KEYS[4]) or '0') < tonumber(version) then
+  redis.call('SET', KEYS[4], version)
+end
+local status = ARGV[4]
+if status == '' then
+  status = 'champion'
+  for _, s in ipairs(redis.call('HVALS', KEYS[2])) do
+    if s == 'champion' then status = 'candidate' break end
+  end
+end
+redis.call('SET', KEYS[5], ARGV[2], 'NX')
+redis.call('HSET', KEYS[1], version, ARGV[1])
+redis.call('HSET', KEYS[2], version, status)
+redis.call('HSET', KEYS[3], version, ARGV[5])
+redis.call('SET', KEYS[6], ARGV[6], 'NX')
+return {version, status}
+"""
+# ARGV[1] is the epoch ('' = unfenced: the CLI's register path), then (version, status,
+# reason) triples applied together, so a promotion's two status changes are one flip.
+_SET_STATUS = """
+if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+for i = 2, #ARGV, 3 do
+  if redis.call('HEXISTS', KEYS[2], ARGV[i]) == 0 then return ARGV[i] end
+end
+for i = 2, #ARGV, 3 do
+  redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
+  redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 2])
+end
+return 1
+"""
+
+
+class StoreUnavailable(Exception):
+    """The fleet store did not answer in time, refused, or failed the command."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    epoch: int
+    host_id: str
+    expires_at: float = 0.0  # time.monotonic() by which the lease has surely lapsed
+
+
+@dataclass(frozen=True)
+class Decision:
+    version: int
+    epoch: int  # the leader epoch that wrote it
+    t: float  # server time, seconds since the Unix epoch
+    body: dict[str, Any]
+
+
+class Evidence(NamedTuple):
+    host_id: str
+    incarnation: str
+    blob: bytes
+
+
+class Host(NamedTuple):
+    id: str
+    age_s: float
+    info: dict[str, Any]
+
+
+class Event(NamedTuple):
+    seq: int
+    epoch: int
+    t: float
+    record: dict[str, Any]
+
+
+class Command(NamedTuple):
+    id: str
+    kind: str
+    payload: dict[str, Any]
+
+    @property
+    def submitted(self) -> float:
+        """Server time of submission (the stream id's milliseconds), Unix seconds."""
+        return int(self.id.split("-")[0]) / 1000
+
+
+class Tick(NamedTuple):
+    """One host tick's answers, from `FleetStore.tick` (one round trip)."""
+
+    published: bool | None  # None: no evidence was given
+    lease: Lease | None  # None: not asked for, or another host leads
+    decision: Decision | None
+    generation: str | None
+
+
+class FleetStore:
+    """One fleet's state in Redis. Cheap to construct: the first command connects."""
+
+    def __init__(
+        self,
+        url: str,
+        name: str,
+        *,
+        timeout_s: float = 0.5,
+        evidence_ttl_s: float = 14 * 86_400,
+    ) -> None:
+        if not _SAFE_NAME.fullmatch(name):
+            raise ValueError(f"fleet name must be 1-64 of letters, digits, '-', '_', '.': {name!r}")
+        if not 0 < timeout_s <= 30:
+            raise ValueError(f"fleet store timeout_s must be in (0, 30], got {timeout_s}")
+        if evidence_ttl_s <= 0:
+            raise ValueError(f"evidence_ttl_s must be > 0, got {evidence_ttl_s}")
+        self.name = name
+        self._prefix = f"rampart:{{{name}}}:"
+        self._evidence_ttl_ms = str(int(evidence_ttl_s * 1000))
+        try:
+            pool = redis.ConnectionPool.from_url(url)
+        except ValueError as e:
+            raise ValueError(f"fleet store URL {url!r}: {e}") from None
+        # Set after from_url because its query string would override keyword arguments: a
+        # dead store must cost one short timeout, never redis-py's default retries.
+        pool.connection_kwargs.update(
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=0,
+        )
+        self._redis = redis.Redis(connection_pool=pool)
+        script = self._redis.register_script
+        self._acquire = script(_ACQUIRE)
+        self._resign = script(_RESIGN)
+        self._write_decision = script(_WRITE_DECISION)
+        self._save_state = script(_SAVE_STATE)
+        self._append_event = script(_APPEND_EVENT)
+        self._publish_evidence = script(_PUBLISH_EVIDENCE)
+        self._forget_evidence = script(_FORGET_EVIDENCE)
+        self._heartbeat = script(_HEARTBEAT)
+        self._finish_command = script(_FINISH_COMMAND)
+        self._register_model = script(_REGISTER_MODEL)
+        self._set_status = script(_SET_STATUS)
+        self._scripts = [v for v in vars(self).values() if isinstance(v, Script)]
+
+    def key(self, suffix: str) -> str:
+        return self._prefix + suffix
+
+    @property
+    def wakeup_channel(self) -> str:
+        return self.key("wakeup")
+
+    def close(self) -> None:
+        self._redis.connection_pool.disconnect()
+
+    def __enter__(self) -> FleetStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def ping(self) -> bool:
+        """True when the store answers; never raises."""
+        try:
+            return bool(self._redis.ping())
+        except RedisError:
+            return False
+
+    # --- generation -----------------------------------------------------------------------
+
+    def generation(self) -> str | None:
+        """The id the fleet's state was created with; a different one (or None) means the
+        store lost it (restarted empty, flushed) and the caller must treat it as lost."""
+        return _text(self._call(self._redis.get, self.key("created")))
+
+    def ensure_generation(self) -> str:
+        fresh = secrets.token_hex(8)
+        old = self._call(self._redis.set, self.key("created"), fresh, nx=True, get=True)
+        return _text(old) or fresh
+
+    # --- leadership -----------------------------------------------------------------------
+
+    def acquire_or_renew(self, host_id: str, lease_ms: int) -> Lease | None:
+        """Take the lease if nobody holds it (a new, higher epoch), extend it if `host_id`
+        holds it (same epoch), else None. Act as leader only until `Lease.expires_at`."""
+        keys, args = self._acquire_args(host_id, lease_ms)
+        started = time.monotonic()
+        return _lease(self._call(self._acquire, keys, args), host_id, started, lease_ms)
+
+    def resign(self, host_id: str) -> bool:
+        """Give the lease up (on shutdown) so another host takes over at once."""
+        return bool(self._call(self._resign, [self.key("leader")], [_id(host_id, "host id")]))
+
+    def leader(self) -> tuple[str, int] | None:
+        holder, epoch = self._call(self._redis.mget, [self.key("leader"), self.key("epoch")])
+        return None if holder is None else (holder.decode(), int(epoch or 0))
+
+    # --- decision, state, event log (fenced) ----------------------------------------------
+
+    def write_decision(self, epoch: int, decision: dict[str, Any]) -> bool:
+        """Store the fleet's decision as version + 1, only if `epoch` is current."""
+        keys = [self.key("epoch"), self.key("decision")]
+        args = [_epoch(epoch), json.dumps(decision), self.wakeup_channel]
+        return bool(self._call(self._write_decision, keys, args))
+
+    def read_decision(self) -> Decision | None:
+        return _decision(self._call(self._redis.hgetall, self.key("decision")))
+
+    def save_state(self, epoch: int, key: str, value: bytes) -> bool:
+        args = [_epoch(epoch), _id(key, "state key"), value]
+        return bool(self._call(self._save_state, [self.key("epoch"), self.key("state")], args))
+
+    def load_state(self, key: str) -> bytes | None:
+        value: bytes | None = self._call(self._redis.hget, self.key("state"), key)
+        return value
+
+    def append_event(self, epoch: int, record: dict[str, Any]) -> int | None:
+        """Append to the fleet's event log; its sequence, or None when `epoch` is stale."""
+        keys = [self.key("epoch"), self.key("events"), self.key("events:seq")]
+        args = [_epoch(epoch), json.dumps(record), EVENTS_MAXLEN]
+        return int(self._call(self._append_event, keys, args)) or None
+
+    def events(self, limit: int = 100) -> list[Event]:
+        """The newest `limit` events, oldest first."""
+        rows = self._call(self._redis.xrevrange, self.key("events"), count=limit)
+        return [
+            Event(
+                int(f[b"seq"]),
+                int(f[b"epoch"]),
+                int(sid.split(b"-")[0]) / 1000,
+                json.loads(f[b"record"]),
+            )
+            for sid, f in reversed(rows)
+        ]
+
+    # --- evidence -------------------------------------------------------------------------
+
+    def publish_evidence(
+        self, rollout_id: str, host_id: str, incarnation: str, seq: int, blob: bytes
+    ) -> bool:
+        """Store a host's cumulative evidence for a rollout if `seq` is newer than the
+        stored one for (host, incarnation); a retry or a stale publish is a no-op (False)."""
+        keys, args = self._evidence_args(rollout_id, host_id, incarnation, seq, blob)
+        return bool(self._call(self._publish_evidence, keys, args))
+
+    def all_evidence(self, rollout_id: str) -> list[Evidence]:
+        key = self.key(f"evidence:{_id(rollout_id, 'rollout id')}")
+        blobs = self._call(self._redis.hgetall, key)
+        out = []
+        for field, blob in blobs.items():
+            host, _, incarnation = field.decode().partition("|")
+            out.append(Evidence(host, incarnation, blob))
+        return sorted(out)
+
+    def forget_evidence(self, epoch: int, rollout_id: str) -> bool:
+        rid = _id(rollout_id, "rollout id")
+        keys = [self.key("epoch"), self.key(f"evidence:{rid}"), self.key(f"evidence-seq:{rid}")]
+        return bool(self._call(self._forget_evidence, keys, [_epoch(epoch)]))
+
+    # --- hosts ----------------------------------------------------------------------------
+
+    def heartbeat(self, host_id: str, info: dict[str, Any]) -> None:
+        keys, args = self._heartbeat_args(host_id, info)
+        self._call(self._heartbeat, keys, args)
+
+    def hosts(self) -> list[Host]:
+        """Hosts seen within the last hour, by id, with their age by the server's clock."""
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.time()
+        pipe.zrange(self.key("hosts"), 0, -1, withscores=True)
+        pipe.hgetall(self.key("host-info"))
+        (sec, usec), seen, infos = self._call(pipe.execute)
+        now_ms = sec * 1000 + usec / 1000
+        return [
+            Host(h.decode(), max(0.0, (now_ms - ms) / 1000), json.loads(infos.get(h, b"{}")))
+            for h, ms in sorted(seen)
+            if now_ms - ms <= HOST_FORGET_MS
+        ]
+
+    def tick(
+        self,
+        host_id: str,
+        info: dict[str, Any],
+        *,
+        evidence: tuple[str, str, int, bytes] | None = None,
+        lease_ms: int | None = None,
+    ) -> Tick:
+        """A host's whole tick in one round trip: heartbeat, publish its evidence
+        (rollout id, incarnation, seq, blob), try for or renew the lease, read the
+        decision and the generation."""
+        ops: list[tuple[Script, tuple[list[str], list[Any]]]] = [
+            (self._heartbeat, self._heartbeat_args(host_id, info))
+        ]
+        if evidence is not None:
+            ops.append(
+                (self._publish_evidence, self._evidence_args(evidence[0], host_id, *evidence[1:]))
+            )
+        if lease_ms is not None:
+            ops.append((self._acquire, self._acquire_args(host_id, lease_ms)))
+        started = time.monotonic()
+        replies = self._pipeline(
+            ops, [("HGETALL", self.key("decision")), ("GET", self.key("created"))]
+        )
+        published = bool(replies[1]) if evidence is not None else None
+        lease = None
+        if lease_ms is not None:
+            lease = _lease(replies[len(ops) - 1], host_id, started, lease_ms)
+        return Tick(published, lease, _decision(replies[-2]), _text(replies[-1]))
+
+    # --- admin commands -------------------------------------------------------------------
+
+    def submit_command(self, kind: str, payload: dict[str, Any]) -> str:
+        fields = {"kind": _id(kind, "command kind"), "payload": json.dumps(payload)}
+        sid = self._call(
+            self._redis.xadd, self.key("commands"), fields, maxlen=COMMANDS_MAXLEN, approximate=True
+        )
+        return str(sid.decode())
+
+    def pending_commands(self, limit: int = 100) -> list[Command]:
+        rows = self._call(self._redis.xrange, self.key("commands"), count=limit)
+        return [
+            Command(sid.decode(), f[b"kind"].decode(), json.loads(f[b"payload"])) for sid, f in rows
+        ]
+
+    def finish_command(self, epoch: int, command_id: str, result: dict[str, Any]) -> bool:
+        """Record a pending command's result and drop it from the queue; False (and no
+        change) when `epoch` is stale or the command is not pending."""
+        cid = _command_id(command_id)
+        keys = [self.key("epoch"), self.key("commands"), self.key(f"command:{cid}")]
+        args = [_epoch(epoch), cid, json.dumps(result), COMMAND_RESULT_TTL_S]
+        return self._call(self._finish_command, keys, args) == 1
+
+    def command_result(self, command_id: str) -> dict[str, Any] | None:
+        raw = self._call(self._redis.get, self.key(f"command:{_command_id(command_id)}"))
+        return None if raw is None else dict(json.loads(raw))
+
+    # --- model registry -------------------------------------------------------------------
+
+    def next_version(self) -> int:
+        return int(self._call(self._redis.incr, self.key("model-seq")))
+
+    def put_model(self, record: dict[str, Any], data: bytes) -> dict[str, Any]:
+        """Register a model: its bytes under their sha256 (stored once), its record under a
+        new version (or `record["version"]` if given and unused). Without a `status` it
+        becomes the champion if the registry has none, else a candidate — in one script.
+        Returns the stored record."""
+        sha = hashlib.sha256(data).hexdigest()
+        if record.get("sha256", sha) != sha:
+            raise ValueError(f"record sha256 {record['sha256']} is not the data's {sha}")
+        if not isinstance(record.get("name"), str) or not isinstance(record.get("features"), list):
+            raise ValueError("a model record needs a 'name' (str) and 'features' (list)")
+        stored = {k: v for k, v in record.items() if k not in ("version", "status", "reason")}
+        stored.update(sha256=sha, registered_at=stored.get("registered_at", time.time()))
+        version = record.get("version")
+        keys = [self.key(k) for k in ("models", "model-status", "model-reason", "model-seq")]
+        keys += [self.key(f"blob:{sha}"), self.key("created")]
+        args = [
+            json.dumps(stored),
+            data,
+            "" if version is None else str(int(version)),
+            record.get("status", ""),
+            record.get("reason", ""),
+            secrets.token_hex(8),
+        ]
+        reply = self._call(self._register_model, keys, args)
+        if reply is None:
+            raise ValueError(f"model version {version} is already registered")
+        return dict(stored, version=int(reply[0]), status=reply[1].decode(), reason=args[4])
+
+    def models(self) -> list[dict[str, Any]]:
+        pipe = self._redis.pipeline(transaction=True)
+        for k in ("models", "model-status", "model-reason"):
+            pipe.hgetall(self.key(k))
+        records, statuses, reasons = self._call(pipe.execute)
+        return sorted(
+            (_model(v, r, statuses.get(v), reasons.get(v)) for v, r in records.items()),
+            key=lambda m: int(m["version"]),
+        )
+
+    def get_model(self, version: int) -> dict[str, Any]:
+        pipe = self._redis.pipeline(transaction=True)
+        for k in ("models", "model-status", "model-reason"):
+            pipe.hget(self.key(k), str(int(version)))
+        record, status, reason = self._call(pipe.execute)
+        if record is None:
+            raise KeyError(f"no model version {version} in the fleet registry")
+        return _model(str(int(version)).encode(), record, status, reason)
+
+    def model_bytes(self, sha256: str) -> bytes:
+        if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+            raise ValueError(f"not a sha256 hex digest: {sha256!r}")
+        data = self._call(self._redis.get, self.key(f"blob:{sha256}"))
+        if data is None:
+            raise KeyError(f"no model bytes with sha256 {sha256} in the fleet store")
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise StoreUnavailable(f"the fleet store's model bytes {sha256} fail their sha256")
+        return bytes(data)
+
+    def set_model_status(
+        self, epoch: int | None, version: int, status: str, reason: str = ""
+    ) -> bool:
+        """Fenced by `epoch`; None (unfenced) is for the CLI's register path only."""
+        return self.set_model_statuses(epoch, {version: (status, reason)})
+
+    def set_model_statuses(self, epoch: int | None, changes: dict[int, tuple[str, str]]) -> bool:
+        """Several status changes as one flip (a promotion: champion and retired)."""
+        args: list[Any] = ["" if epoch is None else _epoch(epoch)]
+        for version, (status, reason) in changes.items():
+            args += [str(int(version)), _id(status, "status"), reason]
+        keys = [self.key(k) for k in ("epoch", "models", "model-status", "model-reason")]
+        reply = self._call(self._set_status, keys, args)
+        if isinstance(reply, bytes):
+            raise KeyError(f"no model version {reply.decode()} in the fleet registry")
+        return bool(reply)
+
+    # --- wake-ups -------------------------------------------------------------------------
+
+    def publish_wakeup(self) -> int:
+        """Nudge subscribed hosts to read the decision now; the number that heard it."""
+        return int(self._call(self._redis.publish, self.wakeup_channel, b"wakeup"))
+
+    def wakeups(self) -> Wakeups:
+        return Wakeups(self._redis, self.wakeup_channel)
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    def _acquire_args(self, host_id: str, lease_ms: int) -> tuple[list[str], list[Any]]:
+        if lease_ms < 1:
+            raise ValueError(f"lease_ms must be >= 1, got {lease_ms}")
+        keys = [self.key("epoch"), self.key("leader"), self.key("created")]
+        return keys, [_id(host_id, "host id"), int(lease_ms), secrets.token_hex(8)]
+
+    def _evidence_args(
+        self, rollout_id: str, host_id: str, incarnation: str, seq: int, blob: bytes
+    ) -> tuple[list[str], list[Any]]:
+        if len(blob) > MAX_EVIDENCE_BYTES:
+            raise ValueError(f"evidence blob of {len(blob)} bytes > {MAX_EVIDENCE_BYTES}")
+        if not 0 <= seq < 2**53:  # Lua compares seqs as doubles
+            raise ValueError(f"evidence seq must be in [0, 2**53), got {seq}")
+        rid = _id(rollout_id, "rollout id")
+        field = f"{_id(host_id, 'host id')}|{_id(incarnation, 'incarnation')}"
+        keys = [self.key(f"evidence:{rid}"), self.key(f"evidence-seq:{rid}")]
+        return keys, [field, int(seq), blob, self._evidence_ttl_ms]
+
+    def _heartbeat_args(self, host_id: str, info: dict[str, Any]) -> tuple[list[str], list[Any]]:
+        text = json.dumps(info)
+        if len(text) > MAX_INFO_BYTES:
+            raise ValueError(f"host info of {len(text)} bytes > {MAX_INFO_BYTES}")
+        keys = [self.key("hosts"), self.key("host-info")]
+        return keys, [_id(host_id, "host id"), text, HOST_FORGET_MS]
+
+    def _pipeline(
+        self, ops: list[tuple[Script, tuple[list[str], list[Any]]]], plain: list[tuple[str, ...]]
+    ) -> list[Any]:
+        # EVALSHA straight into the pipeline: redis-py's script pipelining sends SCRIPT
+        # EXISTS first, a second round trip on every tick. A store that restarted has lost
+        # its scripts: load them and run again (every op here is idempotent).
+        for attempt in (0, 1):
+            pipe = self._redis.pipeline(transaction=False)
+            for script, (keys, args) in ops:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            for command in plain:
+                pipe.execute_command(*command)
+            replies: list[Any] = self._call(pipe.execute, raise_on_error=False)
+            if attempt == 0 and any(isinstance(r, NoScriptError) for r in replies):
+                for script in self._scripts:
+                    self._call(self._redis.script_load, script.script)
+                continue
+            for r in replies:
+                if isinstance(r, Exception):
+                    raise StoreUnavailable(f"fleet store {self.name!r}: {r}") from r
+            return replies
+        raise AssertionError("unreachable")
+
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(fn, Script):
+            fn = _run_script(fn)
+        try:
+            return fn(*args, **kwargs)
+        except RedisError as e:
+            raise StoreUnavailable(f"fleet store {self.name!r}: {e}") from e
+
+
+class Wakeups:
+    """A subscription to the fleet's wake-up channel."""
+
+    def __init__(self, client: redis.Redis, channel: str) -> None:
+        self._pubsub = client.pubsub(ignore_subscribe_messages=True)
+        try:
+            self._pubsub.subscribe(channel)
+        except RedisError as e:
+            raise StoreUnavailable(f"subscribe {channel}: {e}") from e
+
+    def wait(self, timeout_s: float) -> bool:
+        """True if a wake-up arrived within `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                if self._pubsub.get_message(timeout=left) is not None:
+                    return True
+        except RedisError as e:
+            raise StoreUnavailable(f"wake-up channel: {e}") from e
+        return False
+
+    def close(self) -> None:
+        self._pubsub.close()
+
+
+def _run_script(script: Script) -> Any:
+    return lambda keys, args: script(keys=keys, args=args)
+
+
+def _lease(reply: Any, host_id: str, started: float, lease_ms: int) -> Lease | None:
+    if reply is None:
+        return None
+    return Lease(int(reply[1]), host_id, started + lease_ms / 1000)
+
+
+def _decision(raw: dict[bytes, bytes]) -> Decision | None:
+    if b"body" not in raw:
+        return None
+    return Decision(
+        int(raw[b"version"]), int(raw[b"epoch"]), int(raw[b"t"]) / 1000, json.loads(raw[b"body"])
+    )
+
+
+def _model(
+    version: bytes, record: bytes, status: bytes | None, reason: bytes | None
+) -> dict[str, Any]:
+    return dict(
+        json.loads(record),
+        version=int(version),
+        status=(status or b"").decode(),
+        reason=(reason or b"").decode(),
+    )
+
+
+def _text(raw: bytes | None) -> str | None:
+    return None if raw is None else raw.decode()
+
+
+def _epoch(epoch: int) -> str:
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
+        raise ValueError(f"a fencing epoch is an int >= 1, got {epoch!r}")
+    return str(epoch)
+
+
+def _id(value: str, what: str) -> str:
+    # '|' separates host from incarnation in evidence fields; the length keeps keys small.
+    if not isinstance(value, str) or not 0 < len(value) <= 200 or "|" in value:
+        raise ValueError(f"{what} must be 1-200 characters without '|': {value!r}")
+    return value
+
+
+def _command_id(command_id: str) -> str:
+    if not _COMMAND_ID.fullmatch(command_id):
+        raise ValueError(f"not a command id: {command_id!r}")
+    return command_id
