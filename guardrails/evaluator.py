@@ -24,7 +24,7 @@ from guardrails.alerts import Alert, Alerter, Delivery
 from guardrails.measures import ArmMetrics, SegmentCodes, measure
 from guardrails.policy import Action, Decision, Policy, decide
 from guardrails.rollouts import EventKind, Journal, Rollout, RolloutState
-from guardrails.serving import LocalServing, Serving
+from guardrails.serving import LocalServing, Mailbox, ModelRegistry, RolloutLog, Serving
 from router import status as status_file
 from router.config import Config
 from router.control import ControlWriter
@@ -44,9 +44,9 @@ class Evaluator:
         shm: SharedMemory | None = None,
         *,
         serving: Serving | None = None,
-        registry: Registry | None = None,
-        mailbox: AdminMailbox | None = None,
-        journal: Journal | None = None,
+        registry: ModelRegistry | None = None,
+        mailbox: Mailbox | None = None,
+        journal: RolloutLog | None = None,
         clock: Clock = time.time,
         alerter: Alerter | None = None,
     ) -> None:
@@ -61,9 +61,9 @@ class Evaluator:
         self.policy = Policy.from_config(config)
         self.codes = SegmentCodes(config.segments)
         state = config.state_path
-        self.registry = registry or Registry(state)
-        self.mailbox = mailbox or AdminMailbox(state)
-        self.journal = journal or Journal(state)
+        self.registry: ModelRegistry = registry or Registry(state)
+        self.mailbox: Mailbox = mailbox or AdminMailbox(state)
+        self.journal: RolloutLog = journal or Journal(state)
         self.alerter = alerter or Alerter.from_env_and_config(config.raw.get("alerts", {}))
         self.alert_results: deque[Delivery] = deque(maxlen=1000)
         self.alerter.on_result(self.alert_results.append)  # drained into the log by tick()
@@ -155,7 +155,7 @@ class Evaluator:
             r.phase,
         )
         self.evidence = e
-        self.results = checks.evaluate(self.policy, e, r.phase)
+        self.results = checks.evaluate(self.policy, e, r.phase) + self.serving.breaches(r.id)
         decision = decide(self.policy, r.phase, self.results, e.time_in_phase_s, r.paused)
         self.series.add(now, r.phase, snap.split_bp, e)
         if decision.action in (Action.ROLLBACK, Action.STOP):
@@ -422,8 +422,14 @@ def _tick(config: Config, control: ControlWriter, evaluator: Evaluator) -> None:
     status_file.write(config.state_path, evaluator.status(evaluator.clock()))
 
 
-def ticks(tick_s: float, tick: Callable[[], None], close: Callable[[], None]) -> None:
-    """Call `tick` every `tick_s` until SIGTERM or SIGINT, then `close`."""
+def ticks(
+    tick_s: float,
+    tick: Callable[[], None],
+    close: Callable[[], None],
+    between: Callable[[float], bool] | None = None,
+) -> None:
+    """Call `tick` every `tick_s` until SIGTERM or SIGINT, then `close`. `between(seconds)`
+    fills the wait instead of sleeping and may return True to tick early."""
     stop = False
 
     def _stop(signum: int, frame: Any) -> None:
@@ -442,7 +448,10 @@ def ticks(tick_s: float, tick: Callable[[], None], close: Callable[[], None]) ->
             delay = next_tick - time.monotonic()
             if delay < 0:  # fell behind (a slow disk): skip the missed ticks, don't burst
                 next_tick = time.monotonic()
-            time.sleep(max(0.0, delay))
+            if between is None:
+                time.sleep(max(0.0, delay))
+            elif between(max(0.0, delay)):
+                next_tick = time.monotonic()
     finally:
         close()
 

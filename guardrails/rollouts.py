@@ -110,7 +110,7 @@ class Event:
     data: dict[str, Any]
 
 
-def _pack(totals: SlotTotals | None) -> bytes | None:
+def pack_totals(totals: SlotTotals | None) -> bytes | None:
     if totals is None:
         return None
     buf = io.BytesIO()
@@ -118,7 +118,7 @@ def _pack(totals: SlotTotals | None) -> bytes | None:
     return buf.getvalue()
 
 
-def _unpack(blob: bytes | None) -> SlotTotals | None:
+def unpack_totals(blob: bytes | None) -> SlotTotals | None:
     if blob is None:
         return None
     with np.load(io.BytesIO(blob)) as data:
@@ -168,7 +168,7 @@ class Journal:
         )
         if with_baseline:
             self.db.execute(
-                "UPDATE rollouts SET baseline = ? WHERE id = ?", (_pack(r.baseline), r.id)
+                "UPDATE rollouts SET baseline = ? WHERE id = ?", (pack_totals(r.baseline), r.id)
             )
 
     def get(self, rollout_id: str) -> Rollout:
@@ -189,7 +189,7 @@ class Journal:
     def append(self, rollout_id: str, kind: str, phase: int, data: dict[str, Any], t: float) -> int:
         cur = self.db.execute(
             "INSERT INTO events (rollout_id, t, kind, phase, data) VALUES (?, ?, ?, ?, ?)",
-            (rollout_id, t, kind, phase, json.dumps(data, default=_jsonable)),
+            (rollout_id, t, kind, phase, json.dumps(data, default=jsonable)),
         )
         self.last_seq = int(cur.lastrowid or 0)
         return self.last_seq
@@ -249,11 +249,11 @@ def _rollout(row: tuple[Any, ...]) -> Rollout:
         paused=bool(row[10]),
         phase_requests=json.loads(row[11]),
         phases=json.loads(row[12]),
-        baseline=_unpack(row[13]),
+        baseline=unpack_totals(row[13]),
     )
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):

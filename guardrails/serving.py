@@ -8,12 +8,18 @@ decision in the store and the sum of every host's published evidence.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from router import snapshot
 from router.control import ControlWord, ControlWriter
+from router.mailbox import Command
+from router.registry import ModelRecord, Status
 from router.shared_memory import SharedMemory
 from router.snapshot import Snapshot
+
+if TYPE_CHECKING:
+    from guardrails.checks import Result
+    from guardrails.rollouts import Event, EventKind, Rollout
 
 
 class Serving(Protocol):
@@ -34,6 +40,61 @@ class Serving(Protocol):
     def loaded_everywhere(self, slot: int) -> bool:
         """Has every live worker loaded the model now in `slot`?"""
         ...
+
+    def breaches(self, rollout_id: str) -> list[Result]:
+        """Failures seen where they happened, before the summed evidence shows them (a
+        fleet host that pulled the challenger locally); single-host mode has none."""
+        ...
+
+
+class ModelRegistry(Protocol):
+    def get(self, version: int) -> ModelRecord: ...
+
+    def with_status(self, status: Status) -> list[ModelRecord]: ...
+
+    def set_status(self, version: int, status: Status, reason: str = "") -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Mailbox(Protocol):
+    def pending(self) -> list[tuple[Any, Command, dict[str, Any]]]: ...
+
+    def finish(self, command_id: Any, result: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class RolloutLog(Protocol):
+    """Rollout state (to resume after a restart) and the append-only event log."""
+
+    last_seq: int
+
+    def new_id(self, challenger: int, now: float) -> str: ...
+
+    def save(self, r: Rollout, *, with_baseline: bool = False) -> None: ...
+
+    def active(self) -> Rollout | None: ...
+
+    def get(self, rollout_id: str) -> Rollout: ...
+
+    def all(self) -> list[Rollout]: ...
+
+    def append(
+        self, rollout_id: str, kind: EventKind, phase: int, data: dict[str, Any], t: float
+    ) -> int: ...
+
+    def events(
+        self,
+        rollout_id: str | None = None,
+        kinds: tuple[str, ...] = (),
+        limit: int = 0,
+        exclude: tuple[str, ...] = (),
+    ) -> list[Event]: ...
+
+    def outcomes(self) -> dict[str, int]: ...
+
+    def close(self) -> None: ...
 
 
 class LocalServing:
@@ -61,3 +122,6 @@ class LocalServing:
 
     def loaded_everywhere(self, slot: int) -> bool:
         return self.control.loaded_everywhere(slot, self.stale_after_s)
+
+    def breaches(self, rollout_id: str) -> list[Result]:
+        return []

@@ -4,22 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from guardrails.policy import Policy
 from rampart.status_table import status_text
-from router.config import Config, ConfigError, check_secrets
-from router.control import ControlBlock
-from router.shared_memory import SharedMemory
+from rampart.supervisor import serve
+from router.config import Config, ConfigError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -31,148 +26,46 @@ def _config(args: argparse.Namespace) -> Config:
         port=getattr(args, "port", None),
         workers=getattr(args, "workers", None),
         state_dir=getattr(args, "state_dir", None),
+        fleet_url=getattr(args, "fleet", None),
+        fleet_name=getattr(args, "fleet_name", None),
+        host_id=getattr(args, "host_id", None),
     )
 
 
-def check(config: Config) -> None:
-    """Every section and secret, checked before any worker or evaluator starts: a mistake
-    is one line naming the key (ConfigError), exit 2."""
-    from guardrails.alerts import AlertsConfig
+def _models(args: argparse.Namespace) -> int:
+    """`models register|list`, on the local registry or, with --fleet, the fleet's."""
+    if args.fleet:
+        return _fleet_models(args)
+    from router.registry import Registry
 
-    Policy.from_config(config)
-    AlertsConfig.from_section(config.raw.get("alerts", {})).with_env().check()
-    check_secrets(fleet=config.fleet.enabled)
-
-
-def serve(config: Config, config_path: str | None = None) -> int:
-    import uvicorn
-
-    from guardrails import evaluator
-
-    check(config)
-    evaluator.prepare(config).close()
-    supervisor = _EvaluatorSupervisor(config)
-    supervisor.start()
-    # Workers are spawned processes: they re-read the same file plus the flags.
-    os.environ["RAMPART_CONFIG"] = str(Path(config_path).resolve()) if config_path else ""
-    os.environ["RAMPART_SERVE_OVERRIDES"] = json.dumps(
-        {k: getattr(config.serve, k) for k in ("host", "port", "workers")}
-        | {"state_dir": str(config.state_path)}
-    )
-    try:
-        uvicorn.run(
-            "router.app:create_app",
-            factory=True,
-            host=config.serve.host,
-            port=config.serve.port,
-            workers=config.serve.workers,
-            loop="uvloop",
-            http="httptools",
-            access_log=False,
-            log_level="warning",
-            timeout_graceful_shutdown=5,
-        )
-    finally:
-        supervisor.stop()
-    if supervisor.gave_up:
-        print(f"rampart: {supervisor.gave_up}", file=sys.stderr)
-        return 1
+    registry = Registry(Path(args.state_dir))
+    if args.models_command == "register":
+        print(registry.register(Path(args.file)).version)
+        return 0
+    for rec in registry.all():
+        print(f"{rec.version:>4}  {rec.label:<28} {rec.status.value:<10} {rec.reason}")
     return 0
 
 
-class _EvaluatorSupervisor(threading.Thread):
-    """Keeps the evaluator process running: restarted when it dies, with a growing
-    delay when it keeps dying. While it is down the workers' stale-heartbeat check
-    sends every request to the champion."""
+def _fleet_models(args: argparse.Namespace) -> int:
+    from guardrails.fleet_store import FleetStore, StoreUnavailable
+    from router.models import Model
 
-    def __init__(self, config: Config) -> None:
-        super().__init__(name="rampart-evaluator-supervisor", daemon=True)
-        self.config = config
-        self.stopping = threading.Event()
-        self.proc: multiprocessing.process.BaseProcess | None = None
-        self.restarts = 0
-        self.control: ControlBlock | None = None
-        self.spawned_at = 0.0
-        self.gave_up = ""  # why it stopped restarting, if it did
-
-    STARTUP_GRACE_S = 300.0
-    # An evaluator that dies before its first heartbeat this many times in a row, the same
-    # way each time, will not start: say why and stop instead of restarting it forever.
-    MAX_START_FAILURES = 3
-
-    def _spawn(self) -> None:
-        from guardrails import evaluator
-
-        ctx = multiprocessing.get_context("spawn")
-        self.proc = ctx.Process(
-            target=evaluator.run, args=(self.config,), name="rampart-evaluator", daemon=True
-        )
-        self.proc.start()
-        cpu = self.config.serve.evaluator_cpu
-        if cpu >= 0 and self.proc.pid is not None and hasattr(os, "sched_setaffinity"):
-            try:
-                os.sched_setaffinity(self.proc.pid, {cpu})
-            except OSError as e:
-                print(f"rampart: cannot pin the evaluator to CPU {cpu}: {e}", file=sys.stderr)
-
-    def run(self) -> None:
-        delay = 0.5
-        failures: list[str] = []
-        while not self.stopping.is_set():
-            self._spawn()
-            started, self.spawned_at = time.monotonic(), time.time()
-            assert self.proc is not None
-            while self.proc.is_alive() and not self.stopping.is_set():
-                self.proc.join(0.5)
-                if self._hung(started):
-                    print("rampart: evaluator heartbeat stopped; replacing it", file=sys.stderr)
-                    self.proc.kill()
-            if self.stopping.is_set():
-                return
-            why = self._start_error()
-            failures = [*failures, why] if why else []
-            if len(failures) >= self.MAX_START_FAILURES and len(set(failures)) == 1:
-                self.gave_up = (
-                    f"the evaluator failed {len(failures)} times at start: {why}; stopping"
-                )
-                print(f"rampart: {self.gave_up}", file=sys.stderr, flush=True)
-                os.kill(os.getpid(), signal.SIGTERM)  # uvicorn shuts the workers down
-                return
-            self.restarts += 1
-            delay = 0.5 if time.monotonic() - started > 60 else min(delay * 2, 30.0)
-            print(
-                f"rampart: evaluator exited with {self.proc.exitcode}; restarting in {delay:g} s",
-                file=sys.stderr,
-            )
-            self.stopping.wait(delay)
-
-    def _start_error(self) -> str:
-        """The one line a failed evaluator start left, if it died before its first tick."""
-        from guardrails.evaluator import START_ERROR_FILE
-
-        path = self.config.state_path / START_ERROR_FILE
-        try:
-            return path.read_text().strip()
-        except FileNotFoundError:
-            return ""
-
-    def _hung(self, started: float) -> bool:
-        """Alive but silent: no heartbeat for twice the workers' stale timeout. Before its
-        first heartbeat an evaluator gets STARTUP_GRACE_S: the first start on a machine
-        compiles the numba kernels, which can take a minute."""
-        if self.control is None:
-            self.control = ControlBlock(SharedMemory.attach(self.config.state_path))
-        beat = self.control.heartbeat_ns() / 1e9
-        if beat < self.spawned_at:
-            return time.monotonic() - started > self.STARTUP_GRACE_S
-        age = time.time() - beat
-        return age > 2 * self.config.serve.stale_after_s
-
-    def stop(self) -> None:
-        self.stopping.set()
-        if self.proc is not None and self.proc.is_alive():
-            self.proc.terminate()
-            self.proc.join(5)
+    try:
+        with FleetStore(args.fleet, args.fleet_name, timeout_s=5.0) as store:
+            if args.models_command == "register":
+                path = Path(args.file).resolve()
+                model = Model(path)  # validates, as the local registry does
+                record = {"name": model.name, "features": list(model.features)}
+                print(store.put_model(record, path.read_bytes())["version"])
+                return 0
+            for m in store.models():
+                label = f"{m['name']}:{m['version']}"
+                print(f"{m['version']:>4}  {label:<28} {m['status']:<10} {m['reason']}")
+            return 0
+    except StoreUnavailable as e:
+        print(f"rampart: {e}", file=sys.stderr)
+        return 1
 
 
 def _admin(url: str, path: str, payload: dict[str, Any] | None = None) -> int:
@@ -215,11 +108,18 @@ def _report(args: argparse.Namespace) -> int:
     from guardrails import report
     from guardrails.rollouts import Journal
 
-    state = Path(args.state_dir)
-    if not (state / "rollouts.db").is_file():
-        print(f"rampart: no rollout journal in {state} (see --state-dir)", file=sys.stderr)
-        return 2
-    journal = Journal(state)
+    journal: Any
+    if args.fleet:
+        from guardrails.fleet_leader import FleetLog
+        from guardrails.fleet_store import FleetStore
+
+        journal = FleetLog(FleetStore(args.fleet, args.fleet_name, timeout_s=5.0), None, None)
+    else:
+        state = Path(args.state_dir)
+        if not (state / "rollouts.db").is_file():
+            print(f"rampart: no rollout journal in {state} (see --state-dir)", file=sys.stderr)
+            return 2
+        journal = Journal(state)
     out = Path(args.out) if args.out else None
     try:
         if args.list:
@@ -249,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int)
     p.add_argument("--workers", type=int)
     p.add_argument("--state-dir")
+    p.add_argument("--fleet", metavar="URL", help="fleet mode: redis://host:6379/0")
+    p.add_argument("--fleet-name", help="the fleet's name in the store (default: default)")
+    p.add_argument("--host-id", help="this host in the fleet (default: hostname:port)")
 
     p = sub.add_parser("demo", help="the whole story: a promotion and a rollback, live")
     p.add_argument("--rate", type=float, default=2000.0, help="simulated requests per second")
@@ -264,9 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     msub = p.add_subparsers(dest="models_command", required=True)
     r = msub.add_parser("register")
     r.add_argument("file")
-    r.add_argument("--state-dir", default="state")
     ls = msub.add_parser("list")
-    ls.add_argument("--state-dir", default="state")
+    for q in (r, ls):
+        q.add_argument("--state-dir", default="state")
+        q.add_argument("--fleet", metavar="URL", help="the fleet's registry: redis://host:6379/0")
+        q.add_argument("--fleet-name", default="default")
 
     p = sub.add_parser("rollout", help="control the rollout (admin)")
     p.add_argument("action", choices=["start", "pause", "resume", "rollback", "promote"])
@@ -284,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--state-dir", default="state")
     p.add_argument("--out", help="write here (Markdown plots go next to it) instead of stdout")
     p.add_argument("--list", action="store_true", help="list the rollouts instead")
+    p.add_argument("--fleet", metavar="URL", help="a fleet rollout's log: redis://host:6379/0")
+    p.add_argument("--fleet-name", default="default")
 
     args = parser.parse_args(argv)
     try:
@@ -294,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_demo(rate=args.rate, port=args.port)
         if args.command == "scenario":
-            from bench.scenarios import run_scenario
+            from harness.session import run_scenario
 
             verdict = run_scenario(args.name, rate=args.rate, seed=args.seed)
             text = json.dumps(verdict, indent=2)
@@ -303,16 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                 Path(args.json_out).write_text(text + "\n")
             return 0 if verdict["passed"] else 1
         if args.command == "models":
-            from router.registry import Registry
-
-            registry = Registry(Path(args.state_dir))
-            if args.models_command == "register":
-                record = registry.register(Path(args.file))
-                print(record.version)
-                return 0
-            for rec in registry.all():
-                print(f"{rec.version:>4}  {rec.label:<28} {rec.status.value:<10} {rec.reason}")
-            return 0
+            return _models(args)
         if args.command == "rollout":
             if args.action == "start" and not args.version:
                 parser.error("rollout start needs a VERSION")

@@ -120,6 +120,11 @@ class ControlWriter(ControlBlock):
     def beat(self) -> None:
         self._fields["heartbeat_ns"] = time.time_ns()
 
+    def set_hash_seed(self, seed: int) -> None:
+        """Fleet mode: every host hashes with the fleet's seed, so a request ID lands in
+        the same arm whichever pod serves it."""
+        self._fields["hash_seed"] = seed
+
     def claim(self, pid: int) -> None:
         """Record the evaluator's pid and make sure a hash seed exists (first start)."""
         self._fields["evaluator_pid"] = pid

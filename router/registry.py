@@ -96,6 +96,41 @@ class Registry:
             raise
         return self.get(version)
 
+    def mirror(self, record: ModelRecord, data: bytes) -> ModelRecord:
+        """Keep a local copy of a model another registry (the fleet's) numbered: same
+        version, verified against its sha256 and loaded before it is recorded."""
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != record.sha256:
+            raise ModelError(f"model {record.version}: bytes fail their sha256 {record.sha256}")
+        file = f"{record.version}-{digest[:12]}.onnx"
+        tmp = self.dir / f".{file}.tmp"
+        tmp.write_bytes(data)
+        try:
+            Model(tmp, record.version)  # validates, as register() does
+            tmp.replace(self.dir / file)
+        finally:
+            tmp.unlink(missing_ok=True)
+        now = time.time()
+        self._db.execute(
+            "INSERT INTO models (version, name, file, sha256, features, status, reason,"
+            " registered_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (version) DO UPDATE SET name = excluded.name, file = excluded.file,"
+            " sha256 = excluded.sha256, features = excluded.features,"
+            " status = excluded.status, reason = excluded.reason, updated_at = excluded.updated_at",
+            (
+                record.version,
+                record.name,
+                file,
+                digest,
+                json.dumps(record.features),
+                record.status.value,
+                record.reason,
+                record.registered_at,
+                now,
+            ),
+        )
+        return self.get(record.version)
+
     def get(self, version: int) -> ModelRecord:
         row = self._db.execute(
             "SELECT version, name, file, sha256, features, status, reason, registered_at"

@@ -64,15 +64,26 @@ class PhaseInfo(TypedDict):
 
 class FleetHost(TypedDict):
     id: str
-    age_s: float
+    age_s: float  # since the store last heard from it
+    split_bp: int | None  # the challenger share in force on that host
 
 
-class FleetInfo(TypedDict):
+class LocalBreach(TypedDict):
+    rollout: str
+    guardrail: str
+    value: float | str | None
+    threshold: str
+    at: float
+
+
+class FleetInfo(TypedDict, total=False):
     name: str
-    leader: str | None
+    leader: str | None  # host id
     hosts: list[FleetHost]
     store: Literal["ok", "unreachable"]
     unreachable_since: float | None
+    host: str  # the host that answered
+    local_breach: LocalBreach | None  # this host pulled the challenger on its own evidence
 
 
 class EvaluatorInfo(TypedDict):

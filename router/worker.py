@@ -374,7 +374,10 @@ class Worker:
             "guardrails": [],
             "rollout": None,
             **evaluator,
-            "split_bp": snapshot.split_bp if snapshot.has_challenger else 0,
+            # Fleet mode: the fleet's split (this worker's is effective_split_bp).
+            "split_bp": evaluator.get("split_bp", 0)
+            if "fleet" in evaluator
+            else (snapshot.split_bp if snapshot.has_challenger else 0),
             "effective_split_bp": route.split_bp,
             "stale": route.stale,
             "models": models,

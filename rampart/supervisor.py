@@ -1,0 +1,162 @@
+"""`rampart serve`: checks the whole configuration, then runs the workers (uvicorn) and
+an evaluator process it keeps alive (single-host, or this host's fleet agent)."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from guardrails.policy import Policy
+from router.config import Config, check_secrets
+from router.control import ControlBlock
+from router.shared_memory import SharedMemory
+
+
+def check(config: Config) -> None:
+    """Every section and secret, checked before any worker or evaluator starts: a mistake
+    is one line naming the key (ConfigError), exit 2."""
+    from guardrails.alerts import AlertsConfig
+
+    Policy.from_config(config)
+    AlertsConfig.from_section(config.raw.get("alerts", {})).with_env().check()
+    check_secrets(fleet=config.fleet.enabled)
+
+
+def serve(config: Config, config_path: str | None = None) -> int:
+    import uvicorn
+
+    from guardrails import evaluator
+
+    check(config)
+    evaluator.prepare(config).close()
+    supervisor = _EvaluatorSupervisor(config)
+    supervisor.start()
+    # Workers are spawned processes: they re-read the same file plus the flags.
+    os.environ["RAMPART_CONFIG"] = str(Path(config_path).resolve()) if config_path else ""
+    os.environ["RAMPART_SERVE_OVERRIDES"] = json.dumps(
+        {k: getattr(config.serve, k) for k in ("host", "port", "workers")}
+        | {"state_dir": str(config.state_path)}
+    )
+    try:
+        uvicorn.run(
+            "router.app:create_app",
+            factory=True,
+            host=config.serve.host,
+            port=config.serve.port,
+            workers=config.serve.workers,
+            loop="uvloop",
+            http="httptools",
+            access_log=False,
+            log_level="warning",
+            timeout_graceful_shutdown=5,
+        )
+    finally:
+        supervisor.stop()
+    if supervisor.gave_up:
+        print(f"rampart: {supervisor.gave_up}", file=sys.stderr)
+        return 1
+    return 0
+
+
+class _EvaluatorSupervisor(threading.Thread):
+    """Keeps the evaluator process running: restarted when it dies, with a growing
+    delay when it keeps dying. While it is down the workers' stale-heartbeat check
+    sends every request to the champion."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(name="rampart-evaluator-supervisor", daemon=True)
+        self.config = config
+        self.stopping = threading.Event()
+        self.proc: multiprocessing.process.BaseProcess | None = None
+        self.restarts = 0
+        self.control: ControlBlock | None = None
+        self.spawned_at = 0.0
+        self.gave_up = ""  # why it stopped restarting, if it did
+
+    STARTUP_GRACE_S = 300.0
+    # An evaluator that dies before its first heartbeat this many times in a row, the same
+    # way each time, will not start: say why and stop instead of restarting it forever.
+    MAX_START_FAILURES = 3
+
+    def _spawn(self) -> None:
+        if self.config.fleet.enabled:
+            from guardrails.fleet import run
+        else:
+            from guardrails.evaluator import run
+
+        ctx = multiprocessing.get_context("spawn")
+        self.proc = ctx.Process(
+            target=run, args=(self.config,), name="rampart-evaluator", daemon=True
+        )
+        self.proc.start()
+        cpu = self.config.serve.evaluator_cpu
+        if cpu >= 0 and self.proc.pid is not None and hasattr(os, "sched_setaffinity"):
+            try:
+                os.sched_setaffinity(self.proc.pid, {cpu})
+            except OSError as e:
+                print(f"rampart: cannot pin the evaluator to CPU {cpu}: {e}", file=sys.stderr)
+
+    def run(self) -> None:
+        delay = 0.5
+        failures: list[str] = []
+        while not self.stopping.is_set():
+            self._spawn()
+            started, self.spawned_at = time.monotonic(), time.time()
+            assert self.proc is not None
+            while self.proc.is_alive() and not self.stopping.is_set():
+                self.proc.join(0.5)
+                if self._hung(started):
+                    print("rampart: evaluator heartbeat stopped; replacing it", file=sys.stderr)
+                    self.proc.kill()
+            if self.stopping.is_set():
+                return
+            why = self._start_error()
+            failures = [*failures, why] if why else []
+            if len(failures) >= self.MAX_START_FAILURES and len(set(failures)) == 1:
+                self.gave_up = (
+                    f"the evaluator failed {len(failures)} times at start: {why}; stopping"
+                )
+                print(f"rampart: {self.gave_up}", file=sys.stderr, flush=True)
+                os.kill(os.getpid(), signal.SIGTERM)  # uvicorn shuts the workers down
+                return
+            self.restarts += 1
+            delay = 0.5 if time.monotonic() - started > 60 else min(delay * 2, 30.0)
+            print(
+                f"rampart: evaluator exited with {self.proc.exitcode}; restarting in {delay:g} s",
+                file=sys.stderr,
+            )
+            self.stopping.wait(delay)
+
+    def _start_error(self) -> str:
+        """The one line a failed evaluator start left, if it died before its first tick."""
+        from guardrails.evaluator import START_ERROR_FILE
+
+        path = self.config.state_path / START_ERROR_FILE
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            return ""
+
+    def _hung(self, started: float) -> bool:
+        """Alive but silent: no heartbeat for twice the workers' stale timeout. Before its
+        first heartbeat an evaluator gets STARTUP_GRACE_S: the first start on a machine
+        compiles the numba kernels, which can take a minute."""
+        if self.control is None:
+            self.control = ControlBlock(SharedMemory.attach(self.config.state_path))
+        beat = self.control.heartbeat_ns() / 1e9
+        if beat < self.spawned_at:
+            return time.monotonic() - started > self.STARTUP_GRACE_S
+        age = time.time() - beat
+        return age > 2 * self.config.serve.stale_after_s
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.proc is not None and self.proc.is_alive():
+            self.proc.terminate()
+            self.proc.join(5)
