@@ -1,18 +1,32 @@
-"""Prometheus text exposition: the workers' slabs summed into one snapshot, plus
-the evaluator's view of the rollout read from its status file.
+"""Prometheus exposition: the workers' slabs summed into one snapshot, plus the
+evaluator's view of the rollout read from its status file, as a prometheus_client
+custom collector rendered with `generate_latest`.
 
 Names follow Prometheus conventions: base units in the name (`_seconds`,
 `_ratio`), `_total` on counters, latency as a histogram per arm. Families are
 always declared, even before the evaluator has written anything, so dashboards
 and alert rules can name them from the start.
+
+The worker keeps no prometheus_client metric objects: the counts live in the
+slabs, so each scrape builds its families from one snapshot, on a private
+registry (never the library's global one, which would add process metrics).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
+from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector, CollectorRegistry
 
 from router import hdr, layout
 from router.layout import BASIS_POINTS, Counter
@@ -36,6 +50,7 @@ LATENCY_BUCKETS_US = (
 )
 GUARDRAIL_STATE = {"pass": 1, "waiting": 0, "fail": -1}
 ROLLOUT_STATES = ("idle", "loading", "running", "paused", "promoted", "rolled_back", "stopped")
+ARM_LABELS = ("arm", "model_version")
 _ERRORS = {
     Counter.ERR_RAISED: "raised",
     Counter.ERR_TIMEOUT: "timeout",
@@ -48,6 +63,13 @@ _COUNTERS = (
     ("rampart_promotions_total", "promotions", "Challengers promoted (evaluator's count)."),
     ("rampart_rollout_stops_total", "stops", "Rollouts stopped by an operator."),
 )
+_COMPARISON = (
+    ("rampart_challenger_better_probability", "p_better", "P(challenger CTR > champion's)."),
+    ("rampart_challenger_worse_probability", "p_worse", "P(challenger CTR < champion's)."),
+    ("rampart_challenger_uplift_ratio", "uplift", "Expected relative CTR uplift."),
+)
+# The `le` labels as they have always been written ("0.0001" ... "1"): series keep their identity.
+_LE = (*(f"{b / 1e6:g}" for b in LATENCY_BUCKETS_US), "+Inf")
 
 
 def _bucket_edges() -> list[int]:
@@ -72,24 +94,8 @@ def midpoints_us() -> np.ndarray:
     return (sub << shift) + ((np.int64(1) << shift) - 1) / 2
 
 
-_EDGES = _bucket_edges()
+_EDGES = np.array(_bucket_edges())
 _MIDPOINTS_US = midpoints_us()
-
-
-def _escape(value: object) -> str:
-    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _number(value: float | int) -> str:
-    if isinstance(value, bool):
-        return str(int(value))
-    if isinstance(value, int):
-        return str(value)
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value))
 
 
 def _finite(value: Any) -> float | None:
@@ -98,20 +104,199 @@ def _finite(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-class _Text:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
 
-    def family(self, name: str, kind: str, help_: str) -> None:
-        self.lines.append(f"# HELP {name} {help_}")
-        self.lines.append(f"# TYPE {name} {kind}")
 
-    def sample(self, name: str, value: float | int, labels: dict[str, Any] | None = None) -> None:
-        if labels:
-            inner = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
-            self.lines.append(f"{name}{{{inner}}} {_number(value)}")
-        else:
-            self.lines.append(f"{name} {_number(value)}")
+def _gauge(name: str, help_: str, value: float | None = None) -> GaugeMetricFamily:
+    """A label-less gauge, declared even when it has no value yet."""
+    family = GaugeMetricFamily(name, help_, labels=[])
+    if value is not None:
+        family.add_metric([], value)
+    return family
+
+
+class SnapshotCollector(Collector):
+    """One scrape: the summed slabs and the evaluator's status file as metric families."""
+
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        models: list[Model | None],
+        *,
+        stale: bool,
+        effective_split_bp: int,
+        status: Mapping[str, Any],
+    ) -> None:
+        self.snapshot = snapshot
+        self.stale = stale
+        self.effective_split_bp = effective_split_bp
+        self.status = status
+        # (arm, model_version) label values, the model's label, its totals: arms whose slot
+        # holds the model this worker has loaded (a slot mid-swap is left out).
+        self.arms: list[tuple[list[str], str, SlotTotals]] = []
+        for arm, slot in (
+            ("champion", snapshot.champion_slot),
+            ("challenger", 1 - snapshot.champion_slot),
+        ):
+            model = models[slot]
+            if model is not None and snapshot.slot_model[slot] == model.version:
+                self.arms.append(([arm, str(model.version)], model.label, snapshot.slots[slot]))
+
+    def collect(self) -> Iterator[Metric]:
+        info = GaugeMetricFamily(
+            "rampart_model_info",
+            "The model serving each arm (always 1).",
+            labels=[*ARM_LABELS, "model"],
+        )
+        for values, label, _ in self.arms:
+            info.add_metric([*values, label], 1)
+        yield info
+        yield from self._serving()
+        yield self._latency()
+        rejected = CounterMetricFamily(
+            "rampart_rejected_total", "Bad input rejected with a 4xx, by reason.", labels=["reason"]
+        )
+        for reason, n in zip(layout.REJECT_REASONS, self.snapshot.rejects, strict=True):
+            rejected.add_metric([reason], int(n))
+        yield rejected
+        yield from self._rollout()
+        yield from self._guardrails()
+        yield from self._evaluator()
+
+    def _per_arm(self, name: str, help_: str, counter: Counter) -> CounterMetricFamily:
+        family = CounterMetricFamily(name, help_, labels=list(ARM_LABELS))
+        for values, _, t in self.arms:
+            family.add_metric(values, t.counter(counter))
+        return family
+
+    def _serving(self) -> Iterator[Metric]:
+        yield self._per_arm(
+            "rampart_requests_total", "Requests assigned to each arm.", Counter.REQUESTS
+        )
+        yield self._per_arm(
+            "rampart_predictions_total",
+            "Predictions served by each arm's model.",
+            Counter.CANDIDATES,
+        )
+        errors = CounterMetricFamily(
+            "rampart_model_errors_total", "Model failures by kind.", labels=[*ARM_LABELS, "kind"]
+        )
+        for values, _, t in self.arms:
+            for counter, kind in _ERRORS.items():
+                errors.add_metric([*values, kind], t.counter(counter))
+        yield errors
+        yield self._per_arm(
+            "rampart_fallbacks_total",
+            "Challenger requests answered by the champion.",
+            Counter.FALLBACKS,
+        )
+        events = CounterMetricFamily(
+            "rampart_events_total", "Outcome events counted, by type.", labels=[*ARM_LABELS, "type"]
+        )
+        for values, _, t in self.arms:
+            events.add_metric([*values, "impression"], t.impressions)
+            events.add_metric([*values, "click"], t.clicks)
+        yield events
+
+    def _latency(self) -> HistogramMetricFamily:
+        family = HistogramMetricFamily(
+            "rampart_predict_latency_seconds",
+            "Server-side /predict latency from the HDR counts (3 significant digits); "
+            "_sum is estimated from the midpoints of the HDR buckets.",
+            labels=list(ARM_LABELS),
+        )
+        for values, _, t in self.arms:
+            cumulative = t.latency.cumsum()
+            counts = cumulative[np.minimum(_EDGES, cumulative.size) - 1].tolist()
+            counts.append(int(cumulative[-1]))
+            family.add_metric(
+                values,
+                list(zip(_LE, counts, strict=True)),
+                sum_value=float(t.latency @ _MIDPOINTS_US) / 1e6,
+            )
+        return family
+
+    def _rollout(self) -> Iterator[Metric]:
+        status, snapshot = self.status, self.snapshot
+        rollout = status.get("rollout") if isinstance(status.get("rollout"), dict) else None
+        split = snapshot.split_bp if snapshot.has_challenger else 0
+        yield _gauge(
+            "rampart_split_ratio",
+            "Challenger share of traffic (the control word).",
+            split / BASIS_POINTS,
+        )
+        yield _gauge(
+            "rampart_effective_split_ratio",
+            "Challenger share this worker routes (0 while the evaluator is stale).",
+            self.effective_split_bp / BASIS_POINTS,
+        )
+        phase = _finite(status.get("phase"))
+        if phase is None and rollout is not None:
+            phase = _finite(rollout.get("phase"))
+        yield _gauge(
+            "rampart_rollout_phase", "Rollout phase: 0 = no rollout, 1-5.", int(phase or 0)
+        )
+        state = status.get("state") or ("running" if rollout else "idle")
+        states = GaugeMetricFamily(
+            "rampart_rollout_state", "1 for the rollout's current state.", labels=["state"]
+        )
+        for s in ROLLOUT_STATES:
+            states.add_metric([s], int(s == state))
+        yield states
+        elapsed = _finite(rollout.get("time_in_phase_s")) if rollout is not None else None
+        yield _gauge("rampart_rollout_phase_elapsed_seconds", "Time spent in the phase.", elapsed)
+        info = GaugeMetricFamily(
+            "rampart_rollout_info",
+            "The rollout in progress (always 1).",
+            labels=["rollout_id", "champion", "challenger"],
+        )
+        if rollout is not None:
+            info.add_metric([str(rollout.get(k, "")) for k in ("id", "champion", "challenger")], 1)
+        yield info
+        comparison = _mapping(status.get("comparison"))
+        for name, key, help_ in _COMPARISON:
+            yield _gauge(name, help_, _finite(comparison.get(key)))
+        counters = _mapping(status.get("counters"))
+        for name, key, help_ in _COUNTERS:
+            yield CounterMetricFamily(name, help_, value=int(_finite(counters.get(key)) or 0))
+
+    def _guardrails(self) -> Iterator[Metric]:
+        guardrails = self.status.get("guardrails")
+        rows: dict[tuple[str, str], dict[str, Any]] = {}
+        for g in guardrails if isinstance(guardrails, list) else []:
+            if isinstance(g, dict) and g.get("name"):
+                rows[(str(g["name"]), str(g.get("phase", "")))] = (
+                    g  # a repeated name: the last wins
+                )
+        labels = ["guardrail", "phase"]
+        states = GaugeMetricFamily(
+            "rampart_guardrail_state",
+            "Guardrail state: 1 pass, 0 waiting for data, -1 fail.",
+            labels=labels,
+        )
+        values = GaugeMetricFamily(
+            "rampart_guardrail_value", "A guardrail's current value (numeric ones).", labels=labels
+        )
+        for key, g in rows.items():
+            states.add_metric(list(key), GUARDRAIL_STATE.get(str(g.get("state")), 0))
+            if (number := _finite(g.get("value"))) is not None:
+                values.add_metric(list(key), number)
+        yield states
+        yield values
+
+    def _evaluator(self) -> Iterator[Metric]:
+        snapshot = self.snapshot
+        yield _gauge(
+            "rampart_evaluator_stale", "1 while the evaluator heartbeat is stale.", int(self.stale)
+        )
+        age = None
+        if snapshot.heartbeat_ns > 0:
+            age = max(snapshot.taken_ns - snapshot.heartbeat_ns, 0) / 1e9
+        yield _gauge(
+            "rampart_evaluator_heartbeat_age_seconds", "Time since the evaluator's heartbeat.", age
+        )
+        yield _gauge("rampart_workers", "Workers with a fresh heartbeat.", snapshot.live_workers)
 
 
 def render(
@@ -120,143 +305,17 @@ def render(
     *,
     stale: bool,
     effective_split_bp: int,
-    status: dict[str, Any] | None = None,
+    status: Mapping[str, Any] | None = None,
 ) -> str:
     """The `/metrics` text. `status` is the evaluator's status file (None before it writes one)."""
-    out = _Text()
-    labels_info: list[dict[str, Any]] = []
-    arms: list[tuple[dict[str, Any], SlotTotals]] = []
-    for arm, slot in (
-        ("champion", snapshot.champion_slot),
-        ("challenger", 1 - snapshot.champion_slot),
-    ):
-        model = models[slot]
-        if model is not None and snapshot.slot_model[slot] == model.version:
-            labels = {"arm": arm, "model_version": model.version}
-            arms.append((labels, snapshot.slots[slot]))
-            labels_info.append({**labels, "model": model.label})
-    out.family("rampart_model_info", "gauge", "The model serving each arm (always 1).")
-    for info in labels_info:
-        out.sample("rampart_model_info", 1, info)
-    _serving(out, arms)
-    _latency(out, arms)
-    out.family("rampart_rejected_total", "counter", "Bad input rejected with a 4xx, by reason.")
-    for reason, n in zip(layout.REJECT_REASONS, snapshot.rejects, strict=True):
-        out.sample("rampart_rejected_total", int(n), {"reason": reason})
-    _rollout(out, snapshot, effective_split_bp, status or {})
-    out.family("rampart_evaluator_stale", "gauge", "1 while the evaluator heartbeat is stale.")
-    out.sample("rampart_evaluator_stale", int(stale))
-    out.family(
-        "rampart_evaluator_heartbeat_age_seconds", "gauge", "Time since the evaluator's heartbeat."
+    registry = CollectorRegistry()
+    registry.register(
+        SnapshotCollector(
+            snapshot,
+            models,
+            stale=stale,
+            effective_split_bp=effective_split_bp,
+            status=status or {},
+        )
     )
-    if snapshot.heartbeat_ns > 0:
-        age = max(snapshot.taken_ns - snapshot.heartbeat_ns, 0) / 1e9
-        out.sample("rampart_evaluator_heartbeat_age_seconds", age)
-    out.family("rampart_workers", "gauge", "Workers with a fresh heartbeat.")
-    out.sample("rampart_workers", snapshot.live_workers)
-    return "\n".join(out.lines) + "\n"
-
-
-def _serving(out: _Text, arms: list[tuple[dict[str, Any], SlotTotals]]) -> None:
-    out.family("rampart_requests_total", "counter", "Requests assigned to each arm.")
-    for labels, t in arms:
-        out.sample("rampart_requests_total", t.counter(Counter.REQUESTS), labels)
-    out.family("rampart_predictions_total", "counter", "Predictions served by each arm's model.")
-    for labels, t in arms:
-        out.sample("rampart_predictions_total", t.counter(Counter.CANDIDATES), labels)
-    out.family("rampart_model_errors_total", "counter", "Model failures by kind.")
-    for labels, t in arms:
-        for counter, kind in _ERRORS.items():
-            out.sample("rampart_model_errors_total", t.counter(counter), {**labels, "kind": kind})
-    out.family(
-        "rampart_fallbacks_total", "counter", "Challenger requests answered by the champion."
-    )
-    for labels, t in arms:
-        out.sample("rampart_fallbacks_total", t.counter(Counter.FALLBACKS), labels)
-    out.family("rampart_events_total", "counter", "Outcome events counted, by type.")
-    for labels, t in arms:
-        out.sample("rampart_events_total", t.impressions, {**labels, "type": "impression"})
-        out.sample("rampart_events_total", t.clicks, {**labels, "type": "click"})
-
-
-def _latency(out: _Text, arms: list[tuple[dict[str, Any], SlotTotals]]) -> None:
-    name = "rampart_predict_latency_seconds"
-    out.family(
-        name,
-        "histogram",
-        "Server-side /predict latency from the HDR counts (3 significant digits); "
-        "_sum is estimated from the midpoints of the HDR buckets.",
-    )
-    for labels, t in arms:
-        cumulative = t.latency.cumsum()
-        total = int(cumulative[-1]) if cumulative.size else 0
-        for bound, edge in zip(LATENCY_BUCKETS_US, _EDGES, strict=True):
-            count = int(cumulative[min(edge, cumulative.size) - 1])
-            out.sample(f"{name}_bucket", count, {**labels, "le": f"{bound / 1e6:g}"})
-        out.sample(f"{name}_bucket", total, {**labels, "le": "+Inf"})
-        out.sample(f"{name}_sum", float(t.latency @ _MIDPOINTS_US) / 1e6, labels)
-        out.sample(f"{name}_count", total, labels)
-
-
-def _mapping(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _rollout(out: _Text, snapshot: Snapshot, effective_bp: int, status: dict[str, Any]) -> None:
-    rollout = status.get("rollout") if isinstance(status.get("rollout"), dict) else None
-    split = snapshot.split_bp if snapshot.has_challenger else 0
-    out.family("rampart_split_ratio", "gauge", "Challenger share of traffic (the control word).")
-    out.sample("rampart_split_ratio", split / BASIS_POINTS)
-    out.family(
-        "rampart_effective_split_ratio",
-        "gauge",
-        "Challenger share this worker routes (0 while the evaluator is stale).",
-    )
-    out.sample("rampart_effective_split_ratio", effective_bp / BASIS_POINTS)
-    phase = _finite(status.get("phase"))
-    if phase is None and rollout is not None:
-        phase = _finite(rollout.get("phase"))
-    out.family("rampart_rollout_phase", "gauge", "Rollout phase: 0 = no rollout, 1-5.")
-    out.sample("rampart_rollout_phase", int(phase or 0))
-    state = status.get("state") or ("running" if rollout else "idle")
-    out.family("rampart_rollout_state", "gauge", "1 for the rollout's current state.")
-    for s in ROLLOUT_STATES:
-        out.sample("rampart_rollout_state", int(s == state), {"state": s})
-    out.family("rampart_rollout_phase_elapsed_seconds", "gauge", "Time spent in the phase.")
-    if rollout is not None and (elapsed := _finite(rollout.get("time_in_phase_s"))) is not None:
-        out.sample("rampart_rollout_phase_elapsed_seconds", elapsed)
-    out.family("rampart_rollout_info", "gauge", "The rollout in progress (always 1).")
-    if rollout is not None:
-        info = {k: rollout.get(k, "") for k in ("champion", "challenger")}
-        out.sample("rampart_rollout_info", 1, {"rollout_id": rollout.get("id", ""), **info})
-    _guardrails(out, status.get("guardrails"))
-    comparison = _mapping(status.get("comparison"))
-    for name, key, help_ in (
-        ("rampart_challenger_better_probability", "p_better", "P(challenger CTR > champion's)."),
-        ("rampart_challenger_worse_probability", "p_worse", "P(challenger CTR < champion's)."),
-        ("rampart_challenger_uplift_ratio", "uplift", "Expected relative CTR uplift."),
-    ):
-        out.family(name, "gauge", help_)
-        if (value := _finite(comparison.get(key))) is not None:
-            out.sample(name, value)
-    counters = _mapping(status.get("counters"))
-    for name, key, help_ in _COUNTERS:
-        out.family(name, "counter", help_)
-        out.sample(name, int(_finite(counters.get(key)) or 0))
-
-
-def _guardrails(out: _Text, guardrails: Any) -> None:
-    rows: dict[tuple[str, str], dict[str, Any]] = {}
-    for g in guardrails if isinstance(guardrails, list) else []:
-        if isinstance(g, dict) and g.get("name"):
-            rows[(str(g["name"]), str(g.get("phase", "")))] = g  # a repeated name: the last wins
-    out.family(
-        "rampart_guardrail_state", "gauge", "Guardrail state: 1 pass, 0 waiting for data, -1 fail."
-    )
-    for (name, phase), g in rows.items():
-        value = GUARDRAIL_STATE.get(str(g.get("state")), 0)
-        out.sample("rampart_guardrail_state", value, {"guardrail": name, "phase": phase})
-    out.family("rampart_guardrail_value", "gauge", "A guardrail's current value (numeric ones).")
-    for (name, phase), g in rows.items():
-        if (number := _finite(g.get("value"))) is not None:
-            out.sample("rampart_guardrail_value", number, {"guardrail": name, "phase": phase})
+    return generate_latest(registry).decode()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
+import subprocess
 import time
 from types import SimpleNamespace
 from typing import Any
@@ -143,6 +145,23 @@ def test_metrics_declare_every_family_before_the_evaluator_writes() -> None:
     assert _samples(text, "rampart_rollbacks_total")[0].value == 0
     idle = [s for s in _samples(text, "rampart_rollout_state") if s.value == 1]
     assert [s.labels["state"] for s in idle] == ["idle"]
+
+
+@pytest.mark.parametrize(
+    "status", [pytest.param(STATUS, id="rollout"), pytest.param(None, id="no-evaluator")]
+)
+def test_metrics_pass_promtool_check_metrics(status: dict[str, Any] | None) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not on PATH (Debian: the prometheus package)")
+    text = prom.render(
+        _snapshot([80, 300, 4000]), MODELS, stale=False, effective_split_bp=300, status=status
+    )
+    done = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
+    )
+    # Exit 0 and no lint lines: promtool prints every problem it finds (naming, units, help).
+    assert (done.returncode, done.stdout + done.stderr) == (0, "")
 
 
 def test_metrics_follow_prometheus_naming(server: Server) -> None:
