@@ -3,7 +3,8 @@ server is gone): header, phases, every decision with the guardrails and metrics 
 drove it, the breach, alert deliveries, and CTR and calibration over the rollout.
 
 The content is built once as a list of blocks; Markdown and HTML are two small
-emitters over it. HTML is self-contained (inline CSS and hand-written SVG, no script).
+emitters over it. Charts come from `guardrails.charts` for both: HTML inlines their SVG
+(self-contained: inline CSS, no script), Markdown links SVG files written next to it.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from guardrails import charts
+from guardrails.charts import Timeline
 from guardrails.rollouts import Event, Journal, Rollout
+from guardrails.units import duration, number, percent
 
 Format = Literal["md", "html"]
 DECISIONS = ("advanced", "paused", "resumed", "rolled_back", "stopped", "promoted")
 ENDINGS = ("rolled_back", "stopped", "promoted")
-MAX_SVG_POINTS = 500  # a 12-day rollout logged every minute thinned to this per line
 TEXT_ROWS = 12
 
 
@@ -48,15 +51,7 @@ class Note:
     breach: bool = False
 
 
-@dataclass
-class Charts:
-    samples: list[Event]  # the "metrics" records
-    phases: list[tuple[float, int]]  # (entered, phase number), drawn as vertical markers
-    start: float
-    band: tuple[float, float]  # the calibration guardrail's band, shaded
-
-
-Block = Heading | Facts | Table | Note | Charts
+Block = Heading | Facts | Table | Note | Timeline
 
 
 def when(t: float | None) -> str:
@@ -65,35 +60,9 @@ def when(t: float | None) -> str:
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    s = round(seconds)
-    if s < 60:
-        return f"{s} s"
-    d, rest = divmod(s, 86400)
-    h, rest = divmod(rest, 3600)
-    m, s = divmod(rest, 60)
-    if d:
-        return f"{d} d {h} h"
-    return f"{h} h {m:02d} min" if h else f"{m} min {s:02d} s"
-
-
-def _num(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
-
-def _pct(v: Any, digits: int = 2) -> str:
-    return "-" if v is None else f"{v * 100:.{digits}f}%"
-
-
 def _key_metrics(m: dict[str, Any]) -> str:
     arms = [
-        f"{arm} CTR {_pct(a.get('ctr'), 3)} ({a.get('clicks', 0)} clicks / "
+        f"{arm} CTR {percent(a.get('ctr'), 3)} ({a.get('clicks', 0)} clicks / "
         f"{a.get('impressions', 0)} impressions, {a.get('errors', 0)} errors)"
         for arm, a in ((arm, m.get(arm) or {}) for arm in ("champion", "challenger"))
     ]
@@ -101,11 +70,11 @@ def _key_metrics(m: dict[str, Any]) -> str:
     return "; ".join(
         [
             *arms,
-            f"P(better) {_num(m.get('p_better'))}, P(worse) {_num(m.get('p_worse'))}",
-            f"uplift {_pct(m.get('uplift'), 1)} "
-            f"[{_pct(m.get('uplift_low'), 1)}, {_pct(m.get('uplift_high'), 1)}]",
-            f"challenger calibration {_num(ch.get('calibration'))}, "
-            f"p99 {_num(ch.get('p99_ms'))} ms",
+            f"P(better) {number(m.get('p_better'))}, P(worse) {number(m.get('p_worse'))}",
+            f"uplift {percent(m.get('uplift'), 1)} "
+            f"[{percent(m.get('uplift_low'), 1)}, {percent(m.get('uplift_high'), 1)}]",
+            f"challenger calibration {number(ch.get('calibration'))}, "
+            f"p99 {number(ch.get('p99_ms'))} ms",
         ]
     )
 
@@ -145,7 +114,7 @@ def _blocks(r: Rollout, events: list[Event]) -> list[Block]:
         out.append(
             Note(
                 f"Breach in phase {end.phase} at {when(end.t)}: guardrail {d['guardrail']} = "
-                f"{_num(d.get('value'))}, threshold {d.get('threshold') or '-'}",
+                f"{number(d.get('value'))}, threshold {d.get('threshold') or '-'}",
                 breach=True,
             )
         )
@@ -172,7 +141,7 @@ def _blocks(r: Rollout, events: list[Event]) -> list[Block]:
             out.append(Note(f"Metrics: {_key_metrics(e.data['metrics'])}"))
         if e.data.get("guardrails"):
             results = e.data["guardrails"]
-            rows = [[g["name"], _num(g["value"]), g["threshold"], g["state"]] for g in results]
+            rows = [[g["name"], number(g["value"]), g["threshold"], g["state"]] for g in results]
             head = ["guardrail", "value", "threshold", "state"]
             out.append(Table(head, rows, [g["state"] for g in results]))
     alerts = [e.data for e in events if e.kind == "alert"]
@@ -190,19 +159,10 @@ def _blocks(r: Rollout, events: list[Event]) -> list[Block]:
     entries = [(p["entered"], p["phase"]) for p in r.phases if p["phase"] > 1]
     band = _calibration_band([e for e in events if e.kind in DECISIONS])
     out.append(Heading(2, "CTR and calibration over the rollout"))
-    out.append(Charts(samples, entries, r.started, band) if samples else Note("No metrics logged."))
+    out.append(
+        Timeline(samples, entries, r.started, band) if samples else Note("No metrics logged.")
+    )
     return out
-
-
-def _series(samples: list[Event], path: tuple[str, ...]) -> list[tuple[float, float]]:
-    points = []
-    for e in samples:
-        v: Any = e.data
-        for key in path:
-            v = v.get(key) if isinstance(v, dict) else None
-        if isinstance(v, int | float):
-            points.append((e.t, float(v)))
-    return points
 
 
 def _calibration_band(decisions: list[Event]) -> tuple[float, float]:
@@ -215,138 +175,17 @@ def _calibration_band(decisions: list[Event]) -> tuple[float, float]:
     return 0.85, 1.15
 
 
-Line = tuple[str, str, tuple[str, ...]]  # legend, colour, path into a metrics record
-CTR: tuple[Line, ...] = (
-    ("champion", "#1f77b4", ("champion", "ctr")),
-    ("challenger", "#d62728", ("challenger", "ctr")),
-)
-PBETTER: tuple[Line, ...] = (("P(challenger better)", "#2ca02c", ("p_better",)),)
-CAL: tuple[Line, ...] = (
-    ("challenger", "#d62728", ("challenger", "calibration")),
-    ("champion", "#1f77b4", ("champion", "calibration")),
-)
-
-
-def _unit(span: float) -> tuple[float, str]:
-    for seconds, name in ((86400.0, "days"), (3600.0, "h"), (60.0, "min")):
-        if span >= 2 * seconds:
-            return seconds, name
-    return 1.0, "s"
-
-
-def svg(
-    title: str,
-    lines: list[tuple[str, str, list[tuple[float, float]]]],
-    c: Charts,
-    *,
-    percent: bool = False,
-    band: tuple[float, float] | None = None,
-    fixed: tuple[float, float] | None = None,
-) -> str:
-    """A line chart over rollout time: hand-written SVG, phase entries as dashed markers."""
-    w, h, left, right, top, bottom = 680, 210, 64, 16, 30, 30
-    pts = [p for _, _, ps in lines for p in ps]
-    if not pts:
-        return f"<p>{html.escape(title)}: no data.</p>"
-    x0, x1 = c.start, max([p[0] for p in pts] + [t for t, _ in c.phases])
-    ys = [p[1] for p in pts] + (list(band) if band else [])
-    y0, y1 = fixed or (min(ys), max(ys))
-    x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + abs(y0) * 0.1 + 1e-6)
-    unit, unit_name = _unit(x1 - x0)
-
-    def sx(x: float) -> float:
-        return left + (x - x0) / (x1 - x0) * (w - left - right)
-
-    def sy(y: float) -> float:
-        return h - bottom - (y - y0) / (y1 - y0) * (h - top - bottom)
-
-    t = html.escape(title)
-    out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" role="img" '
-        f'aria-label="{t}"><title>{t}</title><text x="{left}" y="16" class="t">{t}</text>'
-    ]
-    if band:
-        out.append(
-            f'<rect x="{left}" y="{sy(band[1]):.1f}" width="{w - left - right}" '
-            f'height="{sy(band[0]) - sy(band[1]):.1f}" fill="#2ca02c" opacity="0.13"/>'
-        )
-    for i in range(5):
-        y, x = y0 + (y1 - y0) * i / 4, x0 + (x1 - x0) * i / 4
-        label = f"{y * 100:.2f}%" if percent else f"{y:.3g}"
-        out.append(
-            f'<line x1="{left}" x2="{w - right}" y1="{sy(y):.1f}" y2="{sy(y):.1f}" '
-            f'stroke="#ddd"/><text x="{left - 6}" y="{sy(y) + 4:.1f}" text-anchor="end">'
-            f'{label}</text><text x="{sx(x):.1f}" y="{h - 10}" text-anchor="middle">'
-            f"{(x - x0) / unit:.3g} {unit_name}</text>"
-        )
-    for entered, phase in c.phases:
-        x = sx(entered)
-        at, anchor = (x + 3, "start") if x < w - right - 30 else (x - 3, "end")
-        out.append(
-            f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top}" y2="{h - bottom}" stroke="#888" '
-            f'stroke-dasharray="4 3"/><text x="{at:.1f}" y="{top + 10}" fill="#666" '
-            f'text-anchor="{anchor}">P{phase}</text>'
-        )
-    for n, (name, color, ps) in enumerate(lines):
-        step = max(1, len(ps) // MAX_SVG_POINTS)
-        coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in ps[::step] + ps[-1:])
-        out.append(
-            f'<polyline points="{coords}" fill="none" stroke="{color}" stroke-width="1.6"/>'
-            f'<text x="{w - right - 150 * (len(lines) - 1 - n)}" y="16" fill="{color}" '
-            f'text-anchor="end">━ {html.escape(name)}</text>'
-        )
-    out.append("</svg>")
-    return "".join(out)
-
-
-def _lines(c: Charts, spec: tuple[Line, ...]) -> list[tuple[str, str, list[tuple[float, float]]]]:
-    return [(name, color, _series(c.samples, path)) for name, color, path in spec]
-
-
-def _charts_html(c: Charts) -> str:
-    return "\n".join(
-        [
-            svg("CTR per arm", _lines(c, CTR), c, percent=True),
-            svg("P(challenger better)", _lines(c, PBETTER), c, fixed=(0.0, 1.0)),
-            svg("Calibration: predicted / actual clicks", _lines(c, CAL), c, band=c.band),
-        ]
-    )
-
-
-def _pngs(c: Charts, out: Path) -> list[str]:
-    """PNG plots next to `out`, or [] without matplotlib (a test dependency only)."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        return []
-    start = c.start
-    unit, unit_name = _unit(c.samples[-1].t - start)
-    names = []
-    charts = (
-        ("ctr", ((CTR, "CTR"), (PBETTER, "P(challenger better)"))),
-        ("calibration", ((CAL, "predicted / actual"),)),
-    )
-    for suffix, specs in charts:
-        fig = Figure(figsize=(8, 2.6 * len(specs)), layout="constrained")
-        axes = fig.subplots(len(specs), 1, sharex=True, squeeze=False)[:, 0]
-        for ax, (spec, label) in zip(axes, specs, strict=True):
-            for name, color, ps in _lines(c, spec):
-                if ps:
-                    xs, ys = [(x - start) / unit for x, _ in ps], [y for _, y in ps]
-                    ax.plot(xs, ys, color, label=name)
-            for entered, _ in c.phases:
-                ax.axvline((entered - start) / unit, color="#888", linestyle="--", linewidth=0.8)
-            ax.set_ylabel(label)
-            if ax.get_legend_handles_labels()[1]:
-                ax.legend(loc="best", fontsize="small")
-            ax.grid(alpha=0.3)
-        if suffix == "calibration":
-            axes[0].axhspan(*c.band, color="#2ca02c", alpha=0.13)
-        axes[-1].set_xlabel(f"{unit_name} since start (dashed: phase entries)")
-        path = out.with_name(f"{out.stem}-{suffix}.png")
-        fig.savefig(path, dpi=100)
-        names.append(path.name)
-    return names
+def _chart_files(t: Timeline, out: Path) -> list[str]:
+    """The charts as SVG files next to `out`; Markdown lines that show them."""
+    lines = []
+    for chart, svg in charts.render(t):
+        if svg is None:
+            lines.append(f"{chart.title}: no data.")
+            continue
+        path = out.with_name(f"{out.stem}-{chart.slug}.svg")
+        path.write_text(svg, encoding="utf-8")
+        lines.append(f"![{chart.title}]({path.name})")
+    return [*lines, ""]
 
 
 def _text_samples(samples: list[Event], start: float) -> Table:
@@ -357,10 +196,10 @@ def _text_samples(samples: list[Event], start: float) -> Table:
         [
             f"+{duration(e.t - start)}",
             str(e.phase),
-            _pct(e.data["champion"]["ctr"], 3),
-            _pct(e.data["challenger"]["ctr"], 3),
-            _num(e.data["p_better"]),
-            _num(e.data["challenger"]["calibration"]),
+            percent(e.data["champion"]["ctr"], 3),
+            percent(e.data["challenger"]["ctr"], 3),
+            number(e.data["p_better"]),
+            number(e.data["challenger"]["calibration"]),
         ]
         for e in picked
     ]
@@ -390,9 +229,8 @@ def _markdown(bs: list[Block], out: Path | None) -> str:
         elif isinstance(b, Table):
             lines += _md_table(b)
         else:
-            pngs = _pngs(b, out) if out is not None else []
-            if pngs:
-                lines += [*(f"![{name}]({name})" for name in pngs), ""]
+            if out is not None:
+                lines += _chart_files(b, out)
             lines += [f"Sampled metric records ({len(b.samples)} in all):", ""]
             lines += _md_table(_text_samples(b.samples, b.start))
     return "\n".join(lines)
@@ -404,7 +242,7 @@ table{border-collapse:collapse;margin:.5em 0 1em;font-size:13px;display:block;ov
 td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}th{background:#f3f3f3}
 tr.fail td,tr.failed td{background:#fde2e2;font-weight:600}tr.waiting td{color:#777}
 .breach{border-left:5px solid #c00;background:#fdecec;padding:.6em 1em;font-weight:600}
-svg{width:100%;height:auto;font:11px sans-serif;margin:.5em 0}svg .t{font-weight:600;font-size:13px}
+svg{width:100%;height:auto;margin:.5em 0}
 dt{font-weight:600;float:left;width:9em}dd{margin:0 0 .2em 9em}
 """
 
@@ -428,7 +266,8 @@ def _html(bs: list[Block]) -> str:
                 body.append(f'<tr class="{e(mark)}">{cells}</tr>')
             body.append("</table>")
         else:
-            body.append(_charts_html(b))
+            for chart, svg in charts.render(b):
+                body.append(svg or f"<p>{e(chart.title)}: no data.</p>")
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta name="viewport" content="width=device-width, initial-scale=1">'
@@ -440,8 +279,9 @@ def _html(bs: list[Block]) -> str:
 
 def render(journal: Journal, rollout_id: str, fmt: Format = "md", out: Path | None = None) -> str:
     """The post-mortem of `rollout_id` as Markdown or self-contained HTML. With `out` (the
-    file the caller will write), Markdown plots are written next to it as PNG when
-    matplotlib is installed. Raises KeyError for an unknown rollout."""
+    file the caller will write), Markdown's charts are written next to it as SVG files
+    (`<stem>-ctr.svg`, `-p-better.svg`, `-calibration.svg`). Raises KeyError for an unknown
+    rollout."""
     try:
         r = journal.get(rollout_id)
     except KeyError:

@@ -4,18 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from guardrails.units import duration, number, percent
+
 _STATE_COLOURS = {"pass": "32", "fail": "31;1", "waiting": "33"}
-_SPANS = ((86400, "d", 3600, "h"), (3600, "h", 60, "m"), (60, "m", 1, "s"))
-
-
-def _span(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    s = round(seconds)
-    for size, unit, sub, sub_unit in _SPANS:
-        if s >= size:
-            return f"{s // size}{unit}{(s % size) // sub:02d}{sub_unit}"
-    return f"{s}s"
 
 
 def _columns(rows: list[list[str]], right: tuple[int, ...] = ()) -> list[str]:
@@ -27,10 +18,6 @@ def _columns(rows: list[list[str]], right: tuple[int, ...] = ()) -> list[str]:
         ).rstrip()
         for r in rows
     ]
-
-
-def _value(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else "-" if v is None else str(v)
 
 
 def status_text(s: dict[str, Any], colour: bool) -> str:
@@ -53,8 +40,8 @@ def status_text(s: dict[str, Any], colour: bool) -> str:
     head.append(f"split {s['split_bp'] / 100:.1f}%")
     if r:
         head.append(
-            f"in phase {_span(r.get('time_in_phase_s'))} "
-            f"(min {_span(r.get('phase_min_s'))}, max {_span(r.get('phase_max_s'))})"
+            f"in phase {duration(r.get('time_in_phase_s'))} "
+            f"(min {duration(r.get('phase_min_s'))}, max {duration(r.get('phase_max_s'))})"
         )
     lines.append("  ".join(head))
     if s.get("stale"):
@@ -64,7 +51,7 @@ def status_text(s: dict[str, Any], colour: bool) -> str:
     if guardrails:
         rows = [["GUARDRAIL", "VALUE", "THRESHOLD", "STATE"]]
         for g in guardrails:
-            rows.append([g["name"], _value(g.get("value")), str(g.get("threshold")), g["state"]])
+            rows.append([g["name"], number(g.get("value")), str(g.get("threshold")), g["state"]])
         table = _columns(rows, right=(1,))
         lines += ["", table[0]]
         for row, g in zip(table[1:], guardrails, strict=True):
@@ -77,7 +64,7 @@ def status_text(s: dict[str, Any], colour: bool) -> str:
     for arm in ("champion", "challenger"):
         a = (s.get("arms") or {}).get(arm) or {}
         counts = [int(a.get(k, 0)) for k in ("requests", "errors", "impressions", "clicks")]
-        ctr = f"{counts[3] / counts[2]:.3%}" if counts[2] else "-"
+        ctr = percent(counts[3] / counts[2], 3) if counts[2] else "-"
         rows.append([arm, label[arm], *map(str, counts), ctr])
     lines += ["", *_columns(rows, right=(2, 3, 4, 5, 6))]
     return "\n".join(lines)

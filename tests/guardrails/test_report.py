@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import time
+import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -156,15 +157,25 @@ def test_render_markdown_without_out_samples_the_metrics_as_text(
     assert "![" not in md
 
 
-def test_render_markdown_with_out_writes_png_plots_next_to_it(
+def test_render_markdown_with_out_writes_the_html_charts_as_svg_files(
     rolled_back: tuple[Path, str], tmp_path: Path
 ) -> None:
-    pytest.importorskip("matplotlib")
     out = tmp_path / "postmortem.md"
     md = _render(*rolled_back, "md", out)
-    for name in ("postmortem-ctr.png", "postmortem-calibration.png"):
-        assert f"![{name}]({name})" in md
-        assert (tmp_path / name).read_bytes().startswith(b"\x89PNG")
+    page = _render(*rolled_back, "html")
+    svg = "{http://www.w3.org/2000/svg}"
+    for slug, title, lines in (
+        ("ctr", "CTR per arm", 2),
+        ("p-better", "P(challenger better)", 1),
+        ("calibration", "Calibration: predicted / actual clicks", 2),
+    ):
+        name = f"postmortem-{slug}.svg"
+        assert f"![{title}]({name})" in md
+        text = (tmp_path / name).read_text(encoding="utf-8")
+        root = ET.fromstring(text)  # a standalone, well-formed SVG document
+        assert root.tag == f"{svg}svg" and root.get("width") and root.get("height")
+        assert len(root.findall(f"{svg}polyline")) == lines
+        assert text in page  # one renderer: the HTML inlines the very same chart
 
 
 def test_render_html_rollback_is_self_contained_with_svg_plots(
@@ -198,7 +209,7 @@ def test_render_promoted_rollout_lists_five_phases_and_no_breach(
     assert "promoted in phase 5" in text
     for n in range(2, 6):
         assert f"advanced to phase {n}" in text
-    assert len(re.findall(r"Z\W+\d+ (?:s|min \d+ s)\W+passed", text)) == 5  # phase rows
+    assert len(re.findall(r"Z\W+(?:\d+[dhm]\d\d[hms]|\d+s)\W+passed", text)) == 5  # phase rows
 
 
 def test_render_manual_decisions_are_marked_manual(manual: tuple[Path, str]) -> None:
