@@ -6,15 +6,16 @@ always-valid sequential bound used for continuous early rollback.
     sequential_difference(champion, ch)  Waudby-Smith asymptotic confidence sequence on p_c - p_b
     literal_worse(comparison)            the policy article's literal "P(worse) > 0.9" rule
 
-Pure (numpy, numba, math; scipy is only a test-time reference). The numba kernels are scalar
-(`beta_compare_kernel`, `sequential_bound_kernel`), so the evaluator and the Monte-Carlo bench
-(`bench/peeking.py`) run the same arithmetic.
+Pure (numpy, numba, math, statistics; scipy is only a test-time reference). The numba kernels are
+scalar (`beta_compare_kernel`, `sequential_bound_kernel`), so the evaluator and the Monte-Carlo
+bench (`bench/peeking.py`) run the same arithmetic.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Literal
 
 import numpy as np
@@ -291,7 +292,10 @@ def beta_compare_kernel(
 
 
 def _norm_ppf(p: float) -> float:
-    """Inverse standard normal CDF: Acklam's rational approximation plus one Halley step."""
+    """Inverse standard normal CDF: Acklam's rational approximation plus one Halley step.
+
+    Superseded by `statistics.NormalDist().inv_cdf`; kept only while the committed
+    `guardrails.checks` still calls it."""
     a = (-39.69683028665376, 220.9460984245205, -275.9285104469687,
          138.3577518672690, -30.66479806614716, 2.506628277459239)  # fmt: skip
     b = (-54.47609879822406, 161.5858368580409, -155.6989798598866,
@@ -371,7 +375,7 @@ def compare(
     uplift = a2 / (a2 + b2) * (a1 + b1 - 1.0) / (a1 - 1.0) - 1.0
     mean, sd, skew = _log_ratio_cumulants(a1, b1, a2, b2)
     skew = min(max(skew, -1.0), 1.0)  # keeps the Cornish-Fisher quantile map monotone
-    z = _norm_ppf(0.5 + ci / 2.0)
+    z = NormalDist().inv_cdf(0.5 + ci / 2.0)
     low = mean + sd * (-z + skew / 6.0 * (z * z - 1.0))
     high = mean + sd * (z + skew / 6.0 * (z * z - 1.0))
     return Comparison(p_better, p_worse, uplift, math.expm1(low), math.expm1(high), method, reason)
