@@ -2,10 +2,11 @@ FROM python:3.11-slim
 RUN useradd --create-home --uid 10001 rampart
 WORKDIR /app
 COPY pyproject.toml README.md ./
+# The product and the harness its demo and scenarios run; bench/ and tests/ stay out.
 COPY router router
 COPY guardrails guardrails
 COPY rampart rampart
-COPY bench bench
+COPY harness harness
 RUN pip install --no-cache-dir . && mkdir -p /state && chown rampart /state
 USER rampart
 ENV RAMPART_STATE_DIR=/state

@@ -37,19 +37,21 @@ from functools import reduce
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import msgpack
 import numpy as np
+import uvloop
 
-from bench import world
-from bench.httppool import Pool
-from bench.scenario_models import RAISE_FEATURE, RAISE_THRESHOLD, demo_model_path
-from bench.scenarios import ADMIN_TOKEN, Serve, _free_port, _pin
 from guardrails.alerts import Alerter
 from guardrails.evaluator import Evaluator, prepare
+from harness import ground_truth
+from harness.scenario_models import RAISE_FEATURE, RAISE_THRESHOLD, model_path
+from harness.serve_process import ADMIN_TOKEN, Serve, free_port, pin
 from router import hashing, hdr, layout, snapshot
 from router.config import Config
 from router.layout import Counter
+from router.mailbox import Command
 from router.registry import Registry, Status
 from router.shared_memory import SharedMemory
 
@@ -211,8 +213,8 @@ def tick_rig(
     production policy: each phase gets its minimum duration of traffic, then one tick."""
     config = Config.from_dict({"serve": {"state_dir": str(state)}, "segments": dict(segments)})
     registry = Registry(config.state_path)
-    registry.register(demo_model_path("champion"))
-    candidate = registry.register(demo_model_path("challenger_better"))
+    registry.register(model_path("champion"))
+    candidate = registry.register(model_path("challenger_better"))
     registry.close()
     shm = prepare(config)
     clock = FakeClock()
@@ -220,7 +222,7 @@ def tick_rig(
     rig = TickRig(ev, SyntheticWorkers(shm, config, workers, rate), clock, shm)
     rig.workers.sync()
     ev.tick()
-    ev.apply("start", {"version": str(candidate.version)})
+    ev.apply(Command.START, {"version": str(candidate.version)})
     rig.workers.sync()
     ev.tick()  # every worker has the challenger: phase 1
     for phase in (1, 2, 3):
@@ -328,34 +330,27 @@ class Answer:
         return self.arm == "champion" and self.fallback is None
 
 
-def _bodies(
-    rows: np.ndarray, segments: dict[str, np.ndarray], ids: Sequence[str], port: int
-) -> list[bytes]:
-    head = (
-        f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-        "Content-Type: application/msgpack\r\nContent-Length: "
-    ).encode()
-    out = []
+def _bodies(rows: np.ndarray, segments: dict[str, np.ndarray], ids: Sequence[str]) -> list[bytes]:
     listed = rows.tolist()
-    for j, rid in enumerate(ids):
-        body = msgpack.packb(
+    return [
+        msgpack.packb(
             {
                 "request_id": rid,
                 "features": listed[j % len(listed)],
                 "segment": {d: str(v[j % len(listed)]) for d, v in segments.items()},
             }
         )
-        out.append(b"%s%d\r\n\r\n%s" % (head, len(body), body))
-    return out
+        for j, rid in enumerate(ids)
+    ]
 
 
 def _rows(rng: np.random.Generator, n: int, features: Sequence[str], bad: bool) -> np.ndarray:
     """`n` requests of 5 candidates in the champion's feature order; the candidates of a
     request share RAISE_FEATURE, over RAISE_THRESHOLD (NaN from broken_nan) iff `bad`."""
-    x = world.sample_requests(rng, n, 5)
-    col = world.COLUMN[RAISE_FEATURE]
+    x = ground_truth.sample_requests(rng, n, 5)
+    col = ground_truth.COLUMN[RAISE_FEATURE]
     x[..., col] = RAISE_THRESHOLD + 1.0 if bad else np.minimum(x[..., col], RAISE_THRESHOLD - 0.1)
-    return np.asarray(x[:, :, world.feature_columns(features)])
+    return np.asarray(x[:, :, ground_truth.feature_columns(features)])
 
 
 @dataclass(frozen=True)
@@ -378,9 +373,12 @@ async def _drive(
     settle_s: float = 0.5,
 ) -> Drive:
     """Open loop at `rate`: `healthy` requests for `healthy_s`, then `bad` ones until every
-    answer to a bad one has been clean for `settle_s` (or for `timeout_s`)."""
-    pool = Pool("127.0.0.1", port, 64)
+    answer to a bad one has been clean for `settle_s` (or for `timeout_s`). Times are taken
+    when an answer is read: the client's own cost is microseconds against a 1 s tick."""
+    url = f"http://127.0.0.1:{port}/predict"
+    headers = {"Content-Type": "application/msgpack"}
     answers: list[Answer] = []
+    tasks: set[asyncio.Task[None]] = set()
     period = 1e9 / rate
     wall_offset = time.time() - time.perf_counter_ns() / 1e9
     t0 = time.perf_counter_ns()
@@ -389,21 +387,24 @@ async def _drive(
     clean_since: int | None = None
     queues = {False: iter(healthy), True: iter(bad)}
 
-    def answered(sent: int, is_bad: bool) -> Callable[[int, bytes, str | None], None]:
-        def on_answer(status: int, body: bytes, error: str | None) -> None:
-            nonlocal clean_since
-            now = time.perf_counter_ns()
-            answer = msgpack.unpackb(body) if status == 200 else {}
-            a = Answer(sent, now, is_bad, str(answer.get("arm")), answer.get("fallback"))
-            answers.append(a)
-            if not a.clean:
-                clean_since = None
-            elif a.bad_rows and clean_since is None:
-                clean_since = now
+    async def ask(http: aiohttp.ClientSession, body: bytes, sent: int, is_bad: bool) -> None:
+        nonlocal clean_since
+        try:
+            async with http.post(url, data=body, headers=headers) as r:
+                status, content = r.status, await r.read()
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            status, content = 0, b""
+        now = time.perf_counter_ns()
+        answer = msgpack.unpackb(content) if status == 200 else {}
+        a = Answer(sent, now, is_bad, str(answer.get("arm")), answer.get("fallback"))
+        answers.append(a)
+        if not a.clean:
+            clean_since = None
+        elif a.bad_rows and clean_since is None:
+            clean_since = now
 
-        return on_answer
-
-    try:
+    connector = aiohttp.TCPConnector(limit=64)
+    async with aiohttp.ClientSession(connector=connector) as http:
         i = 0
         while True:
             due = t0 + int(i * period)
@@ -417,13 +418,14 @@ async def _drive(
             request = next(queues[is_bad], None)
             if request is None:
                 raise RuntimeError("ran out of prepared requests")
-            pool.submit(request, answered(now, is_bad))
+            task = asyncio.create_task(ask(http, request, now, is_bad))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
             i += 1
-        drain = time.perf_counter_ns() + 2_000_000_000
-        while pool.busy and time.perf_counter_ns() < drain:
-            await asyncio.sleep(0.01)
-    finally:
-        pool.close()
+        if tasks:
+            await asyncio.wait(tasks, timeout=2.0)
+        for task in tasks:
+            task.cancel()
     return Drive(answers, trigger, wall_offset)
 
 
@@ -492,7 +494,7 @@ def _trial(
     """One rollout of a new broken_nan candidate: phase 1, healthy traffic, the trigger."""
     registry = Registry(state)
     features = list(registry.with_status(Status.CHAMPION)[-1].features)
-    version = registry.register(demo_model_path("broken_nan")).version
+    version = registry.register(model_path("broken_nan")).version
     registry.close()
     serve.admin("start", {"version": str(version)})
     split = int(_wait_status(serve, lambda st: st.get("state") == "running", 60)["split_bp"])
@@ -504,10 +506,10 @@ def _trial(
     # After the trigger, only IDs the split sends to the challenger: the client sees the
     # flip to within one request interval, not within the gap between challenger hits.
     bad_ids = _challenger_ids(f"bench-{index}-bad-", int(rate * (timeout_s + 1)), split, seed)
-    segments = world.segments(world.sample_requests(rng, 256, 1)[:, 0, :])
-    healthy = _bodies(_rows(rng, 256, features, False), segments, healthy_ids, port)
-    bad = _bodies(_rows(rng, 256, features, True), segments, bad_ids, port)
-    drive = asyncio.run(_drive(port, healthy, bad, rate, healthy_s, timeout_s))
+    segments = ground_truth.segments(ground_truth.sample_requests(rng, 256, 1)[:, 0, :])
+    healthy = _bodies(_rows(rng, 256, features, False), segments, healthy_ids)
+    bad = _bodies(_rows(rng, 256, features, True), segments, bad_ids)
+    drive = uvloop.run(_drive(port, healthy, bad, rate, healthy_s, timeout_s))
     result = _measure(drive)
     final = _wait_status(serve, lambda st: not st.get("rollout"), 30)
     ends = [e for e in final.get("events") or [] if e["kind"] in ("rolled_back", "stopped")]
@@ -541,18 +543,18 @@ def rollback_latency(
         root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rampart-bench-")))
         state = root / "state"
         registry = Registry(state)
-        features = list(registry.register(demo_model_path("champion")).features)
+        features = list(registry.register(model_path("champion")).features)
         registry.close()
         config = root / "bench.toml"
-        config.write_text(E2E_CONFIG.format(evaluator_cpu=CLIENT_CORE if _pin(0) else -1))
+        config.write_text(E2E_CONFIG.format(evaluator_cpu=CLIENT_CORE if pin(0) else -1))
         env = dict(os.environ, RAMPART_ADMIN_TOKEN=ADMIN_TOKEN)
         for name in ("RAMPART_SLACK_WEBHOOK", "RAMPART_ALERT_WEBHOOK"):
             env.pop(name, None)  # a benchmark's rollbacks are nobody's incident
-        port = _free_port()
+        port = free_port()
         serve = Serve(state, config, port, env)
         stack.callback(serve.stop)
         serve.start()
-        stack.enter_context(pinned(CLIENT_CORE if _pin(CLIENT_CORE) else None))
+        stack.enter_context(pinned(CLIENT_CORE if pin(CLIENT_CORE) else None))
         _warm_up(port, features)
         runs = [
             _trial(serve, state, port, i, rate, healthy_s, timeout_s)

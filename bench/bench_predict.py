@@ -27,7 +27,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ import msgpack
 import numpy as np
 
 from bench import loadgen
+from harness.scenario_models import model_path
 
 SERVER_CORE = "0"
 LOADGEN_CORE = 1
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     os.sched_setaffinity(0, {LOADGEN_CORE})
 
-    model = Path(str(resources.files("router") / "demo" / "champion.onnx"))
+    model = model_path("champion")
     tmp = Path(tempfile.mkdtemp(prefix="rampart-bench-"))
     procs: list[subprocess.Popen[bytes]] = []
     try:

@@ -20,8 +20,8 @@ Requests are pre-encoded. Latencies are kept as raw integers during the run and 
 Errors:
 
     LoadgenError
-     ├── TargetNotAllowed   (also a ValueError) the URL is not on loopback
      └── ProtocolError      the server answered something this client does not parse
+    TargetNotAllowed        (a ValueError, from harness.target) the URL is not on loopback
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import gc
 import io
-import ipaddress
 import json
 import random
 import re
@@ -42,10 +41,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
-from urllib.parse import urlsplit
 
 import numpy as np
 from hdrh.histogram import HdrHistogram
+
+from harness.target import TargetNotAllowed as TargetNotAllowed
+from harness.target import check_loopback, error_kind
+from harness.target import parse_url as parse_url
 
 LOWEST_US = 1
 HIGHEST_US = 60_000_000
@@ -62,40 +64,8 @@ class LoadgenError(Exception):
     pass
 
 
-class TargetNotAllowed(LoadgenError, ValueError):
-    pass
-
-
 class ProtocolError(LoadgenError):
     pass
-
-
-def check_loopback(host: str) -> None:
-    """Refuse anything but 127.0.0.0/8, ::1 and localhost; names are not resolved."""
-    name = host.strip("[]")
-    if name.lower() == "localhost":
-        return
-    try:
-        loopback = ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
-        raise TargetNotAllowed(
-            f"refusing to load {host!r}: bench.loadgen only targets loopback "
-            "(127.0.0.0/8, ::1 or localhost)"
-        )
-
-
-def parse_url(url: str) -> tuple[str, int, str]:
-    """`http://127.0.0.1:8000/predict` → (host, port, path), loopback only."""
-    parts = urlsplit(url)
-    if parts.scheme != "http" or not parts.hostname:
-        raise ValueError(f"{url!r}: expected http://HOST[:PORT]/PATH")
-    check_loopback(parts.hostname)
-    path = parts.path or "/"
-    if parts.query:
-        path += "?" + parts.query
-    return parts.hostname, parts.port or 80, path
 
 
 def build_requests(
@@ -271,17 +241,6 @@ class _Connection(asyncio.Protocol):
             task = asyncio.get_running_loop().create_task(_reconnect(run, self.host, self.port))
             run.reconnects.add(task)
             task.add_done_callback(run.reconnects.discard)
-
-
-def error_kind(exc: BaseException) -> str:
-    """A short, stable name for a connection failure, for error counts."""
-    kinds: dict[type[BaseException], str] = {
-        ConnectionRefusedError: "refused",
-        ConnectionResetError: "reset",
-        BrokenPipeError: "broken_pipe",
-        TimeoutError: "timeout",
-    }
-    return kinds.get(type(exc), type(exc).__name__)
 
 
 async def _connect(run: _Run, host: str, port: int) -> _Connection:

@@ -1,16 +1,17 @@
-"""The ONNX models the harness rolls out in the synthetic world of `bench.world`.
+"""The ONNX models the harness rolls out in the synthetic world of `harness.ground_truth`.
 
 Every model is a small MLP (or a deliberately broken graph) built with `onnx.helper` and fitted
 to the world's ground truth with a few hundred full-batch Adam steps in NumPy, so
 ``python -m bench.modelgen OUTDIR`` writes the same models on every run::
 
     python -m bench.modelgen /tmp/models          # every variant, <variant>.onnx
-    python -m bench.modelgen --demo               # every variant into router/demo/ (shipped)
+    python -m bench.modelgen --demo               # every variant into harness/models/ (shipped)
 
 Variants (see `MODELS`): champion, challenger_better, broken_constant, broken_nan, broken_raise,
-slow, miscalibrated, worse, segment_regression. onnx is a test-only dependency: code that runs
-on a base install takes the world from `bench.world` and the shipped files from
-`bench.scenario_models`. The world's names are re-exported here for older callers.
+miscalibrated, worse, segment_regression. There is no slow model: the `slow` scenario slows an
+ordinary challenger down in the server (`[faults] challenger_delay_ms`), the same on any CPU.
+onnx is a test-only dependency: the harness, which runs on a base install, ships these files
+(`harness.scenario_models`) and never imports this module.
 """
 
 from __future__ import annotations
@@ -28,36 +29,24 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from bench.scenario_models import (
+from harness.ground_truth import COLUMN as _COL
+from harness.ground_truth import FEATURES, ground_truth_ctr, sample_features, sample_requests
+from harness.ground_truth import sigmoid as _sigmoid
+from harness.scenario_models import (
     ALIASES,
+    MODELS_DIR,
     RAISE_FEATURE,
     RAISE_THRESHOLD,
     REGRESSED_DEVICE,
     WORSE_RELEVANCE_CAP,
 )
 
-# The world's names stay importable from here (the `X as X` imports re-export them).
-from bench.world import AD_FEATURES as AD_FEATURES
-from bench.world import COLUMN as _COL
-from bench.world import CONTEXT_FEATURES as CONTEXT_FEATURES
-from bench.world import COUNTRY_TIERS as COUNTRY_TIERS
-from bench.world import CREATIVE_TYPES as CREATIVE_TYPES
-from bench.world import DEVICE_TYPES as DEVICE_TYPES
-from bench.world import FEATURES, ground_truth_ctr, sample_features
-from bench.world import PUBLISHER_CATEGORIES as PUBLISHER_CATEGORIES
-from bench.world import device_index as device_index
-from bench.world import ground_truth_logit as ground_truth_logit
-from bench.world import sample_requests as sample_requests
-from bench.world import segments as segments
-from bench.world import sigmoid as _sigmoid
-from bench.world import top_choice_ctr as top_choice_ctr
-
 SEED = 20240611
 OPSET = 17
 IR_VERSION = 9  # onnxruntime 1.18 reads IR versions up to 9
 INPUT_NAME = "features"
 OUTPUT_NAME = "ctr"
-DEMO_DIR = Path(__file__).resolve().parent.parent / "router" / "demo"
+DEMO_DIR = MODELS_DIR
 
 
 # --- fitting -------------------------------------------------------------------------------
@@ -374,42 +363,17 @@ def broken_raise() -> onnx.ModelProto:
     )
 
 
-SLOW_SIZE = 256
-SLOW_MATMULS = 48
-
-
-def slow() -> onnx.ModelProto:
-    """The champion's exact predictions plus ~15-20 ms of work per call on one thread (18 ms on
-    the 2-core AMD EPYC dev machine; fewer with more intra-op threads).
-
-    A chain of `SLOW_MATMULS` [256, 256] MatMuls starts from a matrix that depends on the input,
-    so the optimizer cannot fold it; its sum × 0 is added to the logit. The constant operand is
-    an Expand of a scalar, which keeps the file small (onnxruntime folds it at load).
-    """
-    g = _Graph()
-    shape = g.const("slow_shape", [SLOW_SIZE, SLOW_SIZE])
-    weight = g.op("Expand", [g.const("slow_scale", 1.0 / SLOW_SIZE), shape])
-    seed = g.op("ReduceSum", [g.op("Mul", [INPUT_NAME, g.const("zero", 0.0)])], keepdims=1)
-    y = g.op("Expand", [g.op("Add", [seed, g.const("one", 1.0)]), shape])
-    for _ in range(SLOW_MATMULS):
-        y = g.op("MatMul", [y, weight])
-    delay = g.op("Mul", [g.op("ReduceSum", [y], keepdims=1), g.const("slow_zero", 0.0)])
-    g.op("Sigmoid", [g.op("Add", [g.mlp_logit(fitted("champion")), delay])], out=OUTPUT_NAME)
-    return g.model("ctr-mlp-slow", "Slow: the champion's predictions, ~15-20 ms per call.")
-
-
 MODELS: dict[str, Callable[[], onnx.ModelProto]] = {
     "champion": champion,
     "challenger_better": challenger_better,
     "broken_constant": broken_constant,
     "broken_nan": broken_nan,
     "broken_raise": broken_raise,
-    "slow": slow,
     "miscalibrated": miscalibrated,
     "worse": worse,
     "segment_regression": segment_regression,
 }
-# What ships in router/demo/: every variant, plus the aliases `rampart demo` loads.
+# What ships in harness/models/: every variant, plus the aliases `rampart demo` loads.
 DEMO_MODELS: dict[str, Callable[[], onnx.ModelProto]] = {
     **MODELS,
     **{alias: MODELS[variant] for alias, variant in ALIASES.items()},
@@ -422,7 +386,7 @@ def write_all(outdir: Path | str) -> dict[str, Path]:
 
 
 def write_demo(outdir: Path | str = DEMO_DIR) -> dict[str, Path]:
-    """Write every variant and alias (see `DEMO_MODELS`), by default into router/demo/."""
+    """Write every variant and alias (see `DEMO_MODELS`), by default into harness/models/."""
     return _write(DEMO_MODELS, Path(outdir))
 
 
@@ -443,7 +407,7 @@ def _logit(p: float) -> float:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.modelgen", description=__doc__)
     parser.add_argument("outdir", nargs="?", type=Path, help="write every variant here")
-    parser.add_argument("--demo", action="store_true", help="regenerate router/demo/*.onnx")
+    parser.add_argument("--demo", action="store_true", help="regenerate harness/models/*.onnx")
     args = parser.parse_args(argv)
     if args.outdir is None and not args.demo:
         parser.error("give OUTDIR, --demo, or both")

@@ -9,7 +9,7 @@ out two challengers one after the other, with a live view of the rollout in the 
    Slack alert it sent, received by a local webhook.
 
 The policy is the production one on a scaled clock (one hour of the policy is half a second;
-see bench/scenarios.py). Everything it started is stopped when it ends or is interrupted.
+see harness/scenarios.py). Everything it started is stopped when it ends or is interrupted.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import sys
 import time
 from typing import Any
 
-from bench.scenarios import SCENARIOS, Session
+from harness.scenarios import SCENARIOS
+from harness.session import Session
 from rampart.status_table import status_text
 
 STAGES = (

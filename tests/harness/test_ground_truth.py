@@ -6,30 +6,27 @@ import sys
 import numpy as np
 import pytest
 
-from bench import scenario_models, world
-from bench.world import FEATURES
+from harness import ground_truth
+from harness.ground_truth import FEATURES
 
-TABLET = world.DEVICE_TYPES.index("tablet")
+TABLET = ground_truth.DEVICE_TYPES.index("tablet")
 
 
 @pytest.fixture(scope="module")
 def rows() -> tuple[np.ndarray, np.ndarray]:
-    x = world.sample_features(np.random.default_rng(1), 20_000)
-    return x, world.ground_truth_ctr(x)
+    x = ground_truth.sample_features(np.random.default_rng(1), 20_000)
+    return x, ground_truth.ground_truth_ctr(x)
 
 
-def test_world_imports_without_onnx() -> None:
-    code = (
-        "import sys; import bench.world, bench.scenario_models; "
-        "assert 'onnx' not in sys.modules, 'onnx imported'"
-    )
+def test_ground_truth_imports_without_onnx() -> None:
+    code = "import sys, harness.ground_truth; assert 'onnx' not in sys.modules, 'onnx imported'"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
 
 
 def test_sample_features_is_deterministic_float32_rows() -> None:
-    a = world.sample_features(np.random.default_rng(5), 100)
-    b = world.sample_features(np.random.default_rng(5), 100)
+    a = ground_truth.sample_features(np.random.default_rng(5), 100)
+    b = ground_truth.sample_features(np.random.default_rng(5), 100)
     assert a.dtype == np.float32
     assert a.shape == (100, len(FEATURES)) == (100, 30)
     assert np.array_equal(a, b)
@@ -43,38 +40,40 @@ def test_ground_truth_ctr_averages_about_two_percent(rows: tuple[np.ndarray, np.
 
 
 def test_ground_truth_ctr_device_index_overrides_one_hot_columns() -> None:
-    x = world.sample_features(np.random.default_rng(6), 1000)
-    derived = world.device_index(x)
-    assert np.array_equal(world.ground_truth_ctr(x, derived), world.ground_truth_ctr(x))
-    as_tablet = world.ground_truth_ctr(x, np.full(len(x), TABLET))
+    x = ground_truth.sample_features(np.random.default_rng(6), 1000)
+    derived = ground_truth.device_index(x)
+    assert np.array_equal(
+        ground_truth.ground_truth_ctr(x, derived), ground_truth.ground_truth_ctr(x)
+    )
+    as_tablet = ground_truth.ground_truth_ctr(x, np.full(len(x), TABLET))
     assert not np.allclose(
-        as_tablet[derived != TABLET], world.ground_truth_ctr(x)[derived != TABLET]
+        as_tablet[derived != TABLET], ground_truth.ground_truth_ctr(x)[derived != TABLET]
     )
 
 
 def test_sample_requests_share_context_between_candidates() -> None:
-    x = world.sample_requests(np.random.default_rng(7), 50, 4)
-    context = [FEATURES.index(n) for n in world.CONTEXT_FEATURES]
-    ads = [FEATURES.index(n) for n in world.AD_FEATURES]
+    x = ground_truth.sample_requests(np.random.default_rng(7), 50, 4)
+    context = [FEATURES.index(n) for n in ground_truth.CONTEXT_FEATURES]
+    ads = [FEATURES.index(n) for n in ground_truth.AD_FEATURES]
     assert np.array_equal(x[:, :, context], np.repeat(x[:, :1, context], 4, axis=1))
     assert not np.array_equal(x[:, 0, ads], x[:, 1, ads])
 
 
 def test_segments_label_every_row() -> None:
-    x = world.sample_features(np.random.default_rng(8), 2000)
-    seg = world.segments(x)
-    for key, labels in world.LABELS.items():
+    x = ground_truth.sample_features(np.random.default_rng(8), 2000)
+    seg = ground_truth.segments(x)
+    for key, labels in ground_truth.LABELS.items():
         assert set(seg[key]) == set(labels), key
     tablet = x[:, FEATURES.index("device_tablet")] == 1
     assert np.all((seg["device_type"] == "tablet") == tablet)
 
 
 def test_sample_requests_default_mix_matches_default_proportions() -> None:
-    x = world.sample_requests(np.random.default_rng(9), 20_000, 2)
-    seg = world.segments(x)
-    for dim, shares in world.DEFAULT_MIX.items():
+    x = ground_truth.sample_requests(np.random.default_rng(9), 20_000, 2)
+    seg = ground_truth.segments(x)
+    for dim, shares in ground_truth.DEFAULT_MIX.items():
         labels = seg[dim][:, 0]
-        seen = [np.mean(labels == label) for label in world.LABELS[dim]]
+        seen = [np.mean(labels == label) for label in ground_truth.LABELS[dim]]
         np.testing.assert_allclose(seen, shares, atol=0.015, err_msg=dim)
 
 
@@ -83,16 +82,16 @@ def test_sample_requests_mix_overrides_named_dimensions_only() -> None:
         "device_type": {"mobile": 0.2, "desktop": 0.3, "tablet": 0.5},
         "creative_type": {"video": 1},
     }
-    x = world.sample_requests(np.random.default_rng(10), 20_000, 3, mix=mix)
-    seg = world.segments(x)
+    x = ground_truth.sample_requests(np.random.default_rng(10), 20_000, 3, mix=mix)
+    seg = ground_truth.segments(x)
     device = seg["device_type"][:, 0]
-    seen = [np.mean(device == d) for d in world.DEVICE_TYPES]
+    seen = [np.mean(device == d) for d in ground_truth.DEVICE_TYPES]
     np.testing.assert_allclose(seen, [0.2, 0.3, 0.5], atol=0.015)
     assert np.all(seg["creative_type"] == "video")
     country = seg["country_tier"][:, 0]
     np.testing.assert_allclose(
-        [np.mean(country == t) for t in world.COUNTRY_TIERS],
-        world.DEFAULT_MIX["country_tier"],
+        [np.mean(country == t) for t in ground_truth.COUNTRY_TIERS],
+        ground_truth.DEFAULT_MIX["country_tier"],
         atol=0.015,
     )
 
@@ -100,23 +99,24 @@ def test_sample_requests_mix_overrides_named_dimensions_only() -> None:
 def test_sample_requests_without_mix_keeps_the_fitted_draws() -> None:
     # The models were fitted on these exact draws; an explicit default mix must not move them.
     default = {
-        dim: dict(zip(world.LABELS[dim], p, strict=True)) for dim, p in world.DEFAULT_MIX.items()
+        dim: dict(zip(ground_truth.LABELS[dim], p, strict=True))
+        for dim, p in ground_truth.DEFAULT_MIX.items()
     }
-    a = world.sample_requests(np.random.default_rng(11), 500, 2)
-    b = world.sample_requests(np.random.default_rng(11), 500, 2, mix={})
-    c = world.sample_requests(np.random.default_rng(11), 500, 2, mix=default)
+    a = ground_truth.sample_requests(np.random.default_rng(11), 500, 2)
+    b = ground_truth.sample_requests(np.random.default_rng(11), 500, 2, mix={})
+    c = ground_truth.sample_requests(np.random.default_rng(11), 500, 2, mix=default)
     assert np.array_equal(a, b)
     assert np.array_equal(a, c)
 
 
 def test_parse_mix_reads_dimensions_and_weights() -> None:
-    assert world.parse_mix(
+    assert ground_truth.parse_mix(
         "device_type=mobile:0.2,desktop:0.3,tablet:0.5;country_tier=tier1:1"
     ) == {
         "device_type": {"mobile": 0.2, "desktop": 0.3, "tablet": 0.5},
         "country_tier": {"tier1": 1.0},
     }
-    assert world.resolve_mix({"device_type": {"tablet": 2, "mobile": 2}})["device_type"] == (
+    assert ground_truth.resolve_mix({"device_type": {"tablet": 2, "mobile": 2}})["device_type"] == (
         0.5,
         0.0,
         0.5,
@@ -136,31 +136,18 @@ def test_parse_mix_reads_dimensions_and_weights() -> None:
 )
 def test_parse_mix_refuses_bad_mix(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        world.parse_mix(text)
+        ground_truth.parse_mix(text)
 
 
 def test_feature_columns_reorder_rows_and_refuse_unknown_names() -> None:
-    x = world.sample_features(np.random.default_rng(12), 5)
-    cols = world.feature_columns(["ad_relevance", "device_tablet"])
+    x = ground_truth.sample_features(np.random.default_rng(12), 5)
+    cols = ground_truth.feature_columns(["ad_relevance", "device_tablet"])
     assert np.array_equal(x[:, cols], x[:, [FEATURES.index("ad_relevance"), 10]])
     with pytest.raises(ValueError, match=r"\['feat0'\]"):
-        world.feature_columns(["ad_relevance", "feat0"])
+        ground_truth.feature_columns(["ad_relevance", "feat0"])
 
 
 def test_top_choice_ctr_takes_the_top_scored_candidate() -> None:
     predictions = np.array([[0.1, 0.3], [0.5, 0.2]])
     truth = np.array([[0.0, 1.0], [0.5, 0.0]])
-    assert world.top_choice_ctr(predictions, truth) == 0.75
-
-
-@pytest.mark.parametrize(
-    "variant", [pytest.param(v, id=v) for v in (*scenario_models.VARIANTS, "challenger")]
-)
-def test_demo_model_path_finds_shipped_file(variant: str) -> None:
-    path = scenario_models.demo_model_path(variant)
-    assert path.name == f"{variant}.onnx" and path.stat().st_size > 500
-
-
-def test_demo_model_path_refuses_unknown_variant() -> None:
-    with pytest.raises(ValueError, match="unknown model variant 'better'"):
-        scenario_models.demo_model_path("better")
+    assert ground_truth.top_choice_ctr(predictions, truth) == 0.75

@@ -16,31 +16,27 @@ import httpx
 import msgpack
 import numpy as np
 import pytest
-from conftest import Server, rampart, start_server, stop_server
+from support.server import Server, register, serving
 
-from bench import simulator, world
-from bench.loadgen import TargetNotAllowed
-from bench.scenario_models import demo_model_path
-from bench.simulator import SimConfig, SimStats
+from harness import ground_truth, simulator
+from harness.scenario_models import model_path
+from harness.simulator import SimConfig, SimStats
+from harness.target import TargetNotAllowed
 
 
 @pytest.fixture(scope="module")
 def champion_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """`rampart serve` with the shipped champion, warmed up (its first answers are slow)."""
     state = tmp_path_factory.mktemp("sim") / "state"
-    out = rampart("models", "register", str(demo_model_path("champion")), "--state-dir", str(state))
-    assert out.returncode == 0, out.stderr
-    server = start_server(state)
-    try:
-        rows = world.sample_requests(np.random.default_rng(0), 20, 4).tolist()
+    register(state, model_path("champion"))
+    with serving(state) as server:
+        rows = ground_truth.sample_requests(np.random.default_rng(0), 20, 4).tolist()
         with httpx.Client(base_url=server.url, timeout=10) as client:
             for i, row in enumerate(rows):
                 body = msgpack.packb({"request_id": f"warm-{i}", "features": row})
                 headers = {"content-type": "application/msgpack"}
                 assert client.post("/predict", content=body, headers=headers).status_code == 200
         yield server
-    finally:
-        stop_server(server)
 
 
 def _server_arm(server: Server, stats: SimStats) -> dict[str, Any]:
@@ -186,30 +182,30 @@ def test_sim_config_refuses_bad_settings(kwargs: dict[str, Any], message: str) -
 
 def _decoded(config: SimConfig, features: list[str], n: int) -> list[dict[str, Any]]:
     batch = simulator.make_batch(config, np.random.default_rng(config.seed), features, 0, n)
-    return [msgpack.unpackb(r.split(b"\r\n\r\n", 1)[1]) for r in batch.requests]
+    return [msgpack.unpackb(body) for body in batch.bodies]
 
 
 def test_make_batch_honours_the_segment_mix() -> None:
     mix = {"device_type": {"tablet": 1.0}, "publisher_category": {"news": 1, "games": 1}}
     config = SimConfig("http://127.0.0.1:8000", rate=10, duration_s=1, mix=mix)
-    bodies = _decoded(config, world.FEATURES, 2000)
+    bodies = _decoded(config, ground_truth.FEATURES, 2000)
     assert {b["segment"]["device_type"] for b in bodies} == {"tablet"}
-    tablet = world.FEATURES.index("device_tablet")
+    tablet = ground_truth.FEATURES.index("device_tablet")
     assert all(row[tablet] == 1.0 for b in bodies for row in b["features"])
     news = np.mean([b["segment"]["publisher_category"] == "news" for b in bodies])
     assert 0.45 < news < 0.55
     assert {b["segment"]["publisher_category"] for b in bodies} == {"news", "games"}
-    assert {b["segment"]["country_tier"] for b in bodies} == set(world.COUNTRY_TIERS)
+    assert {b["segment"]["country_tier"] for b in bodies} == set(ground_truth.COUNTRY_TIERS)
 
 
 def test_make_batch_orders_rows_like_the_model() -> None:
     features = ["device_tablet", "ad_relevance", "user_age_bucket"]
     config = SimConfig("http://127.0.0.1:8000", rate=10, duration_s=1, candidates=3)
     positional = _decoded(config, features, 5)
-    x = world.sample_requests(np.random.default_rng(config.seed), 5, 3)
+    x = ground_truth.sample_requests(np.random.default_rng(config.seed), 5, 3)
     np.testing.assert_array_equal(
         np.array([b["features"] for b in positional], dtype=np.float32),
-        x[:, :, world.feature_columns(features)],
+        x[:, :, ground_truth.feature_columns(features)],
     )
     assert len({b["request_id"] for b in positional}) == 5
     config.positional = False
@@ -227,6 +223,6 @@ def test_sim_stats_first_time_all_champion_finds_the_lasting_flip() -> None:
 
 
 def test_simulator_imports_without_onnx() -> None:
-    code = "import sys, bench.simulator; assert 'onnx' not in sys.modules, 'onnx imported'"
+    code = "import sys, harness.simulator; assert 'onnx' not in sys.modules, 'onnx imported'"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr

@@ -1,13 +1,12 @@
 """The scenario models as shipped package data, and what a scenario needs to know about them.
 
-`python -m bench.modelgen --demo` builds every variant into ``router/demo/<variant>.onnx``
+`python -m bench.modelgen --demo` builds every variant into ``harness/models/<variant>.onnx``
 (plus ``challenger.onnx``, the same model as ``challenger_better``, for `rampart demo`); the
 package ships them, so scenarios run without onnx installed. Importing this module is cheap.
 """
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 VARIANTS: tuple[str, ...] = (
@@ -16,13 +15,13 @@ VARIANTS: tuple[str, ...] = (
     "broken_constant",
     "broken_nan",
     "broken_raise",
-    "slow",
     "miscalibrated",
     "worse",
     "segment_regression",
 )
 # File names shipped besides the variants' own: `rampart demo` loads challenger.onnx.
 ALIASES: dict[str, str] = {"challenger": "challenger_better"}
+MODELS_DIR = Path(__file__).resolve().parent / "models"
 
 # The device whose ranking segment_regression breaks.
 REGRESSED_DEVICE = "tablet"
@@ -34,23 +33,13 @@ RAISE_THRESHOLD = 3.0
 WORSE_RELEVANCE_CAP = -0.5
 
 
-def demo_model_path(variant: str) -> Path:
+def model_path(variant: str) -> Path:
     """The shipped ONNX file of a scenario variant (or of an alias such as "challenger")."""
     if variant not in VARIANTS and variant not in ALIASES:
         raise ValueError(
             f"unknown model variant {variant!r}; the variants are {[*VARIANTS, *ALIASES]}"
         )
-    path = _router_dir() / "demo" / f"{variant}.onnx"
+    path = MODELS_DIR / f"{variant}.onnx"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run `python -m bench.modelgen --demo`")
     return path
-
-
-def _router_dir() -> Path:
-    # Located through one of its modules, not importlib.resources.files("router"): on pytest's
-    # sys.path, tests/router (no __init__.py) makes `router` a namespace package that shadows
-    # an editable install's package data, while its submodules still resolve to the package.
-    spec = importlib.util.find_spec("router.app")
-    if spec is None or spec.origin is None:
-        raise FileNotFoundError("the router package is not installed")
-    return Path(spec.origin).parent

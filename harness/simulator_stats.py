@@ -1,6 +1,6 @@
 """What a simulator run saw: answers by arm, events, lateness, latency and a timeline.
 
-`SimStats` is filled in place by `bench.simulator` while it runs (so an `on_tick` callback sees
+`SimStats` is filled in place by `harness.simulator` while it runs (so an `on_tick` callback sees
 it live) and is JSON-ready through `to_dict()`. `first_time_all_champion` reads the timeline: how
 long after a challenger went bad the client saw only champion answers.
 """
@@ -53,6 +53,7 @@ class SimStats:
     elapsed_s: float = 0.0
     scheduled: int = 0  # intended sends before the end (or the stop)
     sent: int = 0
+    returned: int = 0  # /predict requests back, answered or failed
     answered: int = 0
     arms: dict[str, ArmStats] = field(default_factory=lambda: {a: ArmStats() for a in ARMS})
     fallbacks: dict[str, int] = field(default_factory=dict)  # by the answer's reason

@@ -1,12 +1,12 @@
-"""The synthetic click-through-rate world the harness serves, with NumPy only.
+"""The synthetic ad traffic the harness sends, and each ad's true click probability (NumPy only).
 
 `FEATURES` names 30 ad-serving features. `sample_requests` draws requests of several candidate
 ads from a seeded generator, with a segment mix that can be overridden (`DEFAULT_MIX`,
 `resolve_mix`, `parse_mix`); `segments` labels rows with the four segment dimensions the
 router splits by; `ground_truth_ctr` is the true click probability of a row.
 
-This module must not import onnx: the simulator, `rampart demo` and the scenario harness run
-on a base install. `bench.modelgen` (a test-only tool) fits and builds the models from it.
+This module must not import onnx: the simulator, `rampart demo` and the scenarios run on a
+base install. `bench.modelgen` (a test-only tool) fits and builds the models from it.
 """
 
 from __future__ import annotations

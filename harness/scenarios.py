@@ -1,0 +1,130 @@
+"""The rollout scenarios: which challenger each rolls out, how it must end, and the server
+config they all run with.
+
+Each scenario registers the shipped champion and one challenger variant in a fresh state
+directory, starts `rampart serve` with `server_config` (production guardrail logic; only
+durations and sample minimums scaled), drives it with the simulator, starts the rollout and
+watches `/status` until the rollout ends (`harness.session`). The verdict says what happened
+(`outcome`, `phase`, `guardrail`), how long detection took as the client saw it
+(`detection_seconds`: from the challenger's first answer to the moment every answer comes from
+the champion), and whether that is what the scenario expects (`harness.verdict`).
+
+    rampart scenario broken-constant --json verdict.json
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from harness import ground_truth
+from harness.serve_process import pin
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    challenger: str  # model variant (harness/scenario_models.py)
+    outcome: str  # expected: promoted, rolled_back, stopped
+    phase: int
+    guardrails: tuple[str, ...]  # any of these may be the one named
+    disturb: str = ""  # "freeze-evaluator" or "restart-serve"
+    # Fault injection in the server ([faults] challenger_delay_ms): every challenger call takes
+    # this much longer, whatever the CPU. 0: no fault.
+    challenger_delay_ms: float = 0.0
+
+
+SCENARIOS = {
+    s.name: s
+    for s in (
+        Scenario("promote", "challenger_better", "promoted", 5, ("",)),
+        Scenario("broken-constant", "broken_constant", "rolled_back", 1, ("prediction_spread",)),
+        Scenario("broken-nan", "broken_nan", "rolled_back", 1, ("predictions_in_range",)),
+        Scenario("broken-raise", "broken_raise", "rolled_back", 1, ("error_rate",)),
+        # The champion's own model, 25 ms slower per call: 2.5x the 10 ms p99 bound, half the
+        # 50 ms challenger timeout (a timeout would be an error, not latency).
+        Scenario("slow", "champion", "rolled_back", 1, ("latency_p99",), challenger_delay_ms=25.0),
+        Scenario(
+            "miscalibrated",
+            "miscalibrated",
+            "rolled_back",
+            2,
+            ("calibration", "calibration_buckets"),
+        ),
+        Scenario("worse", "worse", "rolled_back", 3, ("ab_worse",)),
+        Scenario(
+            "segment-regression", "segment_regression", "stopped", 4, ("segment_degradation",)
+        ),
+        Scenario(
+            "evaluator-crash",
+            "challenger_better",
+            "rolled_back",
+            1,
+            ("evaluator_heartbeat",),
+            disturb="freeze-evaluator",
+        ),
+        Scenario(
+            "restart",
+            "miscalibrated",
+            "rolled_back",
+            2,
+            ("calibration", "calibration_buckets"),
+            disturb="restart-serve",
+        ),
+    )
+}
+
+# One config for every scenario and the demo. time_scale 1/7200: an hour of the policy is
+# half a second, so the 12-day promotion takes 144 s. Evidence minimums are lowered to what
+# ~2000 requests/s give in those seconds, and calibration buckets are 5% wide instead of 1%
+# (a few hundred clicks cannot fill 1%-wide ones); the thresholds themselves are the defaults.
+SCENARIO_CONFIG = """
+[serve]
+workers = 1
+stale_after_s = 3.0
+evaluator_cpu = {evaluator_cpu}
+
+[segments]
+publisher_category = {publishers}
+device_type = {devices}
+country_tier = {tiers}
+creative_type = {creatives}
+
+[calibration]
+bucket_width = 0.05
+
+[rollout]
+time_scale = 0.000138889
+sample_scale = 0.03
+window_s = 10.0
+journal_every_s = 1.0
+
+[guardrails]
+min_requests = 100
+min_latency_samples = 100
+min_ctr_impressions = 300
+min_predictions = 300
+min_srm_requests = 500
+min_calibration_clicks = 60
+min_bucket_clicks = 15
+min_segment_clicks = 120
+confidence = 0.99
+"""
+
+
+def server_config(challenger_delay_ms: float = 0.0) -> str:
+    """`SCENARIO_CONFIG` for this machine, with a `[faults]` section when a fault is asked."""
+
+    def toml_list(values: tuple[str, ...]) -> str:
+        return json.dumps([v for v in values if v != "other"])
+
+    text = SCENARIO_CONFIG.format(
+        evaluator_cpu=1 if pin(0) else -1,
+        publishers=toml_list(ground_truth.PUBLISHER_CATEGORIES),
+        devices=toml_list(ground_truth.DEVICE_TYPES),
+        tiers=toml_list(ground_truth.COUNTRY_TIERS),
+        creatives=toml_list(ground_truth.CREATIVE_TYPES),
+    )
+    if challenger_delay_ms > 0:
+        text += f"\n[faults]\nchallenger_delay_ms = {challenger_delay_ms}\n"
+    return text

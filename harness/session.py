@@ -1,0 +1,318 @@
+"""One `rampart serve` with the shipped champion, the simulator driving it, and rollouts on it.
+
+`Session` starts the server (pinned to core 0 when there are two), the simulator on its own
+thread (core 1) and a local Slack webhook; `Session.rollout` rolls out one scenario's
+challenger and returns the verdict when the rollout ends. `run_scenario` is one scenario on a
+fresh session: `rampart scenario NAME`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvloop
+
+from harness import simulator
+from harness.scenario_models import model_path
+from harness.scenarios import SCENARIOS, Scenario, server_config
+from harness.serve_process import ADMIN_TOKEN, Serve, free_port, pin
+from harness.simulator_stats import SimStats
+from harness.slack_sink import slack_sink
+from harness.verdict import traffic_summary, verdict
+
+Status = dict[str, Any]
+
+
+class Traffic:
+    """The simulator on its own thread and event loop, until stopped."""
+
+    def __init__(self, config: simulator.SimConfig) -> None:
+        self.config = config
+        self.stats: SimStats | None = None  # once stopped
+        self.live: SimStats | None = None  # from the first tick on, filled as it runs
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._running = threading.Event()
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="simulator", daemon=True)
+
+    def _run(self) -> None:
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            self.stats = await simulator.simulate(self.config, self._stop, self._tick)
+
+        try:
+            uvloop.run(main())
+        except BaseException as e:  # reported by start() or stop()
+            self.error = e
+        finally:
+            self._running.set()
+
+    def _tick(self, stats: SimStats) -> None:
+        self.live = stats
+        self._running.set()
+
+    def start(self, timeout_s: float = 30.0) -> SimStats:
+        """Start the simulator; returns its live stats once it is sending."""
+        self._thread.start()
+        self._running.wait(timeout_s)
+        if self.live is None:
+            raise RuntimeError(f"the simulator did not start: {self.error!r}") from self.error
+        return self.live
+
+    def settle(self, timeout_s: float = 10.0) -> SimStats:
+        """Until every request sent so far has come back and an answer that arrived after
+        the last of them is in the timeline: what the server did until now is all there."""
+        stats = self.live
+        assert stats is not None, "start() first"
+        deadline = time.monotonic() + timeout_s
+        sent = stats.sent
+        while stats.returned < sent and time.monotonic() < deadline:
+            time.sleep(0.02)
+        after = math.ceil((time.time() - stats.started_at) / stats.timeline_s)
+        while time.monotonic() < deadline:
+            if len(stats.buckets) > after and any(stats.buckets[after]):
+                break
+            time.sleep(0.02)
+        return stats
+
+    def stop(self) -> SimStats | None:
+        if self._loop is not None and self._stop is not None and not self._loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # closed in between: already done
+                self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(30)
+        if self.error is not None:
+            raise RuntimeError(f"the simulator failed: {self.error!r}") from self.error
+        return self.stats
+
+
+class Session:
+    """One `rampart serve` with the shipped champion, the simulator driving it, and a local
+    Slack webhook; rollouts run one after another on it (`rollout`)."""
+
+    def __init__(
+        self,
+        *,
+        rate: float = 2000.0,
+        seed: int = 1,
+        port: int = 0,
+        on_status: Callable[[Status], None] | None = None,
+        keep_state: Path | None = None,
+        prefix: str = "sim-",
+        max_s: float = 900.0,
+        challenger_delay_ms: float = 0.0,
+    ) -> None:
+        self.rate, self.seed, self.port, self.prefix = rate, seed, port, prefix
+        self.on_status = on_status
+        self.keep_state = keep_state
+        self.max_s = max_s
+        self.challenger_delay_ms = challenger_delay_ms
+        self.stack = contextlib.ExitStack()
+
+    def __enter__(self) -> Session:
+        if pin(1) and hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, {1})  # the ad server (simulator) and the workers apart
+        stack = self.stack.__enter__()
+        try:
+            self._enter(stack)
+        except BaseException:
+            stack.close()  # whatever started is stopped: __exit__ will not run
+            raise
+        return self
+
+    def _enter(self, stack: contextlib.ExitStack) -> None:
+        root = self.keep_state or Path(
+            stack.enter_context(tempfile.TemporaryDirectory(prefix="rampart-"))
+        )
+        self.state = root / "state"
+        self.register("champion")
+        self.config = root / "scenario.toml"
+        self.config.write_text(server_config(self.challenger_delay_ms))
+        slack_url, self.alerts = stack.enter_context(slack_sink())
+        env = dict(os.environ, RAMPART_ADMIN_TOKEN=ADMIN_TOKEN, RAMPART_SLACK_WEBHOOK=slack_url)
+        self.serve = Serve(self.state, self.config, self.port or free_port(), env)
+        stack.callback(self.serve.stop)
+        self._start_serve()
+        sim = simulator.SimConfig(
+            self.serve.url,
+            self.rate,
+            self.max_s,
+            seed=self.seed,
+            timeline_s=0.1,
+            request_prefix=self.prefix,
+        )
+        self.traffic = Traffic(sim)
+        stack.callback(self.traffic.stop)
+        self.traffic.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stack.__exit__(None, None, None)
+
+    def _start_serve(self) -> None:
+        self.serve.start()
+        self.serve.warm_up()
+        self.serve.wait_for_evaluator()
+
+    def register(self, variant: str) -> int:
+        from router.registry import Registry
+
+        registry = Registry(self.state)
+        try:
+            return registry.register(model_path(variant)).version
+        finally:
+            registry.close()
+
+    def inject_faults(self, challenger_delay_ms: float) -> None:
+        """Restart the server with this `[faults]` config, unless it already runs with it."""
+        if challenger_delay_ms == self.challenger_delay_ms:
+            return
+        self.challenger_delay_ms = challenger_delay_ms
+        self.config.write_text(server_config(challenger_delay_ms))
+        self.serve.stop()
+        self._start_serve()
+
+    def rollout(self, s: Scenario, timeout_s: float = 420.0) -> dict[str, Any]:
+        """Roll out the scenario's challenger and return the verdict when the rollout ends."""
+        self.inject_faults(s.challenger_delay_ms)
+        began = time.monotonic()
+        alerts_before = len(self.alerts)
+        version = self.register(s.challenger)
+        started_wall = time.time()
+        rollout_id = self.serve.admin("start", {"version": str(version)})["rollout"]
+        watch = _Watch(self.serve, self.on_status)
+        extra = _disturb(s, self.serve, watch, self.traffic) if s.disturb else {}
+
+        def ended(st: Status) -> bool:
+            return not st.get("rollout") and (st.get("last_rollout") or {}).get("id") == rollout_id
+
+        final = watch.until(ended, began + timeout_s)
+        stats = self.traffic.settle()  # answers in flight at the flip reach the timeline
+        deadline = time.monotonic() + 5.0  # delivery runs on its own thread, after the flip
+        while len(self.alerts) == alerts_before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        alert = self.alerts[-1] if len(self.alerts) > alerts_before else None
+        seconds = time.monotonic() - began
+        return verdict(s, final, watch.phases, stats, alert, extra, seconds, started_wall)
+
+
+def run_scenario(
+    name: str,
+    *,
+    rate: float = 2000.0,
+    seed: int = 1,
+    timeout_s: float = 420.0,
+    on_status: Callable[[Status], None] | None = None,
+    keep_state: Path | None = None,
+) -> dict[str, Any]:
+    """Run one scenario on a fresh server and return its verdict (see harness.scenarios)."""
+    if name not in SCENARIOS:
+        raise ValueError(f"unknown scenario {name!r}; scenarios: {', '.join(SCENARIOS)}")
+    scenario = SCENARIOS[name]
+    session = Session(
+        rate=rate,
+        seed=seed,
+        on_status=on_status,
+        keep_state=keep_state,
+        prefix=f"{name}-",
+        max_s=timeout_s + 60,
+        challenger_delay_ms=scenario.challenger_delay_ms,
+    )
+    with session:
+        result = session.rollout(scenario, timeout_s)
+        stats = session.traffic.stop()
+    if stats is not None:
+        result["traffic"] = traffic_summary(stats)
+    return result
+
+
+class _Watch:
+    """Polls `/status` until a condition holds, noting when each phase was entered."""
+
+    def __init__(self, serve: Serve, on_status: Callable[[Status], None] | None) -> None:
+        self.serve = serve
+        self.on_status = on_status
+        self.phases: list[tuple[int, float]] = []
+        self.t0 = time.monotonic()
+
+    def until(self, done: Callable[[Status], bool], deadline: float) -> Status:
+        status: Status = {}
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                status = self.serve.status()
+                phase = int(status.get("phase", 0))
+                if phase and (not self.phases or self.phases[-1][0] != phase):
+                    self.phases.append((phase, round(time.monotonic() - self.t0, 2)))
+                if self.on_status:
+                    self.on_status(status)
+                if status.get("state") not in (None, "loading") and done(status):
+                    return status
+            time.sleep(0.25)
+        raise TimeoutError(
+            "the rollout did not finish in time; last status: "
+            f"phase {status.get('phase')}, next: {status.get('next')}"
+        )
+
+
+def _disturb(s: Scenario, serve: Serve, watch: _Watch, traffic: Traffic) -> dict[str, Any]:
+    deadline = time.monotonic() + 120
+    stats = traffic.live
+    assert stats is not None
+    served = stats.arms["challenger"].requests
+    status = watch.until(lambda st: st.get("state") == "running", deadline)
+    # The split is in force: the ad server has had answers from the challenger.
+    while stats.arms["challenger"].requests == served:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the challenger answered nothing in phase 1")
+        time.sleep(0.05)
+    before = status["rollout"]
+    if s.disturb == "restart-serve":
+        serve.stop()
+        serve.start()
+        serve.warm_up()
+        serve.wait_for_evaluator()
+        after = watch.until(lambda st: bool(st.get("rollout")), deadline)["rollout"]
+        return {
+            "restart": {
+                "same_rollout": after["id"] == before["id"],
+                "phase_before": before["phase"],
+                "phase_after": after["phase"],
+                "phase_started_kept": after["phase_started"] == before["phase_started"],
+            }
+        }
+    # freeze-evaluator: a hung evaluator (alive, no heartbeat). Workers must fall back to
+    # the champion within stale_after_s; the supervisor then replaces the hung process.
+    pid = int(status["evaluator"]["pid"])
+    os.kill(pid, signal.SIGSTOP)
+    frozen, frozen_wall = time.monotonic(), time.time()
+    stale = watch.until(lambda st: bool(st.get("stale")), deadline)
+    stale_after = time.monotonic() - frozen
+    resumed = watch.until(
+        lambda st: not st.get("stale") and st.get("evaluator", {}).get("pid") != pid, deadline
+    )
+    resumed_wall = time.time()
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGCONT)
+    serve.admin("rollback")  # end the scenario; the verdict is about the fail-safe
+    return {
+        "freeze": {
+            "frozen_at": frozen_wall,
+            "resumed_at": resumed_wall,
+            "stale_seen_s": round(stale_after, 2),
+            "effective_split_during_stale": stale.get("effective_split_bp"),
+            "resumed_phase": resumed.get("phase"),
+            "phase_before": before["phase"],
+            "same_rollout": (resumed.get("rollout") or {}).get("id") == before["id"],
+        }
+    }
