@@ -64,7 +64,7 @@ from router.status import EvaluatorStatus, FleetInfo, LocalBreach
 
 # Breaches a host acts on alone, from its own slabs.
 LOCAL_CHECKS = (checks.predictions_in_range, checks.error_rate, checks.latency_p99)
-STATUS_REFRESH_S = 5.0  # how stale a follower's copy of the leader's status may get
+STATUS_REFRESH_S = 2.0  # how stale a follower's copy of the leader's status may get
 POLL_S = 0.1  # admin commands and wake-ups, between ticks
 
 
@@ -72,18 +72,18 @@ def default_host_id(port: int) -> str:
     return f"{socket.gethostname()}:{port}"
 
 
-def incarnation(state_dir: Path) -> str:
-    """Who this host's counts belong to: a random id kept in the state directory, tied to
-    this state file. A wiped state directory (or a new state file) is a new incarnation,
-    so its fresh counts never overwrite what the old one published."""
+def incarnation(state_dir: Path, shm: SharedMemory) -> str:
+    """Whose counts these are: a random id kept in the state directory, and when its state
+    file was made. A wiped state directory (or a new state file) is a new incarnation, so
+    its fresh counts never overwrite what the old one published; a restart is not."""
     path = state_dir / "fleet.incarnation"
     try:
         base = path.read_text().strip()
     except FileNotFoundError:
         base = secrets.token_hex(6)
         path.write_text(base + "\n")
-    st = (state_dir / STATE_FILE).stat()
-    return f"{base}-{st.st_ino:x}-{st.st_ctime_ns % 10**9:x}"
+    created = int(shm.control["created_ns"]) or (state_dir / STATE_FILE).stat().st_ino
+    return f"{base}-{created:x}"
 
 
 class HostAgent:
@@ -103,7 +103,7 @@ class HostAgent:
         self.control = control
         self.store = store
         self.host_id = host_id
-        self.incarnation = incarnation(self.state)
+        self.incarnation = incarnation(self.state, shm)
         self.policy = Policy.from_config(config)
         self.codes = SegmentCodes(config.segments)
         self.registry = Registry(self.state)
@@ -119,12 +119,14 @@ class HostAgent:
         self.generation: str | None = None
         self.unreachable_since: float | None = None
         self.breach: LocalBreach | None = None
+        self.leader_id: str | None = None
         self.wake_leader = False
         self.seq = 0
         self.forwarded: dict[int, str] = {}  # local command id -> fleet command id
         self.status: EvaluatorStatus = dict(status_file.IDLE)  # type: ignore[assignment]
         self.status_at = 0.0
         self.status_version = 0  # of the decision the copied status went with
+        self.decision_at = 0.0  # when this host first saw the current decision version
         self.wakeups: Wakeups | None = None
         self.baseline_rollout, self.baseline = self._load_baseline()
         # Until a decision is read, this host serves the champion alone.
@@ -151,6 +153,7 @@ class HostAgent:
         if self.unreachable_since is not None:
             print(f"rampart fleet: store is back ({self.store.name})", file=sys.stderr)
         self.unreachable_since = None
+        self.leader_id = t.leader
         if self._lost(t):
             return
         try:
@@ -160,6 +163,8 @@ class HostAgent:
             return
         decision = self.serving.decision if self.serving is not None else None
         if decision is None and t.decision is not None:
+            if t.decision.version != self.decision_version:
+                self.decision_at = now
             decision, self.decision_version = t.decision.body, t.decision.version
         if decision is not None:
             self._apply(decision)
@@ -432,12 +437,17 @@ class HostAgent:
             raw = self.store.load_state("status")
             if raw is not None:
                 self.status, self.status_at = json.loads(zlib.decompress(raw)), now
-                self.status_version = self.decision_version
+                # A wake-up can bring the decision before the leader has stored the status
+                # that goes with it: read again next tick before trusting this copy.
+                fresh = now - self.decision_at > 1.0
+                self.status_version = self.decision_version if fresh else -1
         doc: EvaluatorStatus = {**self.status}
         fleet: FleetInfo = {**(doc.get("fleet") or self._fleet_info(hosts=False))}
         fleet["store"] = "unreachable" if self.unreachable_since is not None else "ok"
         fleet["unreachable_since"] = self.unreachable_since
         fleet["host"] = self.host_id
+        if self.unreachable_since is None:
+            fleet["leader"] = self.leader_id  # the lease holder now, not as of the copy
         fleet["local_breach"] = self.breach
         doc["fleet"] = fleet
         if self.decision is not None:  # the fleet's split; this host's is effective_split_bp

@@ -244,6 +244,7 @@ class Tick(NamedTuple):
     lease: Lease | None  # None: not asked for, or another host leads
     decision: Decision | None
     generation: str | None
+    leader: str | None  # the lease holder's host id
 
 
 class FleetStore:
@@ -449,13 +450,20 @@ class FleetStore:
             ops.append((self._acquire, self._acquire_args(host_id, lease_ms)))
         started = time.monotonic()
         replies = self._pipeline(
-            ops, [("HGETALL", self.key("decision")), ("GET", self.key("created"))]
+            ops,
+            [
+                ("HGETALL", self.key("decision")),
+                ("GET", self.key("created")),
+                ("GET", self.key("leader")),
+            ],
         )
         published = bool(replies[1]) if evidence is not None else None
         lease = None
         if lease_ms is not None:
             lease = _lease(replies[len(ops) - 1], host_id, started, lease_ms)
-        return Tick(published, lease, _decision(replies[-2]), _text(replies[-1]))
+        return Tick(
+            published, lease, _decision(replies[-3]), _text(replies[-2]), _text(replies[-1])
+        )
 
     # --- admin commands -------------------------------------------------------------------
 

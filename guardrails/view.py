@@ -237,6 +237,15 @@ def status(
             "method": c.method,
             "sequential": {"estimate": s.estimate, "lower": s.lower, "upper": s.upper},
         }
+        out["evidence"] = {
+            name: {
+                "requests": arm.requests,
+                "errors": arm.errors,
+                "impressions": arm.impressions,
+                "clicks": arm.clicks,
+            }
+            for name, arm in (("champion", e.champion), ("challenger", e.challenger))
+        }
         out["calibration"]["buckets"] = _buckets(e, bucket_width)
         out["latency"] = {"champion": _latency(e.champion), "challenger": _latency(e.challenger)}
         out["segments"] = [vars(s) for s in e.segments]

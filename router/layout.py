@@ -107,6 +107,7 @@ CONTROL_DTYPE = np.dtype(
             "evaluator_pid",
             "slot_model",
             "slot_seq",
+            "created_ns",
         ],
         "formats": [
             "<u8",
@@ -120,9 +121,12 @@ CONTROL_DTYPE = np.dtype(
             "<i8",
             "(2,)<i8",
             "(2,)<u8",
+            "<i8",
         ],
         # The control word sits alone at the start of its own cache line.
-        "offsets": [0, 8, 16, 24, 32, 64, 128, 136, 144, 192, 208],
+        # created_ns (when the file was made; 0 in files older than it) names this file's
+        # counts: fleet mode publishes them as one incarnation.
+        "offsets": [0, 8, 16, 24, 32, 64, 128, 136, 144, 192, 208, 256],
         "itemsize": CONTROL_BYTES,
     }
 )

@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import mmap
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,6 +157,7 @@ def _create(path: Path, geometry: Geometry) -> None:
         header["n_slabs"] = geometry.n_slabs
         header["n_cells"] = geometry.n_cells
         header["n_buckets"] = geometry.n_buckets
+        header["created_ns"] = time.time_ns()
         header["control"] = 0  # split 0, champion in slot 0, no challenger, generation 0
         os.pwrite(fd, header.tobytes(), 0)
         os.fsync(fd)

@@ -104,6 +104,9 @@ class EvaluatorStatus(TypedDict, total=False):
     guardrails: list[Guardrail]
     next: str  # what must happen for the next step
     comparison: dict[str, Any] | None
+    # What the guardrails judged, per arm (the champion's since the rollout started; in
+    # fleet mode summed over every host): requests, errors, impressions, clicks.
+    evidence: dict[str, dict[str, int]]
     series: list[dict[str, Any]]
     calibration: dict[str, Any]
     latency: dict[str, Any] | None
