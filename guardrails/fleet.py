@@ -55,7 +55,6 @@ from router import snapshot
 from router import status as status_file
 from router.config import Config
 from router.control import ControlWriter
-from router.layout import Counter
 from router.mailbox import AdminMailbox
 from router.registry import Registry, Status
 from router.shared_memory import STATE_FILE, SharedMemory
@@ -236,8 +235,7 @@ class HostAgent:
         slots = list(local.slots)
         assert self.baseline is not None
         slots[champion_slot] = slots[champion_slot] - self.baseline
-        stale = int(local.champion.counters[Counter.STALE_ROUTED])
-        ev = HostEvidence(local.slot_model, (slots[0], slots[1]), local.rejects, stale)
+        ev = HostEvidence(local.slot_model, (slots[0], slots[1]), local.rejects)
         blob = fleet_evidence.encode(ev, self.config.segments.n_cells, self.config.n_buckets)
         self.seq = max(self.seq + 1, time.time_ns() // 1000)
         return rollout_id, self.incarnation, self.seq, blob

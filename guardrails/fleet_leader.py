@@ -18,10 +18,9 @@ from typing import Any
 
 import msgpack
 
-from guardrails import fleet_evidence
 from guardrails.checks import Result
-from guardrails.fleet_evidence import EvidenceError, HostEvidence
-from guardrails.fleet_store import FleetStore
+from guardrails.fleet_evidence import Merger
+from guardrails.fleet_store import FleetStore, Host
 from guardrails.policy import State
 from guardrails.rollouts import (
     Event,
@@ -71,9 +70,10 @@ class FleetServing:
         self.store = store
         self.epoch = epoch
         self.decision = dict(decision)
-        self.n_cells, self.n_buckets = n_cells, n_buckets
+        self.merger = Merger(n_cells, n_buckets)
         self.live_s = live_s
         self.unreadable: dict[str, str] = {}  # host -> why its evidence was left out
+        self._hosts: list[Host] | None = None
         self.hosts_seen = 0
 
     # -- the decision -----------------------------------------------------------------------------
@@ -105,24 +105,25 @@ class FleetServing:
     def take(self) -> Snapshot:
         d = self.decision
         slot_model = (int(d["slot_model"][0]), int(d["slot_model"][1]))
-        hosts: list[HostEvidence] = []
-        self.unreadable = {}
-        for e in self.store.all_evidence(d["rollout_id"]):
-            try:
-                hosts.append(fleet_evidence.decode(e.blob, self.n_cells, self.n_buckets))
-            except EvidenceError as err:  # counted out, and said so in /status
-                self.unreadable[e.host_id] = str(err)
-        slots, rejects = fleet_evidence.merge(hosts, slot_model, self.n_cells, self.n_buckets)
-        self.hosts_seen = len(hosts)
+        self._hosts = None
+        evidence = self.store.all_evidence(d["rollout_id"])
+        slots, rejects, bad = self.merger.merge([e.blob for e in evidence], slot_model)
+        # Left out of the sums, and said so in /status.
+        self.unreadable = {evidence[n].host_id: why for n, why in bad.items()}
+        self.hosts_seen = len(evidence) - len(bad)
         word = pack(d["split_bp"], d["champion_slot"], d["has_challenger"], 0)
         now = time.time_ns()
-        return Snapshot(now, word, now, slot_model, (0, 0), slots, rejects, len(hosts))
+        return Snapshot(now, word, now, slot_model, (0, 0), slots, rejects, self.hosts_seen)
 
-    def _live_hosts(self) -> list[Any]:
-        return [h for h in self.store.hosts() if h.age_s <= self.live_s]
+    def _live_hosts(self) -> list[Host]:
+        """Hosts heard from within `live_s`, read once per evidence snapshot (a tick)."""
+        if self._hosts is None:
+            self._hosts = [h for h in self.store.hosts() if h.age_s <= self.live_s]
+        return self._hosts
 
     def loaded_everywhere(self, slot: int) -> bool:
         version = self.slot_model(slot)
+        self._hosts = None  # asked while loading, before any snapshot: read afresh
         hosts = self._live_hosts()
         return bool(hosts) and all(h.info.get("loaded", [0, 0])[slot] == version for h in hosts)
 
