@@ -62,7 +62,8 @@ DEFAULT_PHASES = (
 
 @dataclass(frozen=True)
 class Guards:
-    """Thresholds of the guardrails (see guardrails/checks.py for each)."""
+    """Thresholds of the guardrails (guardrails/checks.py lists them; each is in safety.py,
+    calibration.py or comparison.py)."""
 
     max_error_rate: float = 0.001
     max_p99_ms: float = 10.0
@@ -212,7 +213,7 @@ def decide(
     time_in_phase_s: float,
     paused: bool,
 ) -> Decision:
-    """One tick's decision from the guardrail results (guardrails/checks.py `Result`s).
+    """One tick's decision from the guardrail results (`checks.evaluate`'s `Result`s).
 
     A failed guardrail acts at once, paused or not. Advancing needs every result of the
     phase to pass (duration and sample are results too). A phase past its maximum

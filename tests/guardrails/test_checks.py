@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from builders import POLICY, Slot, cell, evidence, healthy, served
 
-from guardrails import checks
+from guardrails import checks, safety
 from guardrails.checks import Evidence, Result
 from guardrails.policy import DAY, Action, Policy, State, decide
 
@@ -131,6 +131,22 @@ def test_guardrail_state(check: Check, make: Callable[[], Evidence], state: Stat
     assert r.state == state, r
     assert r.name == check.__name__
     assert r.stops is (state == F and check is ci.segment_degradation)
+
+
+@pytest.mark.parametrize(
+    ("confidence", "z"),
+    [
+        pytest.param(0.95, 1.959963984540054, id="95pct"),
+        pytest.param(0.999, 3.2905267314918945, id="99.9pct"),
+        pytest.param(1 - 1e-9, 6.1094102, id="bonferroni-tail"),
+    ],
+)
+def test_two_sided_z_is_the_normal_quantile(confidence: float, z: float) -> None:
+    assert safety.two_sided_z(confidence) == pytest.approx(z, rel=1e-7)
+
+
+def test_error_evalue_line_is_one_over_the_miss_rate() -> None:
+    assert safety.error_evalue_line(POLICY.guards) == pytest.approx(np.log(1000))
 
 
 def test_error_rate_fail_reports_counts_and_evidence() -> None:
