@@ -291,38 +291,6 @@ def beta_compare_kernel(
     return 1.0 - q, q, 1
 
 
-def _norm_ppf(p: float) -> float:
-    """Inverse standard normal CDF: Acklam's rational approximation plus one Halley step.
-
-    Superseded by `statistics.NormalDist().inv_cdf`; kept only while the committed
-    `guardrails.checks` still calls it."""
-    a = (-39.69683028665376, 220.9460984245205, -275.9285104469687,
-         138.3577518672690, -30.66479806614716, 2.506628277459239)  # fmt: skip
-    b = (-54.47609879822406, 161.5858368580409, -155.6989798598866,
-         66.80131188771972, -13.28068155288572)  # fmt: skip
-    c = (-7.784894002430293e-03, -0.3223964580411365, -2.400758277161838,
-         -2.549732539343734, 4.374664141464968, 2.938163982698783)  # fmt: skip
-    d = (7.784695709041462e-03, 0.3224671290700398, 2.445134137142996, 3.754408661907416)
-    if p < 0.02425:
-        q = math.sqrt(-2 * math.log(p))
-        x = (((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) / (
-            (((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1
-        )
-    elif p > 1 - 0.02425:
-        return -_norm_ppf(1 - p)
-    else:
-        q = p - 0.5
-        r = q * q
-        x = (
-            (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5])
-            * q
-            / (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1)
-        )
-    e = 0.5 * math.erfc(-x / math.sqrt(2)) - p
-    u = e * math.sqrt(2 * math.pi) * math.exp(x * x / 2)
-    return x - u / (1 + x * u / 2)
-
-
 # --- Bayesian comparison ------------------------------------------------------------------------
 
 
