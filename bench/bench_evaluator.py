@@ -482,6 +482,12 @@ def _challenger_ids(prefix: str, n: int, split_bp: int, seed: int) -> list[str]:
     return out
 
 
+def _split_in_force(status: dict[str, Any]) -> bool:
+    """Phase 1 is running and the answering worker routes by its split."""
+    split = status.get("split_bp", 0)
+    return status.get("state") == "running" and split > 0 and status["effective_split_bp"] == split
+
+
 def _trial(
     serve: Serve,
     state: Path,
@@ -497,7 +503,7 @@ def _trial(
     version = registry.register(model_path("broken_nan")).version
     registry.close()
     serve.admin("start", {"version": str(version)})
-    split = int(_wait_status(serve, lambda st: st.get("state") == "running", 60)["split_bp"])
+    split = int(_wait_status(serve, _split_in_force, 60)["split_bp"])
     shm = SharedMemory.attach(state)
     seed = int(shm.control["hash_seed"])
     shm.close()

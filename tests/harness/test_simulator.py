@@ -16,7 +16,7 @@ import httpx
 import msgpack
 import numpy as np
 import pytest
-from support.server import Server, register, serving
+from support.server import STATE_S, Server, register, serving, wait_for
 
 from harness import ground_truth, simulator
 from harness.scenario_models import model_path
@@ -41,14 +41,12 @@ def champion_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server
 
 def _server_arm(server: Server, stats: SimStats) -> dict[str, Any]:
     """The server's champion counters once they have caught up with what the run posted."""
-    deadline = time.monotonic() + 5
-    while True:
-        arm: dict[str, Any] = httpx.get(f"{server.url}/status", timeout=10).json()["arms"][
-            "champion"
-        ]
-        if arm["impressions"] >= stats.arms["champion"].impressions or time.monotonic() > deadline:
-            return arm
-        time.sleep(0.1)
+
+    def caught_up() -> dict[str, Any] | None:
+        arm: dict[str, Any] = server.status()["arms"]["champion"]
+        return arm if arm["impressions"] >= stats.arms["champion"].impressions else None
+
+    return wait_for(caught_up, STATE_S, "the run's impressions counted by the server")
 
 
 @pytest.fixture(scope="module")
