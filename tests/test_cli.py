@@ -9,33 +9,25 @@ import os
 import signal
 import subprocess
 import sys
-import time
+import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO
 
-import httpx
 import pytest
-from conftest import (
+from support.net import free_port
+from support.server import (
     ADMIN_TOKEN,
+    STATE_S,
     Server,
-    free_port,
     rampart,
-    start_server,
-    stop_server,
-    tiny_model,
+    register_pair,
+    serving,
+    wait_for,
 )
 
 from guardrails.rollouts import Journal
 from rampart.status_table import status_text as _status_text
-
-
-def _register(tmp: Path) -> Path:
-    state = tmp / "state"
-    for path in (tiny_model(tmp / "a.onnx"), tiny_model(tmp / "b.onnx", scale=2.0)):
-        out = rampart("models", "register", str(path), "--state-dir", str(state))
-        assert out.returncode == 0, out.stderr
-    return state
 
 
 def _config(tmp: Path) -> Path:
@@ -44,28 +36,29 @@ def _config(tmp: Path) -> Path:
     return path
 
 
-def _wait_for_guardrails(server: Server) -> None:
-    status: dict[str, Any] = {}
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        status = httpx.get(f"{server.url}/status", timeout=5).json()
-        if status["phase"] == 1 and status["guardrails"]:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"the rollout never showed guardrails: {status}")
+def _start_rollout(server: Server) -> str:
+    """Start rolling out version 2; its id once phase 1's guardrails have been evaluated."""
+    server.start_rollout("2")
+    status = server.wait_for_status(
+        lambda s: s["phase"] == 1 and bool(s["guardrails"]), "phase 1's guardrails evaluated"
+    )
+    return str(status["rollout"]["id"])
+
+
+def _metrics_records(state: Path, rollout_id: str) -> int:
+    journal = Journal(state)
+    try:
+        return len(journal.events(rollout_id, kinds=("metrics",)))
+    finally:
+        journal.close()
 
 
 @pytest.fixture(scope="module")
 def rolling(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A server with a rollout in phase 1 whose guardrails have been evaluated."""
-    tmp = tmp_path_factory.mktemp("rolling")
-    server = start_server(_register(tmp))
-    try:
-        assert server.admin("start", {"version": "2"}).status_code == 200
-        _wait_for_guardrails(server)
+    with serving(register_pair(tmp_path_factory.mktemp("rolling") / "state")) as server:
+        _start_rollout(server)
         yield server
-    finally:
-        stop_server(server)
 
 
 def test_status_prints_phase_split_guardrails_next_and_arms(rolling: Server) -> None:
@@ -75,7 +68,7 @@ def test_status_prints_phase_split_guardrails_next_and_arms(rolling: Server) -> 
     assert lines[0].startswith("rollout r") and lines[0].endswith("tiny:2 vs tiny:1")
     assert lines[1].startswith("phase 1/5  running  split 3.0%  in phase ")
     assert "(min 1d00h, max 2d00h)" in lines[1]  # the default phase 1: 24-48 h
-    status = httpx.get(f"{rolling.url}/status", timeout=5).json()
+    status = rolling.status()
     table = lines[lines.index(next(x for x in lines if x.startswith("GUARDRAIL"))) :]
     for g in status["guardrails"]:
         row = next(x for x in table if x.startswith(g["name"] + " "))
@@ -96,7 +89,7 @@ def test_status_json_prints_the_raw_status(rolling: Server) -> None:
 
 
 def test_status_text_colours_each_state_for_a_terminal(rolling: Server) -> None:
-    status = httpx.get(f"{rolling.url}/status", timeout=5).json()
+    status = rolling.status()
     status["guardrails"][0]["state"] = "fail"
     status["guardrails"][1]["state"] = "waiting"
     plain = _status_text(status, colour=False).splitlines()
@@ -110,6 +103,11 @@ def test_status_text_colours_each_state_for_a_terminal(rolling: Server) -> None:
         )
 
 
+def _collect(stream: IO[str], lines: list[str]) -> None:
+    for line in stream:
+        lines.append(line)
+
+
 def test_status_watch_refreshes_until_interrupted(rolling: Server) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "rampart.cli", "status", "--watch", "--url", rolling.url],
@@ -117,14 +115,20 @@ def test_status_watch_refreshes_until_interrupted(rolling: Server) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
+    lines: list[str] = []
+    assert proc.stdout is not None and proc.stderr is not None
+    reader = threading.Thread(target=_collect, args=(proc.stdout, lines), daemon=True)
+    reader.start()
     try:
-        time.sleep(4.0)
+        # Refreshed at least once: the table printed a second time.
+        wait_for(lambda: sum(x.startswith("phase 1/5") for x in lines) >= 2, STATE_S, "a refresh")
     finally:
         proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=10)
+        proc.wait(10)
+    reader.join(10)
+    stderr = proc.stderr.read()
     assert proc.returncode == 0, stderr
     assert "Traceback" not in stderr
-    assert stdout.count("phase 1/5") >= 2  # refreshed at least once
 
 
 def test_status_unreachable_server_exits_1_with_a_message() -> None:
@@ -136,16 +140,16 @@ def test_status_unreachable_server_exits_1_with_a_message() -> None:
 
 
 def test_report_renders_a_rollout_after_the_server_is_gone(tmp_path: Path) -> None:
-    server = start_server(_register(tmp_path), config=_config(tmp_path))
-    try:
-        rollout_id = server.admin("start", {"version": "2"}).json()["rollout"]
-        _wait_for_guardrails(server)
-        time.sleep(2.0)  # a few metrics records
+    with serving(register_pair(tmp_path / "state"), config=_config(tmp_path)) as server:
+        rollout_id = _start_rollout(server)
+        wait_for(
+            lambda: _metrics_records(server.state, rollout_id) >= 2,
+            STATE_S,
+            "two metrics records in the rollout's journal",
+        )
         env = dict(os.environ, RAMPART_ADMIN_TOKEN=ADMIN_TOKEN)
         out = rampart("rollout", "rollback", "--url", server.url, env=env)
         assert out.returncode == 0, out.stdout + out.stderr
-    finally:
-        stop_server(server)
     state = str(server.state)
 
     md = rampart("report", rollout_id, "--state-dir", state)

@@ -6,89 +6,22 @@ import json
 import math
 import threading
 import time
-from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from conftest import free_port
+from support.net import free_port
+from support.webhook import Hook, Reply, webhook
 
 from guardrails.alerts import Alert, Alerter, Delivery, Outcome
 
 FAST: dict[str, Any] = {"timeout_s": 1.0, "backoff_s": 0.01, "max_backoff_s": 0.05}
 
 
-@dataclass
-class Reply:
-    status: int = 200
-    headers: dict[str, str] = field(default_factory=dict)
-    delay_s: float = 0.0
-    hold: threading.Event | None = None  # answer only once the test sets it
-
-
-@dataclass
-class Received:
-    path: str
-    body: dict[str, Any]
-    at: float
-
-
-class Hook:
-    """What the webhook server answers (scripted `replies`, then 200) and what it received."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.replies: deque[Reply] = deque()
-        self.received: list[Received] = []
-        self.cond = threading.Condition()
-
-    def wait_for(self, n: int, timeout_s: float = 5.0) -> None:
-        with self.cond:
-            assert self.cond.wait_for(lambda: len(self.received) >= n, timeout_s)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-
-    def do_POST(self) -> None:
-        hook = self.server.hook
-        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-        with hook.cond:
-            reply = hook.replies.popleft() if hook.replies else Reply()
-            hook.received.append(Received(self.path, body, time.monotonic()))
-            hook.cond.notify_all()
-        if reply.hold is not None:
-            reply.hold.wait(10)
-        time.sleep(reply.delay_s)
-        try:  # the client may have timed out and gone
-            self.send_response(reply.status)
-            for name, value in reply.headers.items():
-                self.send_header(name, value)
-            self.send_header("content-length", "2")
-            self.end_headers()
-            self.wfile.write(b"ok")
-        except OSError:
-            pass
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-class _Server(ThreadingHTTPServer):
-    hook: Hook
-
-
 @pytest.fixture
 def hook() -> Iterator[Hook]:
-    server = _Server(("127.0.0.1", 0), _Handler)
-    server.hook = Hook(f"http://127.0.0.1:{server.server_address[1]}")
-    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
-    thread.start()
-    yield server.hook
-    server.shutdown()
-    server.server_close()
+    with webhook() as h:
+        yield h
 
 
 def _alert(**changes: Any) -> Alert:
@@ -105,12 +38,6 @@ def _alert(**changes: Any) -> Alert:
         "at": 1_700_000_000.0,
     }
     return Alert(**(values | changes))
-
-
-def _timed_send(alerter: Alerter, alert: Alert) -> float:
-    t0 = time.perf_counter()
-    alerter.send(alert)
-    return time.perf_counter() - t0
 
 
 def test_alerter_delivers_slack_and_webhook_payloads(hook: Hook) -> None:
@@ -182,10 +109,24 @@ def test_alerter_retries_server_errors_until_delivered(hook: Hook, status: int) 
     assert alerter.history[-1] == Delivery("rollback", "r-7", "webhook", Outcome.DELIVERED, 3, None)
 
 
-def test_alerter_send_returns_at_once_and_gives_up_when_server_down() -> None:
+def test_alerter_send_returns_while_a_delivery_is_in_flight(hook: Hook) -> None:
+    release = threading.Event()
+    hook.replies.append(Reply(hold=release))
+    alerter = Alerter(None, hook.url, **FAST)
+    alerter.send(_alert())
+    hook.wait_for(1)  # the first delivery has reached the server, which holds its answer
+    alerter.send(_alert(rollout_id="r-8"))
+    # Had send waited for delivery, the held answer would have settled one by now.
+    assert (alerter.delivered, alerter.failed, alerter.attempts) == (0, 0, 1)
+    release.set()
+    alerter.close(5)
+    assert alerter.delivered == 2
+
+
+def test_alerter_gives_up_when_server_down() -> None:
     alerter = Alerter(f"http://127.0.0.1:{free_port()}/", None, max_attempts=4, **FAST)
-    elapsed = max(_timed_send(alerter, _alert(rollout_id=f"r-{i}")) for i in range(3))
-    assert elapsed < 0.010
+    for i in range(3):
+        alerter.send(_alert(rollout_id=f"r-{i}"))
     alerter.close(10)
     assert (alerter.delivered, alerter.failed, alerter.attempts) == (0, 3, 12)
     last = alerter.history[-1]
@@ -197,9 +138,9 @@ def test_alerter_times_out_a_hanging_server(hook: Hook) -> None:
     hook.replies.extend([Reply(delay_s=3.0), Reply(delay_s=3.0)])
     alerter = Alerter(None, hook.url, timeout_s=0.2, max_attempts=2, backoff_s=0.01)
     t0 = time.monotonic()
-    assert _timed_send(alerter, _alert()) < 0.010
+    alerter.send(_alert())
     alerter.close(10)
-    assert time.monotonic() - t0 < 2.0  # two 0.2 s timeouts, not the server's 3 s
+    assert time.monotonic() - t0 < 2.0  # two 0.2 s timeouts, not the server's 3 s each
     assert len(hook.received) == 2
     last = alerter.history[-1]
     assert (last.outcome, last.attempts) == (Outcome.FAILED, 2)
@@ -264,7 +205,7 @@ def test_alerter_queue_overflow_drops_oldest(hook: Hook) -> None:
 
 def test_alerter_without_urls_records_not_configured() -> None:
     alerter = Alerter(None, None)
-    assert _timed_send(alerter, _alert()) < 0.010
+    alerter.send(_alert())
     alerter.close(1)
     assert alerter.history == [Delivery("rollback", "r-7", "-", Outcome.NOT_CONFIGURED, 0, None)]
     assert (alerter.delivered, alerter.failed, alerter.attempts) == (0, 0, 0)
@@ -296,11 +237,11 @@ def test_alerter_from_env_and_config_prefers_env_slack_url(
             r"unknown key(s) in [alerts]: ['slak_webhook']; known: ['backoff_s', ",
             id="unknown-key",
         ),
+        pytest.param({"timeout_s": "2"}, "[alerts] timeout_s must be a float, got '2'", id="type"),
         pytest.param(
-            {"timeout_s": "2"}, "[alerts] timeout_s must be of type float, got '2'", id="type"
+            {"max_attempts": True}, "[alerts] max_attempts must be a int, got True", id="bool"
         ),
-        pytest.param({"max_attempts": True}, "max_attempts must be of type int", id="bool"),
-        pytest.param({"max_attempts": 0}, "max_attempts >= 1", id="range"),
+        pytest.param({"max_attempts": 0}, "[alerts] max_attempts must be >= 1, got 0", id="range"),
         pytest.param({"webhook_url": "hooks.slack.com/x"}, "must start with http", id="url"),
     ],
 )

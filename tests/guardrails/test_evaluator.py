@@ -1,31 +1,30 @@
 """The evaluator against a real shared-memory file, registry and journal, on a fake clock.
 
-Traffic is written through the workers' own recording kernels (tests/guardrails/traffic.py);
+Traffic is written through the workers' own recording kernels (tests/support/traffic.py);
 one tick of the fake clock is one hour of rollout time (time_scale 1/3600).
 """
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import pytest
-from conftest import tiny_model
-from traffic import Traffic
+from support.models import write_model
+from support.net import free_port
+from support.traffic import Traffic
+from support.webhook import webhook
 
 from guardrails import evaluator as evaluator_mod
 from guardrails.alerts import Alerter
 from guardrails.evaluator import Evaluator
 from guardrails.rollouts import Journal
 from router import layout
-from router import status as status_file
 from router.config import Config
+from router.mailbox import Command
 from router.registry import Registry, Status
 from router.shared_memory import SharedMemory
 
@@ -100,7 +99,7 @@ class Rig:
                 return
 
     def start(self, version: str = "2") -> dict[str, Any]:
-        out = self.evaluator.apply("start", {"version": version})
+        out = self.evaluator.apply(Command.START, {"version": version})
         self.traffic.sync()
         self.evaluator.tick()  # every live worker acknowledged: phase 1
         return out
@@ -109,8 +108,8 @@ class Rig:
 def _rig(tmp_path: Path, alerter: Alerter | None = None, **sections: dict[str, Any]) -> Rig:
     config = _config(tmp_path / "state", **sections)
     registry = Registry(config.state_path)
-    registry.register(tiny_model(tmp_path / "a.onnx"))
-    registry.register(tiny_model(tmp_path / "b.onnx", scale=0.5))
+    registry.register(write_model(tmp_path / "a.onnx"))
+    registry.register(write_model(tmp_path / "b.onnx", weights=[0.2] * 4))
     registry.close()
     shm = evaluator_mod.prepare(config)
     clock = FakeClock()
@@ -129,7 +128,7 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
 
 
 def test_start_waits_for_every_worker_to_load_the_challenger(rig: Rig) -> None:
-    rig.evaluator.apply("start", {"version": "2"})
+    rig.evaluator.apply(Command.START, {"version": "2"})
     rig.evaluator.tick()  # the worker has not acknowledged the slot yet
     assert rig.evaluator.rollout is not None and rig.evaluator.rollout.state == "loading"
     assert rig.split() == 0
@@ -140,7 +139,7 @@ def test_start_waits_for_every_worker_to_load_the_challenger(rig: Rig) -> None:
 
 
 def test_start_times_out_when_a_worker_never_loads(rig: Rig) -> None:
-    rig.evaluator.apply("start", {"version": "2"})
+    rig.evaluator.apply(Command.START, {"version": "2"})
     rig.traffic.shm.slabs[0]["heartbeat_ns"] = 2**62  # alive, never acknowledging
     rig.clock.now += 31
     rig.evaluator.tick()
@@ -261,7 +260,7 @@ def test_sample_ratio_mismatch_rolls_back(rig: Rig) -> None:
 
 def test_paused_rollout_holds_its_phase_but_still_rolls_back(rig: Rig) -> None:
     rig.start()
-    assert rig.evaluator.apply("pause", {})["state"] == "paused"
+    assert rig.evaluator.apply(Command.PAUSE, {})["state"] == "paused"
     rig.run(60)
     r = rig.evaluator.rollout
     assert r is not None and r.phase == 1 and r.state == "paused"
@@ -271,13 +270,13 @@ def test_paused_rollout_holds_its_phase_but_still_rolls_back(rig: Rig) -> None:
 
 def test_manual_rollback_and_promote(rig: Rig) -> None:
     rig.start()
-    assert rig.evaluator.apply("rollback", {})["ok"]
+    assert rig.evaluator.apply(Command.ROLLBACK, {})["ok"]
     assert rig.split() == 0
-    assert rig.evaluator.apply("rollback", {}) == {"ok": False, "error": "no_rollout"}
+    assert rig.evaluator.apply(Command.ROLLBACK, {}) == {"ok": False, "error": "no_rollout"}
     registry = Registry(rig.config.state_path)
-    v3 = registry.register(tiny_model(rig.config.state_path.parent / "c.onnx", scale=0.7))
+    v3 = registry.register(write_model(rig.config.state_path.parent / "c.onnx", bias=-3.5))
     rig.start(str(v3.version))
-    assert rig.evaluator.apply("promote", {})["ok"]
+    assert rig.evaluator.apply(Command.PROMOTE, {})["ok"]
     assert registry.get(v3.version).status == Status.CHAMPION
 
 
@@ -301,11 +300,10 @@ def test_restart_resumes_the_rollout_in_the_same_phase(rig: Rig, tmp_path: Path)
     assert again.evidence is not None and again.evidence.challenger.impressions > 1000
 
 
-def test_status_file_lists_guardrails_and_the_next_step(rig: Rig) -> None:
+def test_status_lists_guardrails_and_the_next_step(rig: Rig) -> None:
     rig.start()
     rig.step()
-    status = status_file.StatusReader(rig.config.state_path).read()
-    assert status is not None
+    status = rig.evaluator.status(rig.clock())  # what the evaluator process publishes
     assert status["phase"] == 1 and status["split_bp"] == 300 and status["state"] == "running"
     names = {g["name"] for g in status["guardrails"]}
     assert {"error_rate", "latency_p99", "prediction_spread", "sample_ratio"} <= names
@@ -314,40 +312,23 @@ def test_status_file_lists_guardrails_and_the_next_step(rig: Rig) -> None:
     assert [p["result"] for p in status["phases"]] == ["current"] + ["pending"] * 4
 
 
-class _Hook(BaseHTTPRequestHandler):
-    received: ClassVar[list[dict[str, Any]]] = []
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        type(self).received.append(json.loads(body))
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 def test_rollback_posts_the_slack_alert(tmp_path: Path) -> None:
-    _Hook.received = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/hook"
-    r = _rig(tmp_path, Alerter(url, None, backoff_s=0.01))
-    try:
-        r.start()
-        r.run(60, challenger={"errors": 5})
-        r.evaluator.alerter.close(5.0)
-        assert r.evaluator.rollout is not None and r.evaluator.rollout.state == "rolled_back"
-        assert len(_Hook.received) == 1
-        text = _Hook.received[0]["text"]
-        assert "error_rate" in text and "phase 1" in text and "0.10%" in text
-    finally:
-        server.shutdown()
-        r.evaluator.close()
+    with webhook() as hook:
+        r = _rig(tmp_path, Alerter(f"{hook.url}/hook", None, backoff_s=0.01))
+        try:
+            r.start()
+            r.run(60, challenger={"errors": 5})
+            r.evaluator.alerter.close(5.0)
+            assert r.evaluator.rollout is not None and r.evaluator.rollout.state == "rolled_back"
+            assert [x.path for x in hook.received] == ["/hook"]
+            text = hook.received[0].body["text"]
+            assert "error_rate" in text and "phase 1" in text and "0.10%" in text
+        finally:
+            r.evaluator.close()
 
 
 def test_rollback_flips_in_the_same_tick_when_the_webhook_is_down(tmp_path: Path) -> None:
-    dead = "http://127.0.0.1:9/unreachable"
+    dead = f"http://127.0.0.1:{free_port()}/unreachable"  # nobody listens there
     r = _rig(tmp_path, Alerter(dead, dead, backoff_s=5.0, timeout_s=5.0))
     try:
         r.start()

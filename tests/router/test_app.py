@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -11,26 +13,25 @@ from typing import Any
 import httpx
 import msgpack
 import pytest
-from conftest import Server, rampart, start_server, stop_server, tiny_model
-from modelkit import write_model
+from support.models import LARGE_VALUE, write_model
+from support.server import (
+    HOLD_SPLIT,
+    Server,
+    arm_of,
+    rampart,
+    register_pair,
+    request_ids,
+    serving,
+)
 
 ROW = [0.5, 1.0, -0.5, 2.0]
-BAD_ROW = [500.0, 1.0, -0.5, 2.0]  # feat0 > 100 trips the "nan" and "high" test models
+BAD_ROW = [2 * LARGE_VALUE, 1.0, -0.5, 2.0]  # trips the *_on_large test models
 
 
 def _predict(server: Server, body: bytes, content_type: str = "application/json") -> httpx.Response:
     return httpx.post(
         f"{server.url}/predict", content=body, headers={"content-type": content_type}, timeout=10
     )
-
-
-def _metric(server: Server, name: str, **labels: str) -> float:
-    text = httpx.get(f"{server.url}/metrics", timeout=10).text
-    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    for line in text.splitlines():
-        if line.startswith(f"{name}{{{want}}} ") or (not labels and line.startswith(f"{name} ")):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"{name}{{{want}}} not in /metrics")
 
 
 def test_predict_answers_msgpack_and_json(server: Server) -> None:
@@ -40,7 +41,7 @@ def test_predict_answers_msgpack_and_json(server: Server) -> None:
     answer = msgpack.unpackb(r.content)
     assert answer["arm"] == "champion" and answer["model"] == "tiny:1"
     assert len(answer["predictions"]) == 2 and all(0 <= p <= 1 for p in answer["predictions"])
-    named = {"request_id": "r-2", "features": {f"feat{i}": v for i, v in enumerate(ROW)}}
+    named = {"request_id": "r-2", "features": {f"f{i}": v for i, v in enumerate(ROW)}}
     j = _predict(server, json.dumps(named).encode()).json()
     assert j["predictions"] == pytest.approx(answer["predictions"][:1])
     assert isinstance(j["token"], str) and len(j["token"]) == 32
@@ -89,7 +90,7 @@ BAD = [
         json.dumps(
             {
                 "request_id": "a",
-                "features": {"feat0": 1, "feat1": 1, "feat2": 1, "feat3": 1, "bogus": 2},
+                "features": {"f0": 1, "f1": 1, "f2": 1, "f3": 1, "bogus": 2},
             }
         ).encode(),
         "application/json",
@@ -98,7 +99,7 @@ BAD = [
         id="unknown-feature-name",
     ),
     pytest.param(
-        json.dumps({"request_id": "a", "features": {"feat0": 1}}).encode(),
+        json.dumps({"request_id": "a", "features": {"f0": 1}}).encode(),
         "application/json",
         400,
         "missing_feature",
@@ -142,13 +143,13 @@ BAD = [
 def test_predict_rejects_bad_input_with_reason(
     server: Server, body: bytes, content_type: str, status: int, reason: str
 ) -> None:
-    before = _metric(server, "rampart_requests_total", arm="champion", model_version="1")
+    before = server.metric("rampart_requests_total", arm="champion", model_version="1")
     r = _predict(server, body, content_type)
     assert r.status_code == status
     answer = msgpack.unpackb(r.content) if content_type == "application/msgpack" else r.json()
     assert answer["error"] == reason
-    assert _metric(server, "rampart_rejected_total", reason=reason) == 1
-    assert _metric(server, "rampart_requests_total", arm="champion", model_version="1") == before
+    assert server.metric("rampart_rejected_total", reason=reason) == 1
+    assert server.metric("rampart_requests_total", arm="champion", model_version="1") == before
     # The worker still serves.
     ok = _predict(server, json.dumps({"request_id": "after", "features": [ROW]}).encode())
     assert ok.status_code == 200
@@ -170,14 +171,11 @@ def test_events_count_impressions_and_clicks(server: Server) -> None:
     )
     assert result == {"accepted": 4, "rejected": 0, "errors": []}
     assert (
-        _metric(
-            server, "rampart_events_total", arm="champion", model_version="1", type="impression"
-        )
+        server.metric("rampart_events_total", arm="champion", model_version="1", type="impression")
         == 3
     )
     assert (
-        _metric(server, "rampart_events_total", arm="champion", model_version="1", type="click")
-        == 1
+        server.metric("rampart_events_total", arm="champion", model_version="1", type="click") == 1
     )
 
 
@@ -190,7 +188,7 @@ def test_events_reject_bad_tokens_and_fields(server: Server, tmp_path: Path) -> 
     secret = (server.state / "token.secret").read_bytes()
     signer = TokenSigner(secret, 3600)
     expired = signer.sign(1, 0, 0, 1_000)
-    unknown = signer.sign(99, 0, 0, int(__import__("time").time()))
+    unknown = signer.sign(99, 0, 0, int(time.time()))
     result = _events(
         server,
         [
@@ -212,9 +210,7 @@ def test_events_reject_bad_tokens_and_fields(server: Server, tmp_path: Path) -> 
         "bad_event",
     ]
     assert (
-        _metric(
-            server, "rampart_events_total", arm="champion", model_version="1", type="impression"
-        )
+        server.metric("rampart_events_total", arm="champion", model_version="1", type="impression")
         == 0
     )
     too_many = httpx.post(f"{server.url}/events", json={"events": [{}] * 1001}, timeout=10)
@@ -233,67 +229,71 @@ def test_admin_refuses_without_token(server: Server) -> None:
     assert r.status_code == 401
 
 
+def _answer(client: httpx.Client, request_id: str, features: Any = (ROW,)) -> dict[str, Any]:
+    r = client.post("/predict", json={"request_id": request_id, "features": list(features)})
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
 def test_rollout_start_splits_traffic_by_hash(server: Server) -> None:
-    assert server.admin("start", {"version": "2"}).status_code == 200
-    arms = {"champion": 0, "challenger": 0}
-    with httpx.Client() as client:
-        for i in range(1500):
-            r = client.post(
-                f"{server.url}/predict", json={"request_id": f"s{i}", "features": [ROW]}
-            )
-            arms[r.json()["arm"]] += 1
-    assert 15 <= arms["challenger"] <= 80  # 3% of 1500 = 45
-    status = httpx.get(f"{server.url}/status", timeout=10).json()
-    assert status["split_bp"] == 300
-    assert status["models"]["challenger"]["version"] == "2"
-    assert status["arms"]["challenger"]["requests"] == arms["challenger"]
+    status = server.start_rollout("2")  # returns once the 3% split is in force
+    assert status["split_bp"] == 300 and status["models"]["challenger"]["version"] == "2"
+    seed = server.hash_seed()
+    ids = [f"s{i}" for i in range(1500)]
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        arms = [_answer(client, rid)["arm"] for rid in ids]
+    assert arms == [arm_of(rid, seed, 300) for rid in ids]  # each request where its hash says
+    assert 15 <= arms.count("challenger") <= 80  # 3% of 1500 = 45
+    assert server.status()["arms"]["challenger"]["requests"] == arms.count("challenger")
+
+
+def _held_rollout(tmp_path: Path, candidate: Path | None = None, serve: str = "") -> Path:
+    """A state directory with champion v1 and `candidate` v2, and a config that keeps the
+    split while the test holds the evaluator still."""
+    register_pair(tmp_path / "state", candidate)
+    config = tmp_path / "rampart.toml"
+    config.write_text(HOLD_SPLIT + serve)
+    return config
 
 
 @pytest.mark.parametrize(
-    ("kind", "batch", "fallback", "error_kind"),
+    ("kind", "fallback", "error_kind"),
     [
-        pytest.param("nan", 1, "challenger_invalid", "nan", id="nan-output"),
-        pytest.param("high", 1, "challenger_invalid", "out_of_range", id="out-of-range-output"),
-        pytest.param("raise", 1, "challenger_error", "raised", id="raises"),
+        pytest.param("nan_on_large", "challenger_invalid", "nan", id="nan-output"),
+        pytest.param(
+            "out_of_range_on_large", "challenger_invalid", "out_of_range", id="out-of-range-output"
+        ),
+        pytest.param("raise_on_large", "challenger_error", "raised", id="raises"),
     ],
 )
 def test_broken_challenger_answered_by_champion(
-    tmp_path: Path, kind: str, batch: int, fallback: str, error_kind: str
+    tmp_path: Path, kind: str, fallback: str, error_kind: str
 ) -> None:
-    state = tmp_path / "state"
-    for path in (tiny_model(tmp_path / "a.onnx"), tiny_model(tmp_path / "b.onnx", kind=kind)):
-        out = rampart("models", "register", str(path), "--state-dir", str(state))
-        assert out.returncode == 0, out.stderr
-    server = start_server(state)
-    try:
-        assert server.admin("start", {"version": "2"}).status_code == 200
-        seen = 0
-        with httpx.Client() as client:
-            for i in range(2000):
-                r = client.post(
-                    f"{server.url}/predict",
-                    json={"request_id": f"b{i}", "features": [BAD_ROW] * batch},
-                )
-                assert r.status_code == 200
-                answer = r.json()
-                if "fallback" in answer:
-                    assert answer["fallback"] == fallback and answer["arm"] == "champion"
-                    assert all(0 <= p <= 1 for p in answer["predictions"])
-                    seen += 1
-        assert seen > 0
-        errors = _metric(
-            server,
-            "rampart_model_errors_total",
-            arm="challenger",
-            model_version="2",
-            kind=error_kind,
-        )
-        assert errors == seen
-        assert (
-            _metric(server, "rampart_fallbacks_total", arm="challenger", model_version="2") == seen
-        )
-    finally:
-        stop_server(server)
+    config = _held_rollout(tmp_path, write_model(tmp_path / "b.onnx", kind=kind))
+    with serving(tmp_path / "state", config=config) as server:
+        server.start_rollout("2")
+        seed = server.hash_seed()
+        # Held still: the evaluator would roll the broken challenger back within a tick.
+        with server.evaluator_stopped(), httpx.Client(base_url=server.url, timeout=10) as client:
+            broken = [
+                _answer(client, rid, [BAD_ROW]) for rid in request_ids(seed, 300, "challenger", 20)
+            ]
+            served = [
+                _answer(client, rid, [BAD_ROW]) for rid in request_ids(seed, 300, "champion", 20)
+            ]
+            errors = server.metric(
+                "rampart_model_errors_total",
+                arm="challenger",
+                model_version="2",
+                kind=error_kind,
+            )
+            fallbacks = server.metric(
+                "rampart_fallbacks_total", arm="challenger", model_version="2"
+            )
+        assert all(a["arm"] == "champion" and a["fallback"] == fallback for a in broken)
+        assert all(0 <= p <= 1 for a in broken for p in a["predictions"])
+        assert all(a["arm"] == "champion" and "fallback" not in a for a in served)
+        assert errors == fallbacks == 20
 
 
 def test_registry_refuses_bad_model_files(tmp_path: Path) -> None:
@@ -314,145 +314,70 @@ def test_registry_refuses_bad_model_files(tmp_path: Path) -> None:
 
 
 def test_stale_heartbeat_routes_everything_to_champion(server: Server) -> None:
-    import os
-    import signal
-    import time
-
-    from router.shared_memory import SharedMemory
-
-    assert server.admin("start", {"version": "2"}).status_code == 200
-    shm = SharedMemory.attach(server.state)
-    evaluator_pid = int(shm.control["evaluator_pid"])
-    assert evaluator_pid > 0
-    # The worker must have seen a fresh heartbeat first (a slow evaluator start looks stale).
-    deadline = time.monotonic() + 30
-    while httpx.get(f"{server.url}/status", timeout=5).json()["stale"] is True:
-        assert time.monotonic() < deadline, "the evaluator never started its heartbeat"
-        time.sleep(0.1)
-    # Frozen, not killed: the supervisor would restart a dead evaluator at once.
-    os.kill(evaluator_pid, signal.SIGSTOP)
-    killed = time.monotonic()
-    while httpx.get(f"{server.url}/status", timeout=5).json()["stale"] is False:
-        assert time.monotonic() - killed < 10, "workers never noticed the stale heartbeat"
-        time.sleep(0.1)
-    # Default stale_after_s is 3 s; the worker ticker looks every 0.1 s.
-    assert time.monotonic() - killed >= 2.0
-    with httpx.Client() as client:
-        arms = {
-            client.post(
-                f"{server.url}/predict", json={"request_id": f"st{i}", "features": [ROW]}
-            ).json()["arm"]
-            for i in range(600)
-        }
-    assert arms == {"champion"}
-    assert _metric(server, "rampart_evaluator_stale") == 1
-    os.kill(evaluator_pid, signal.SIGCONT)
-    while httpx.get(f"{server.url}/status", timeout=5).json()["stale"] is True:
-        assert time.monotonic() - killed < 20, "the heartbeat never came back"
-        time.sleep(0.1)
+    # The split must be in force first, or "all champion" would prove nothing.
+    server.start_rollout("2")
+    challengers = request_ids(server.hash_seed(), 300, "challenger", 20)
+    with server.evaluator_stopped():
+        frozen = time.monotonic()
+        server.wait_for_status(lambda s: s["stale"] is True, "workers noticing the stale heartbeat")
+        # Default stale_after_s is 3 s: not before the heartbeat is that old.
+        assert time.monotonic() - frozen >= 2.0
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            arms = {_answer(client, rid)["arm"] for rid in challengers}
+        assert arms == {"champion"}
+        assert server.metric("rampart_evaluator_stale") == 1
+    status = server.wait_for_status(lambda s: s["stale"] is False, "the heartbeat coming back")
+    assert status["effective_split_bp"] == 300
 
 
 def test_killed_evaluator_is_restarted_and_resumes_the_rollout(server: Server) -> None:
-    import os
-    import signal
-
-    from router.shared_memory import SharedMemory
-
-    assert server.admin("start", {"version": "2"}).status_code == 200
-    shm = SharedMemory.attach(server.state)
-    deadline = time.monotonic() + 10
-    while httpx.get(f"{server.url}/status", timeout=5).json()["state"] != "running":
-        assert time.monotonic() < deadline, "the rollout never reached phase 1"
-        time.sleep(0.1)
-    before = httpx.get(f"{server.url}/status", timeout=5).json()["rollout"]
-    first = int(shm.control["evaluator_pid"])
+    before = server.start_rollout("2")
+    first = int(before["evaluator"]["pid"])
     os.kill(first, signal.SIGKILL)
-    deadline = time.monotonic() + 20
-    while int(shm.control["evaluator_pid"]) in (first, 0):
-        assert time.monotonic() < deadline, "the evaluator was not restarted"
-        time.sleep(0.1)
-    time.sleep(1.5)
-    status = httpx.get(f"{server.url}/status", timeout=5).json()
-    assert status["rollout"]["id"] == before["id"]
-    assert status["rollout"]["phase_started"] == before["phase_started"]
+    # The status the restarted evaluator publishes, not the file the killed one left behind.
+    status = server.wait_for_status(
+        lambda s: s["evaluator"]["pid"] != first, "a restarted evaluator publishing its status"
+    )
+    assert status["rollout"]["id"] == before["rollout"]["id"]
+    assert status["rollout"]["phase_started"] == before["rollout"]["phase_started"]
     assert status["phase"] == 1 and status["split_bp"] == 300
-
-
-def _serve_pair(tmp_path: Path, champion: Path, challenger: Path, config: str = "") -> Server:
-    state = tmp_path / "state"
-    for path in (champion, challenger):
-        out = rampart("models", "register", str(path), "--state-dir", str(state))
-        assert out.returncode == 0, out.stderr
-    config_path = None
-    if config:
-        config_path = tmp_path / "rampart.toml"
-        config_path.write_text(config)
-    server = start_server(state, config=config_path)
-    assert server.admin("start", {"version": "2"}).status_code == 200
-    # The evaluator answers before workers load the challenger (their ticker does, within
-    # 0.1 s); until then its feature names are unknown to them. Wait for the load.
-    deadline = time.monotonic() + 10
-    while httpx.get(f"{server.url}/status", timeout=5).json()["models"]["challenger"] is None:
-        assert time.monotonic() < deadline, "the worker never loaded the challenger"
-        time.sleep(0.05)
-    return server
 
 
 def test_slow_challenger_times_out_to_champion(tmp_path: Path) -> None:
     # A 1 µs budget makes every challenger run a timeout: the path, not the model, is under test.
-    server = _serve_pair(
-        tmp_path,
-        tiny_model(tmp_path / "a.onnx"),
-        tiny_model(tmp_path / "b.onnx", scale=2.0),
-        "[serve]\nchallenger_timeout_ms = 0.001\n",
-    )
-    try:
-        with httpx.Client() as client:
-            answers = [
-                client.post(
-                    f"{server.url}/predict", json={"request_id": f"t{i}", "features": [ROW]}
-                ).json()
-                for i in range(1500)
-            ]
-        timed_out = [a for a in answers if a.get("fallback") == "challenger_timeout"]
-        assert timed_out and all(a["arm"] == "champion" for a in timed_out)
-        assert not any(a["arm"] == "challenger" for a in answers)
-        assert _metric(
-            server,
-            "rampart_model_errors_total",
-            arm="challenger",
-            model_version="2",
-            kind="timeout",
-        ) == len(timed_out)
-    finally:
-        stop_server(server)
+    config = _held_rollout(tmp_path, serve="challenger_timeout_ms = 0.001\n")
+    with serving(tmp_path / "state", config=config) as server:
+        server.start_rollout("2")
+        seed = server.hash_seed()
+        with server.evaluator_stopped(), httpx.Client(base_url=server.url, timeout=10) as client:
+            slow = [_answer(client, rid) for rid in request_ids(seed, 300, "challenger", 20)]
+            timeouts = server.metric(
+                "rampart_model_errors_total",
+                arm="challenger",
+                model_version="2",
+                kind="timeout",
+            )
+        assert all(a["arm"] == "champion" and a["fallback"] == "challenger_timeout" for a in slow)
+        assert timeouts == 20
 
 
 def test_arms_with_different_features_take_their_own_inputs(tmp_path: Path) -> None:
-    server = _serve_pair(
-        tmp_path,
-        tiny_model(tmp_path / "a.onnx"),
-        tiny_model(tmp_path / "b.onnx", n=3, names=["feat3", "feat1", "extra"]),
+    config = _held_rollout(
+        tmp_path, write_model(tmp_path / "b.onnx", features=["f3", "f1", "extra"])
     )
-    try:
-        named = {"feat0": 0.5, "feat1": 1.0, "feat2": -0.5, "feat3": 2.0, "extra": 1.0}
-        by_arm: dict[str, set[str]] = {"champion": set(), "challenger": set()}
-        fallbacks = set()
-        with httpx.Client() as client:
-            for i in range(1500):
-                a = client.post(
-                    f"{server.url}/predict", json={"request_id": f"n{i}", "features": named}
-                ).json()
-                by_arm[a["arm"]].add(a["model"])
-                p = client.post(
-                    f"{server.url}/predict", json={"request_id": f"n{i}", "features": [ROW]}
-                ).json()
-                fallbacks.add(p.get("fallback"))
+    named = {"f0": 0.5, "f1": 1.0, "f2": -0.5, "f3": 2.0, "extra": 1.0}
+    with serving(tmp_path / "state", config=config) as server:
+        server.start_rollout("2")
+        seed = server.hash_seed()
+        challengers = request_ids(seed, 300, "challenger", 10)
+        champions = request_ids(seed, 300, "champion", 10)
+        # Held still: the positional rows' fallbacks count as challenger errors.
+        with server.evaluator_stopped(), httpx.Client(base_url=server.url, timeout=10) as client:
+            by_name = {rid: _answer(client, rid, [named]) for rid in challengers + champions}
+            by_position = {rid: _answer(client, rid) for rid in challengers}
         # Named rows serve both arms; positional rows (champion order) lack "extra", so the
-        # challenger's share falls back to the champion and counts against the challenger.
-        assert by_arm == {"champion": {"tiny:1"}, "challenger": {"tiny:2"}}
-        assert "challenger_features" in fallbacks
-        status = httpx.get(f"{server.url}/status", timeout=5).json()
-        assert status["models"]["challenger"]["features"] == ["feat3", "feat1", "extra"]
-    finally:
-        stop_server(server)
+        # challenger's share falls back to the champion.
+        assert {by_name[rid]["model"] for rid in challengers} == {"tiny:2"}
+        assert {by_name[rid]["model"] for rid in champions} == {"tiny:1"}
+        assert {a["fallback"] for a in by_position.values()} == {"challenger_features"}
+        assert server.status()["models"]["challenger"]["features"] == ["f3", "f1", "extra"]

@@ -12,17 +12,16 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from conftest import Server
+from support.server import STATE_S, Server, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
-REFRESH_S = 1.0  # the page polls /status once a second
 ROW = [0.5, 1.0, -0.5, 2.0]
 BROWSERS = ("chromium", "chromium-browser", "google-chrome-stable", "google-chrome")
 
@@ -40,14 +39,6 @@ def artifact(name: str) -> Path:
     if not ignore.exists():
         ignore.write_text("*\n")  # test output, never committed
     return ARTIFACTS / name
-
-
-def eventually(check: Callable[[], str | None], seconds: float, what: str) -> None:
-    """Retry `check` (None = good, else the mismatch) until it passes or time runs out."""
-    deadline = time.monotonic() + seconds
-    while (problem := check()) is not None:
-        assert time.monotonic() < deadline, f"{what}: {problem}"
-        time.sleep(0.1)
 
 
 # -- served without a browser -------------------------------------------------------------------
@@ -206,26 +197,23 @@ def _traffic(server: Server, n: int) -> None:
             client.post(f"{server.url}/events", json={"events": events})
 
 
-def _status(server: Server) -> dict[str, Any]:
-    return dict(httpx.get(f"{server.url}/status", timeout=5).json())
+def _page_matches_status(dash: Dashboard) -> bool:
+    problem = mismatch(dash.read(), dash.server.status())
+    assert problem is None, problem  # wait_for polls again, and reports the last mismatch
+    return True
 
 
 def test_dashboard_follows_the_rollout_and_its_rollback(browser: Any, server: Server) -> None:
-    assert server.admin("start", {"version": "2"}).status_code == 200
-    eventually(
-        lambda: None if _status(server)["split_bp"] == 300 else "split is not 300 bp",
-        10,
-        "the rollout never reached phase 1",
-    )
+    server.start_rollout("2")
     _traffic(server, 600)
     dash = Dashboard(browser, server).open()
     # The page renders what /status says (compared, not assumed), within a few polls.
-    eventually(lambda: mismatch(dash.read(), _status(server)), 4 * REFRESH_S, "page vs /status")
+    wait_for(lambda: _page_matches_status(dash), STATE_S, "page vs /status")
     shown = dash.read()
     assert shown["split"] == "300" and shown["splitText"] == "3.00%"
     assert (
         shown["lines"] == ["champion", "challenger"]
-        or _status(server)["arms"]["challenger"]["impressions"] == 0
+        or server.status()["arms"]["challenger"]["impressions"] == 0
     )
     dash.page.screenshot(path=str(artifact("dashboard.png")), full_page=True)
 
@@ -238,14 +226,12 @@ def test_dashboard_follows_the_rollout_and_its_rollback(browser: Any, server: Se
 
     rollback = server.admin("rollback")
     assert rollback.status_code == 200, rollback.text
-    answered = time.monotonic()
-    dash.page.wait_for_function(
-        "() => document.querySelector('[data-testid=split]').dataset.value === '0'",
-        timeout=(REFRESH_S + 1.0) * 1000,  # one poll interval, plus the request and a render
-    )
-    assert time.monotonic() - answered <= REFRESH_S + 1.0
-    eventually(lambda: mismatch(dash.read(), _status(server)), 4 * REFRESH_S, "after rollback")
-    status = _status(server)
+    # Shown on the page's next poll, without a reload. Polls run one after another, so of
+    # the next two the second fetched /status after the rollback was answered.
+    dash.wait_for_polls(2)
+    assert dash.read()["split"] == "0"
+    wait_for(lambda: _page_matches_status(dash), STATE_S, "page vs /status after the rollback")
+    status = server.status()
     kinds = [e["kind"] for e in status.get("events") or []]
     shown = dash.read()
     if "rolled_back" in kinds:

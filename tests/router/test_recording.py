@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from router import layout, recording, shared_memory, snapshot
+from router import layout, recording, shared_memory
 from router.layout import Counter
 
 GEOMETRY = shared_memory.Geometry(n_slabs=3, n_cells=16, n_buckets=100)
@@ -94,17 +94,3 @@ def test_slab_lock_exclusive_and_freed_by_death(tmp_path: Path) -> None:
     assert third.index == 2
     with pytest.raises(RuntimeError, match="all 3 worker slabs"):
         shared_memory.SlabLock(tmp_path, 3)
-
-
-def test_snapshot_sums_only_slabs_that_acknowledged_the_slot(tmp_path: Path) -> None:
-    shm = shared_memory.SharedMemory.open(tmp_path, GEOMETRY)
-    shm.control["slot_seq"][0] = 2
-    for i in range(3):
-        recording.record_request(shm.slot_address(i, 0), 100, 0, 0)
-    shm.slabs["slot_seq"][0, 0] = 2
-    shm.slabs["slot_seq"][1, 0] = 2
-    shm.slabs["slot_seq"][2, 0] = 1  # still counting the previous model
-    snap = snapshot.take(shm)
-    assert snap.slots[0].counter(Counter.REQUESTS) == 2
-    merged = snap.slots[0] + snap.slots[0] - snap.slots[0]
-    assert merged.counter(Counter.REQUESTS) == 2

@@ -1,5 +1,6 @@
-"""Crafted traffic for evaluator tests: counts written into a real shared-memory file
-through the same numba kernels the workers use, standing in for a worker process."""
+"""Crafted traffic: counts written into a real shared-memory file through the same numba
+kernels the workers use, standing in for a worker process (for the evaluator and snapshot
+tests, which need known counts without a server)."""
 
 from __future__ import annotations
 

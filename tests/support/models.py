@@ -1,17 +1,20 @@
-"""Tiny ONNX models that tests build at test time (into tmp_path), one per behaviour.
+"""Small ONNX models that tests build at test time (into tmp_path), one kind per behaviour.
 
     write_model(tmp_path / "m.onnx", features=["a", "b"], kind="linear", weights=[1.0, -1.0])
 
-Kinds (all take a float32 input "features" of shape [N, F] unless said otherwise):
+Every kind takes a float32 input "features" of shape [N, F] unless said otherwise. The
+defaults (weights 0.1 each, bias -3.9) answer CTR-like values, about 2% for small inputs.
 
-- "linear": sigmoid(x @ weights + bias); weights default to 0.1 each.
+- "linear": sigmoid(x @ weights + bias).
 - "constant": `constant` (default 0.02) for every row.
 - "nan": NaN for every row.
 - "out_of_range": `constant` (default 1.5) for every row — outside [0, 1].
+- "nan_on_large", "out_of_range_on_large", "raise_on_large": the linear model, except for rows
+  with a feature above LARGE_VALUE: those answer NaN, answer above 1, or make the run raise (a
+  Gather with an out-of-range index). The load-time probe (ordinary values) passes, so the
+  model registers and breaks only on live traffic that sends a large value.
 - "raise_on_batch": the linear model, but a run with N > 1 raises (a Reshape to [1, 1]);
   a single row works. A load-time probe with several rows fails.
-- "raise_on_large": the linear model, but a run raises when any feature value is > 1e6
-  (a Gather with an out-of-range index); a probe of ordinary values passes.
 - "wrong_input_type": the linear model over an int64 input.
 - "two_inputs": two float32 inputs "features" and "extra", both [N, F]; output = linear(a + b).
 - "wrong_output_shape": output [N, 3] (three sigmoids).
@@ -35,14 +38,18 @@ OPSET = 17
 IR_VERSION = 9
 INPUT_NAME = "features"
 OUTPUT_NAME = "ctr"
-LARGE_VALUE = 1e6  # raise_on_large raises for features above this
+NAME = "tiny"  # a registered model is labelled "tiny:<version>"
+BIAS = -3.9  # sigmoid(-3.9) ≈ 2%: predictions look like click-through rates
+LARGE_VALUE = 1e6  # the *_on_large kinds break for rows with a feature above this
 KINDS = (
     "linear",
     "constant",
     "nan",
     "out_of_range",
-    "raise_on_batch",
+    "nan_on_large",
+    "out_of_range_on_large",
     "raise_on_large",
+    "raise_on_batch",
     "wrong_input_type",
     "two_inputs",
     "wrong_output_shape",
@@ -60,10 +67,10 @@ def write_model(
     features: Sequence[str] | int = 4,
     kind: str = "linear",
     weights: Sequence[float] | np.ndarray | None = None,
-    bias: float = 0.0,
+    bias: float = BIAS,
     output_shape: str = "N1",
     constant: float | None = None,
-    name: str = "test-model",
+    name: str = NAME,
     feature_metadata: bool = True,
     metadata: dict[str, str] | None = None,
 ) -> Path:
@@ -94,10 +101,10 @@ def build_model(
     features: Sequence[str] | int = 4,
     kind: str = "linear",
     weights: Sequence[float] | np.ndarray | None = None,
-    bias: float = 0.0,
+    bias: float = BIAS,
     output_shape: str = "N1",
     constant: float | None = None,
-    name: str = "test-model",
+    name: str = NAME,
     feature_metadata: bool = True,
     metadata: dict[str, str] | None = None,
 ) -> onnx.ModelProto:
@@ -143,6 +150,11 @@ def build_model(
         zero_sum = op("ReduceSum", op("Mul", x, const(0.0)), const([1], np.int64), keepdims=1)
         return op("Add", zero_sum, const(value))
 
+    def large_count() -> str:
+        """[N, 1]: how many features of each row are above LARGE_VALUE."""
+        too_large = op("Cast", op("Greater", x, const(LARGE_VALUE)), to=TensorProto.FLOAT)
+        return op("ReduceSum", too_large, const([1], np.int64), keepdims=1)
+
     if kind in ("linear", "wrong_input_type", "two_inputs"):
         y = linear()
     elif kind == "constant":
@@ -151,14 +163,19 @@ def build_model(
         y = filled(1.5 if constant is None else constant)
     elif kind == "nan":
         y = op("Sqrt", filled(-1.0))
-    elif kind == "raise_on_batch":
-        y = op("Reshape", linear(), const([1, 1], np.int64))
+    elif kind == "nan_on_large":
+        # sqrt(-count): 0 for ordinary rows, NaN where a feature is large.
+        y = op("Add", linear(), op("Sqrt", op("Neg", large_count())))
+    elif kind == "out_of_range_on_large":
+        y = op("Add", linear(), large_count())  # a positive probability plus >= 1
     elif kind == "raise_on_large":
         too_large = op("Greater", x, const(LARGE_VALUE))
         index = op("Mul", op("Cast", too_large, to=TensorProto.INT64), const(1000, np.int64))
         picked = op("Gather", const([0.0]), index, axis=0)  # [N, F]; raises for index 1000
         zero = op("ReduceSum", picked, const([1], np.int64), keepdims=1)
         y = op("Add", linear(), zero)
+    elif kind == "raise_on_batch":
+        y = op("Reshape", linear(), const([1, 1], np.int64))
     else:  # wrong_output_shape
         y = linear(cols=3)
 
@@ -212,7 +229,7 @@ def write_corrupt(path: Path | str, *, mode: str = "garbage") -> Path:
 
 
 def linear_reference(
-    x: np.ndarray, weights: Sequence[float] | np.ndarray | None = None, bias: float = 0.0
+    x: np.ndarray, weights: Sequence[float] | np.ndarray | None = None, bias: float = BIAS
 ) -> np.ndarray:
     """What a "linear" model predicts for rows `x` ([N, F] → [N]), in NumPy."""
     x = np.asarray(x, dtype=np.float64)

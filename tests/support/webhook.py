@@ -1,0 +1,100 @@
+"""A webhook receiver on loopback: answers with scripted replies and records what it got.
+
+    with webhook() as hook:
+        hook.replies.append(Reply(503))           # the first POST gets a 503, then 200s
+        alerter = Alerter(f"{hook.url}/slack", None)
+        ...
+        hook.wait_for(2)                          # until two POSTs have arrived
+
+Alert delivery is tested against it over real HTTP, not a mocked transport.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0
+    hold: threading.Event | None = None  # answer only once the test sets it
+
+
+@dataclass
+class Received:
+    path: str
+    body: dict[str, Any]
+    at: float  # time.monotonic() on arrival
+
+
+class Hook:
+    """What the receiver answers (scripted `replies`, then 200) and what it received."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.replies: deque[Reply] = deque()
+        self.received: list[Received] = []
+        self.cond = threading.Condition()
+
+    def wait_for(self, n: int, timeout_s: float = 10.0) -> list[Received]:
+        """Until `n` POSTs have arrived; all received so far."""
+        with self.cond:
+            assert self.cond.wait_for(lambda: len(self.received) >= n, timeout_s), (
+                f"{len(self.received)} of {n} webhook calls arrived in {timeout_s:g} s"
+            )
+            return list(self.received)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def do_POST(self) -> None:
+        hook = self.server.hook
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        with hook.cond:
+            reply = hook.replies.popleft() if hook.replies else Reply()
+            hook.received.append(Received(self.path, body, time.monotonic()))
+            hook.cond.notify_all()
+        if reply.hold is not None:
+            reply.hold.wait(10)
+        time.sleep(reply.delay_s)
+        try:  # the client may have timed out and gone
+            self.send_response(reply.status)
+            for name, value in reply.headers.items():
+                self.send_header(name, value)
+            self.send_header("content-length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+        except OSError:
+            pass
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _Server(ThreadingHTTPServer):
+    hook: Hook
+
+
+@contextlib.contextmanager
+def webhook() -> Iterator[Hook]:
+    """A receiver on a free loopback port, shut down when the block ends."""
+    server = _Server(("127.0.0.1", 0), _Handler)
+    server.hook = Hook(f"http://127.0.0.1:{server.server_address[1]}")
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
+    thread.start()
+    try:
+        yield server.hook
+    finally:
+        server.shutdown()
+        server.server_close()
