@@ -7,7 +7,8 @@ ad-server simulator that drives a real `rampart serve` with it, and the rollout 
     target            loopback-only targets and names for connection failures
     scenario_models   the shipped scenario models (models/*.onnx)
     scenarios         the scenario catalogue and the server config they run with
-    serve_process     `rampart serve` as a child process, and a local Slack webhook
+    serve_process     `rampart serve` as a child process
+    slack_sink        a local Slack webhook the rollout alerts land in
     session           one server, the simulator and rollouts on it; `run_scenario`
     verdict           what a finished rollout amounts to, as the ad server saw it
 
