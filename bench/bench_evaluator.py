@@ -48,7 +48,7 @@ from guardrails.evaluator import Evaluator, prepare
 from harness import ground_truth
 from harness.scenario_models import RAISE_FEATURE, RAISE_THRESHOLD, model_path
 from harness.serve_process import ADMIN_TOKEN, Serve, free_port, pin
-from router import hashing, hdr, layout, snapshot
+from router import control, hashing, hdr, layout, snapshot
 from router.config import Config
 from router.layout import Counter
 from router.mailbox import Command
@@ -159,7 +159,7 @@ class SyntheticWorkers:
         return round(float((self.fields["seg_events"][: self.n, ..., 1] > 0).mean()), 4)
 
     def add(self, seconds: float) -> None:
-        split, champion, has_challenger, _ = layout.unpack_control(self.shm.control_word())
+        split, champion, has_challenger, _ = control.unpack(self.shm.control_word())
         total = round(self.rate * seconds)
         challenger = round(total * split / layout.BASIS_POINTS) if has_challenger else 0
         for slot, n, lift in ((champion, total - challenger, 1.0),

@@ -62,6 +62,7 @@ class AlertsConfig:
         if not 0 <= self.backoff_s <= self.max_backoff_s:
             raise ConfigError("[alerts] backoff_s must be in [0, max_backoff_s]")
 
+
 # kind -> (emoji, verb); other kinds are shown as they are.
 _WORDING = {
     "rollback": (":rotating_light:", "rolled back"),

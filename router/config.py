@@ -176,10 +176,14 @@ def typed_section(
             value = float(value)
         if type(value) is not type(default):
             raise ConfigError(
-                f"[{section}] {name} must be a {type(default).__name__}, got {value!r}"
+                f"[{section}] {name} must be {_a(type(default).__name__)}, got {value!r}"
             )
         out[name] = value
     return replace(defaults, **out)
+
+
+def _a(noun: str) -> str:
+    return f"an {noun}" if noun[0] in "aeiou" else f"a {noun}"
 
 
 def _no_unknown(section: str, values: dict[str, Any], known: set[str]) -> None:

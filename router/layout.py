@@ -188,35 +188,3 @@ def table_words(n_cells: int, n_buckets: int) -> tuple[int, int, int, int]:
         _word(slot, "bucket_events"),
         _word(slot, "bucket_pred_sum"),
     )
-
-
-# --- the control word -------------------------------------------------------
-# bits 0-15 split in basis points | bit 16 champion slot | bit 17 challenger
-# present | bits 32-63 generation. One aligned 8-byte load reads all of it.
-_SPLIT_MASK = 0xFFFF
-_CHAMPION_BIT = 16
-_CHALLENGER_BIT = 17
-_GENERATION_SHIFT = 32
-
-
-def pack_control(split_bp: int, champion_slot: int, has_challenger: bool, generation: int) -> int:
-    if not 0 <= split_bp <= BASIS_POINTS:
-        raise ValueError(f"split_bp must be in 0..{BASIS_POINTS}, got {split_bp}")
-    if champion_slot not in (0, 1):
-        raise ValueError(f"champion_slot must be 0 or 1, got {champion_slot}")
-    return (
-        split_bp
-        | (champion_slot << _CHAMPION_BIT)
-        | (int(has_challenger) << _CHALLENGER_BIT)
-        | ((generation & 0xFFFF_FFFF) << _GENERATION_SHIFT)
-    )
-
-
-def unpack_control(word: int) -> tuple[int, int, bool, int]:
-    """(split_bp, champion_slot, has_challenger, generation)."""
-    return (
-        word & _SPLIT_MASK,
-        (word >> _CHAMPION_BIT) & 1,
-        bool((word >> _CHALLENGER_BIT) & 1),
-        word >> _GENERATION_SHIFT,
-    )

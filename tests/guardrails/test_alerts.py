@@ -239,7 +239,7 @@ def test_alerter_from_env_and_config_prefers_env_slack_url(
         ),
         pytest.param({"timeout_s": "2"}, "[alerts] timeout_s must be a float, got '2'", id="type"),
         pytest.param(
-            {"max_attempts": True}, "[alerts] max_attempts must be a int, got True", id="bool"
+            {"max_attempts": True}, "[alerts] max_attempts must be an int, got True", id="bool"
         ),
         pytest.param({"max_attempts": 0}, "[alerts] max_attempts must be >= 1, got 0", id="range"),
         pytest.param({"webhook_url": "hooks.slack.com/x"}, "must start with http", id="url"),

@@ -22,7 +22,7 @@ from guardrails import evaluator as evaluator_mod
 from guardrails.alerts import Alerter
 from guardrails.evaluator import Evaluator
 from guardrails.rollouts import Journal
-from router import layout
+from router import control, layout
 from router.config import Config
 from router.mailbox import Command
 from router.registry import Registry, Status
@@ -60,7 +60,7 @@ class Rig:
     rng: np.random.Generator
 
     def split(self) -> int:
-        split, _, has_challenger, _ = layout.unpack_control(self.shm.control_word())
+        split, _, has_challenger, _ = control.unpack(self.shm.control_word())
         return split if has_challenger else 0
 
     def step(
@@ -168,14 +168,14 @@ def test_phases_advance_when_duration_sample_and_guardrails_pass(
 
 
 def test_promotion_after_all_five_phases_and_twelve_days(rig: Rig) -> None:
-    champion_slot = layout.unpack_control(rig.shm.control_word())[1]
+    champion_slot = control.unpack(rig.shm.control_word())[1]
     rig.start()
     rig.run(400, ctr=(0.02, 0.026), prediction=(0.02, 0.026))
     r = rig.evaluator.rollout
     assert r is not None
     assert r.state == "promoted", r.reason
     assert r.ended is not None and r.ended - r.started >= 12 * 24  # 12 days at 1 s per hour
-    word = layout.unpack_control(rig.shm.control_word())
+    word = control.unpack(rig.shm.control_word())
     assert word[1] == 1 - champion_slot and word[0] == 0 and not word[2]
     registry = Registry(rig.config.state_path)
     assert registry.get(2).status == Status.CHAMPION

@@ -81,10 +81,10 @@ def test_config_load_refuses_an_unreadable_file(
             id="unknown-key",
         ),
         pytest.param(
-            {"serve": {"port": "8000"}}, "[serve] port must be a int, got '8000'", id="string-int"
+            {"serve": {"port": "8000"}}, "[serve] port must be an int, got '8000'", id="string-int"
         ),
         pytest.param(
-            {"serve": {"workers": True}}, "[serve] workers must be a int, got True", id="bool-int"
+            {"serve": {"workers": True}}, "[serve] workers must be an int, got True", id="bool-int"
         ),
         pytest.param(
             {"serve": {"stale_after_s": "3"}},

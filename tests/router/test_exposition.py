@@ -15,8 +15,8 @@ import pytest
 from conftest import Server
 from prometheus_client.parser import text_string_to_metric_families
 
+from router import control, hdr, layout
 from router import exposition as prom
-from router import hdr, layout
 from router.snapshot import SlotTotals, Snapshot
 
 ROW = [0.5, 1.0, -0.5, 2.0]
@@ -60,7 +60,7 @@ def _snapshot(latencies_us: list[int]) -> Snapshot:
     now = time.time_ns()
     return Snapshot(
         taken_ns=now,
-        control=layout.pack_control(1000, 0, True, 1),
+        control=control.pack(1000, 0, True, 1),
         heartbeat_ns=now - 500_000_000,
         slot_model=(1, 2),
         slot_seq=(1, 1),

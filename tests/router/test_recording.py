@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from router import layout, recording, shared_memory
+from router import control, layout, recording, shared_memory
 from router.layout import Counter
 
 GEOMETRY = shared_memory.Geometry(n_slabs=3, n_cells=16, n_buckets=100)
@@ -55,10 +55,10 @@ def test_record_predictions_flags_invalid_output(
 
 
 def test_control_word_roundtrip() -> None:
-    word = layout.pack_control(300, 1, True, 41)
-    assert layout.unpack_control(word) == (300, 1, True, 41)
+    word = control.pack(300, 1, True, 41)
+    assert control.unpack(word) == (300, 1, True, 41)
     with pytest.raises(ValueError):
-        layout.pack_control(10_001, 0, True, 0)
+        control.pack(10_001, 0, True, 0)
 
 
 def test_open_refuses_mismatched_layout(tmp_path: Path) -> None:
@@ -74,10 +74,10 @@ def test_open_refuses_mismatched_layout(tmp_path: Path) -> None:
 def test_state_file_survives_reattach(tmp_path: Path) -> None:
     shm = shared_memory.SharedMemory.open(tmp_path, GEOMETRY)
     recording.record_request(shm.slot_address(0, 0), 10, 0, 0)
-    shm.write_control(layout.pack_control(1000, 0, True, 3))
+    shm.write_control(control.pack(1000, 0, True, 3))
     again = shared_memory.SharedMemory.attach(tmp_path)
     assert again.slabs["slots"][0, 0]["counters"][Counter.REQUESTS] == 1
-    assert layout.unpack_control(again.control_word())[0] == 1000
+    assert control.unpack(again.control_word())[0] == 1000
 
 
 def test_slab_lock_exclusive_and_freed_by_death(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from router import layout, recording
+from router import control, layout, recording
 from router.config import Config
 from router.shared_memory import SharedMemory
 
@@ -34,7 +34,7 @@ class Traffic:
         s["heartbeat_ns"] = time.time_ns()
 
     def slot(self, arm: str) -> int:
-        _, champion, _, _ = layout.unpack_control(self.shm.control_word())
+        _, champion, _, _ = control.unpack(self.shm.control_word())
         return champion if arm == "champion" else 1 - champion
 
     def requests(
