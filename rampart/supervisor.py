@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from guardrails.policy import Policy
 from router.config import Config, check_secrets
@@ -43,6 +44,15 @@ def serve(config: Config, config_path: str | None = None) -> int:
         {k: getattr(config.serve, k) for k in ("host", "port", "workers")}
         | {"state_dir": str(config.state_path)}
     )
+    # uvicorn hands a SIGTERM back to the handler it found once it has shut down: a
+    # supervisor that gave up stopped the server that way, and that is exit 1, not death.
+    def _terminated(signum: int, frame: Any) -> None:
+        if supervisor.gave_up:
+            raise SystemExit(1)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         uvicorn.run(
             "router.app:create_app",
@@ -56,8 +66,11 @@ def serve(config: Config, config_path: str | None = None) -> int:
             log_level="warning",
             timeout_graceful_shutdown=5,
         )
+    except SystemExit:
+        pass
     finally:
         supervisor.stop()
+        signal.signal(signal.SIGTERM, previous)
     if supervisor.gave_up:
         print(f"rampart: {supervisor.gave_up}", file=sys.stderr)
         return 1
@@ -122,7 +135,6 @@ class _EvaluatorSupervisor(threading.Thread):
                 self.gave_up = (
                     f"the evaluator failed {len(failures)} times at start: {why}; stopping"
                 )
-                print(f"rampart: {self.gave_up}", file=sys.stderr, flush=True)
                 os.kill(os.getpid(), signal.SIGTERM)  # uvicorn shuts the workers down
                 return
             self.restarts += 1
