@@ -353,7 +353,7 @@ class HostAgent:
     def _apply(self, d: dict[str, Any]) -> None:
         if self.decision is None or d.get("rollout_id") != self.decision.get("rollout_id"):
             self.breach = None  # a breach belongs to its rollout
-        self.decision = d
+        self.decision = dict(d)  # a copy: the leader keeps changing its own
         for slot in (0, 1):
             version = int(d["slot_model"][slot])
             if version and self.control.slot_model(slot) != version:

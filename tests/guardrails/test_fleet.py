@@ -169,23 +169,28 @@ def test_fleet_nan_challenger_is_pulled_on_every_host(fleet: Fleet) -> None:
     _models(fleet, kind="nan_on_large")
     for h in ("a", "b", "c"):
         fleet.start(h)
-    _start_rollout(fleet, "a")
+    leader = fleet.leader()  # the host that sees the NaNs also leads: the hardest case
+    _start_rollout(fleet, leader)
     with httpx.Client(timeout=10) as client:
 
-        def pulled_on_a() -> bool:
+        def pulled_locally() -> bool:
             for _ in range(50):  # the challenger sees ~3% of them
-                _predict(client, fleet.hosts["a"], LARGE_ROW)
-            return fleet.status("a")["effective_split_bp"] == 0
+                _predict(client, fleet.hosts[leader], LARGE_ROW)
+            return fleet.status(leader)["effective_split_bp"] == 0
 
-        wait(pulled_on_a, STATE_S, "host a pulling the NaN challenger")
+        wait(pulled_locally, STATE_S, "the host pulling the NaN challenger")
     fleet.wait_all(lambda s: s["split_bp"] == 0 and s["effective_split_bp"] == 0, "100% champion")
-    leader = fleet.leader()
     last = fleet.hosts[leader].wait_for_status(
         lambda s: (s.get("last_rollout") or {}).get("outcome") == "rolled_back", "rolled back"
     )["last_rollout"]
     assert "predictions_in_range" in last["reason"]
     models = rampart("models", "list", "--fleet", fleet.url, "--fleet-name", FLEET)
     assert "failed" in models.stdout.splitlines()[1]
+    # The breach belonged to that rollout: the next one runs on every host, that one too.
+    assert fleet.register(write_model(fleet.tmp / "next.onnx", weights=[0.3] * 4)) == ["3"]
+    r = fleet.hosts[leader].admin("start", {"version": "3"})
+    assert r.status_code == 200, r.text
+    fleet.wait_all(split_in_force, "the next rollout's split")
 
 
 def test_fleet_leader_killed_mid_rollout_the_next_leader_goes_on(fleet: Fleet) -> None:
