@@ -43,14 +43,27 @@ import json
 import re
 import secrets
 import time
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError, RedisError
 from redis.retry import Retry
+
+from guardrails import fleet_records as records
+from guardrails import fleet_scripts as scripts
+from guardrails.fleet_records import (
+    Command,
+    Decision,
+    Event,
+    Evidence,
+    Host,
+    Lease,
+    StoreUnavailable,
+    Tick,
+    Wakeups,
+)
 
 MAX_EVIDENCE_BYTES = 64 * 1024
 MAX_INFO_BYTES = 4 * 1024
@@ -59,192 +72,6 @@ COMMANDS_MAXLEN = 10_000  # commands pile up only while no leader runs
 HOST_FORGET_MS = 3_600_000  # hosts not seen for an hour drop out of hosts()
 COMMAND_RESULT_TTL_S = 7 * 86_400
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-_COMMAND_ID = re.compile(r"\d{1,20}-\d{1,20}")
-
-# Server time in integer milliseconds. Formatted with %d: Lua's default number format
-# (%.14g) would round a 13-digit millisecond count once it is past 1e14.
-_NOW_MS = """
-local _t = redis.call('TIME')
-local now = string.format('%d', tonumber(_t[1]) * 1000 + math.floor(tonumber(_t[2]) / 1000))
-"""
-_FENCE = "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end\n"
-
-# A new epoch is max(stored + 1, server time in ms): strictly increasing, and still above
-# every epoch handed out before when the store restarted empty or a failover to a replica
-# lost the last INCR (as long as the server clock does not step back further than that).
-_ACQUIRE = (
-    """
-local holder = redis.call('GET', KEYS[2])
-if holder == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[2], ARGV[2])
-  return {0, redis.call('GET', KEYS[1])}
-end
-if holder then return false end"""
-    + _NOW_MS
-    + """
-local epoch = math.max(tonumber(redis.call('GET', KEYS[1]) or '0') + 1, tonumber(now))
-epoch = string.format('%d', epoch)
-redis.call('SET', KEYS[1], epoch)
-redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-redis.call('SET', KEYS[3], ARGV[3], 'NX')
-return {1, epoch}
-"""
-)
-_RESIGN = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-_WRITE_DECISION = (
-    _FENCE
-    + _NOW_MS
-    + """
-local version = redis.call('HINCRBY', KEYS[2], 'version', 1)
-redis.call('HSET', KEYS[2], 'epoch', ARGV[1], 't', now, 'body', ARGV[2])
-redis.call('PUBLISH', ARGV[3], version)
-return version
-"""
-)
-_SAVE_STATE = _FENCE + "redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])\nreturn 1\n"
-_APPEND_EVENT = (
-    _FENCE
-    + """
-local seq = redis.call('INCR', KEYS[3])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*',
-           'seq', seq, 'epoch', ARGV[1], 'record', ARGV[2])
-return seq
-"""
-)
-# Evidence is cumulative per (host, incarnation): keep only the highest seq, so a retried,
-# duplicated or reordered publish can never count twice or roll a host's counts back.
-_PUBLISH_EVIDENCE = """
-local stored = redis.call('HGET', KEYS[2], ARGV[1])
-if stored and tonumber(stored) >= tonumber(ARGV[2]) then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
-return 1
-"""
-_FORGET_EVIDENCE = _FENCE + "redis.call('DEL', KEYS[2], KEYS[3])\nreturn 1\n"
-_HEARTBEAT = (
-    _NOW_MS
-    + """
-local cutoff = string.format('(%d', tonumber(now) - tonumber(ARGV[3]))
-local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', cutoff, 'LIMIT', 0, 1000)
-if #gone > 0 then
-  redis.call('ZREM', KEYS[1], unpack(gone))
-  redis.call('HDEL', KEYS[2], unpack(gone))
-end
-redis.call('ZADD', KEYS[1], now, ARGV[1])
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-return 1
-"""
-)
-_FINISH_COMMAND = (
-    _FENCE
-    + """
-if redis.call('XDEL', KEYS[2], ARGV[2]) == 0 then return -1 end
-redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4])
-return 1
-"""
-)
-# "The first model registered in an empty registry becomes the champion", atomically:
-# two registrations racing on an empty registry cannot both become champion.
-_REGISTER_MODEL = """
-local version = ARGV[3]
-if version == '' then
-  version = string.format('%d', redis.call('INCR', KEYS[4]))
-elseif redis.call('HEXISTS', KEYS[1], version) == 1 then
-  return false
-elseif tonumber(redis.call('GET', KEYS[4]) or '0') < tonumber(version) then
-  redis.call('SET', KEYS[4], version)
-end
-local status = ARGV[4]
-if status == '' then
-  status = 'champion'
-  for _, s in ipairs(redis.call('HVALS', KEYS[2])) do
-    if s == 'champion' then status = 'candidate' break end
-  end
-end
-redis.call('SET', KEYS[5], ARGV[2], 'NX')
-redis.call('HSET', KEYS[1], version, ARGV[1])
-redis.call('HSET', KEYS[2], version, status)
-redis.call('HSET', KEYS[3], version, ARGV[5])
-redis.call('SET', KEYS[6], ARGV[6], 'NX')
-return {version, status}
-"""
-# ARGV[1] is the epoch ('' = unfenced: the CLI's register path), then (version, status,
-# reason) triples applied together, so a promotion's two status changes are one flip.
-_SET_STATUS = """
-if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-for i = 2, #ARGV, 3 do
-  if redis.call('HEXISTS', KEYS[2], ARGV[i]) == 0 then return ARGV[i] end
-end
-for i = 2, #ARGV, 3 do
-  redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
-  redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 2])
-end
-return 1
-"""
-
-
-class StoreUnavailable(Exception):
-    """The fleet store did not answer in time, refused, or failed the command."""
-
-
-@dataclass(frozen=True)
-class Lease:
-    epoch: int
-    host_id: str
-    expires_at: float = 0.0  # time.monotonic() by which the lease has surely lapsed
-
-
-@dataclass(frozen=True)
-class Decision:
-    version: int
-    epoch: int  # the leader epoch that wrote it
-    t: float  # server time, seconds since the Unix epoch
-    body: dict[str, Any]
-
-
-class Evidence(NamedTuple):
-    host_id: str
-    incarnation: str
-    blob: bytes
-
-
-class Host(NamedTuple):
-    id: str
-    age_s: float
-    info: dict[str, Any]
-
-
-class Event(NamedTuple):
-    seq: int
-    epoch: int
-    t: float
-    record: dict[str, Any]
-
-
-class Command(NamedTuple):
-    id: str
-    kind: str
-    payload: dict[str, Any]
-
-    @property
-    def submitted(self) -> float:
-        """Server time of submission (the stream id's milliseconds), Unix seconds."""
-        return int(self.id.split("-")[0]) / 1000
-
-
-class Tick(NamedTuple):
-    """One host tick's answers, from `FleetStore.tick` (one round trip)."""
-
-    published: bool | None  # None: no evidence was given
-    lease: Lease | None  # None: not asked for, or another host leads
-    decision: Decision | None
-    generation: str | None
-    leader: str | None  # the lease holder's host id
 
 
 class FleetStore:
@@ -281,17 +108,17 @@ class FleetStore:
         )
         self._redis = redis.Redis(connection_pool=pool)
         script = self._redis.register_script
-        self._acquire = script(_ACQUIRE)
-        self._resign = script(_RESIGN)
-        self._write_decision = script(_WRITE_DECISION)
-        self._save_state = script(_SAVE_STATE)
-        self._append_event = script(_APPEND_EVENT)
-        self._publish_evidence = script(_PUBLISH_EVIDENCE)
-        self._forget_evidence = script(_FORGET_EVIDENCE)
-        self._heartbeat = script(_HEARTBEAT)
-        self._finish_command = script(_FINISH_COMMAND)
-        self._register_model = script(_REGISTER_MODEL)
-        self._set_status = script(_SET_STATUS)
+        self._acquire = script(scripts.ACQUIRE)
+        self._resign = script(scripts.RESIGN)
+        self._write_decision = script(scripts.WRITE_DECISION)
+        self._save_state = script(scripts.SAVE_STATE)
+        self._append_event = script(scripts.APPEND_EVENT)
+        self._publish_evidence = script(scripts.PUBLISH_EVIDENCE)
+        self._forget_evidence = script(scripts.FORGET_EVIDENCE)
+        self._heartbeat = script(scripts.HEARTBEAT)
+        self._finish_command = script(scripts.FINISH_COMMAND)
+        self._register_model = script(scripts.REGISTER_MODEL)
+        self._set_status = script(scripts.SET_STATUS)
         self._scripts = [v for v in vars(self).values() if isinstance(v, Script)]
 
     def key(self, suffix: str) -> str:
@@ -322,12 +149,12 @@ class FleetStore:
     def generation(self) -> str | None:
         """The id the fleet's state was created with; a different one (or None) means the
         store lost it (restarted empty, flushed) and the caller must treat it as lost."""
-        return _text(self._call(self._redis.get, self.key("created")))
+        return records.text(self._call(self._redis.get, self.key("created")))
 
     def ensure_generation(self) -> str:
         fresh = secrets.token_hex(8)
         old = self._call(self._redis.set, self.key("created"), fresh, nx=True, get=True)
-        return _text(old) or fresh
+        return records.text(old) or fresh
 
     # --- leadership -----------------------------------------------------------------------
 
@@ -336,11 +163,13 @@ class FleetStore:
         holds it (same epoch), else None. Act as leader only until `Lease.expires_at`."""
         keys, args = self._acquire_args(host_id, lease_ms)
         started = time.monotonic()
-        return _lease(self._call(self._acquire, keys, args), host_id, started, lease_ms)
+        return records.lease(self._call(self._acquire, keys, args), host_id, started, lease_ms)
 
     def resign(self, host_id: str) -> bool:
         """Give the lease up (on shutdown) so another host takes over at once."""
-        return bool(self._call(self._resign, [self.key("leader")], [_id(host_id, "host id")]))
+        return bool(
+            self._call(self._resign, [self.key("leader")], [records.id(host_id, "host id")])
+        )
 
     def leader(self) -> tuple[str, int] | None:
         holder, epoch = self._call(self._redis.mget, [self.key("leader"), self.key("epoch")])
@@ -351,14 +180,14 @@ class FleetStore:
     def write_decision(self, epoch: int, decision: dict[str, Any]) -> bool:
         """Store the fleet's decision as version + 1, only if `epoch` is current."""
         keys = [self.key("epoch"), self.key("decision")]
-        args = [_epoch(epoch), json.dumps(decision), self.wakeup_channel]
+        args = [records.epoch(epoch), json.dumps(decision), self.wakeup_channel]
         return bool(self._call(self._write_decision, keys, args))
 
     def read_decision(self) -> Decision | None:
-        return _decision(self._call(self._redis.hgetall, self.key("decision")))
+        return records.decision(self._call(self._redis.hgetall, self.key("decision")))
 
     def save_state(self, epoch: int, key: str, value: bytes) -> bool:
-        args = [_epoch(epoch), _id(key, "state key"), value]
+        args = [records.epoch(epoch), records.id(key, "state key"), value]
         return bool(self._call(self._save_state, [self.key("epoch"), self.key("state")], args))
 
     def load_state(self, key: str) -> bytes | None:
@@ -368,7 +197,7 @@ class FleetStore:
     def append_event(self, epoch: int, record: dict[str, Any]) -> int | None:
         """Append to the fleet's event log; its sequence, or None when `epoch` is stale."""
         keys = [self.key("epoch"), self.key("events"), self.key("events:seq")]
-        args = [_epoch(epoch), json.dumps(record), EVENTS_MAXLEN]
+        args = [records.epoch(epoch), json.dumps(record), EVENTS_MAXLEN]
         return int(self._call(self._append_event, keys, args)) or None
 
     def events(self, limit: int = 100) -> list[Event]:
@@ -395,7 +224,7 @@ class FleetStore:
         return bool(self._call(self._publish_evidence, keys, args))
 
     def all_evidence(self, rollout_id: str) -> list[Evidence]:
-        key = self.key(f"evidence:{_id(rollout_id, 'rollout id')}")
+        key = self.key(f"evidence:{records.id(rollout_id, 'rollout id')}")
         blobs = self._call(self._redis.hgetall, key)
         out = []
         for field, blob in blobs.items():
@@ -404,9 +233,9 @@ class FleetStore:
         return sorted(out)
 
     def forget_evidence(self, epoch: int, rollout_id: str) -> bool:
-        rid = _id(rollout_id, "rollout id")
+        rid = records.id(rollout_id, "rollout id")
         keys = [self.key("epoch"), self.key(f"evidence:{rid}"), self.key(f"evidence-seq:{rid}")]
-        return bool(self._call(self._forget_evidence, keys, [_epoch(epoch)]))
+        return bool(self._call(self._forget_evidence, keys, [records.epoch(epoch)]))
 
     # --- hosts ----------------------------------------------------------------------------
 
@@ -460,15 +289,19 @@ class FleetStore:
         published = bool(replies[1]) if evidence is not None else None
         lease = None
         if lease_ms is not None:
-            lease = _lease(replies[len(ops) - 1], host_id, started, lease_ms)
+            lease = records.lease(replies[len(ops) - 1], host_id, started, lease_ms)
         return Tick(
-            published, lease, _decision(replies[-3]), _text(replies[-2]), _text(replies[-1])
+            published,
+            lease,
+            records.decision(replies[-3]),
+            records.text(replies[-2]),
+            records.text(replies[-1]),
         )
 
     # --- admin commands -------------------------------------------------------------------
 
     def submit_command(self, kind: str, payload: dict[str, Any]) -> str:
-        fields = {"kind": _id(kind, "command kind"), "payload": json.dumps(payload)}
+        fields = {"kind": records.id(kind, "command kind"), "payload": json.dumps(payload)}
         sid = self._call(
             self._redis.xadd, self.key("commands"), fields, maxlen=COMMANDS_MAXLEN, approximate=True
         )
@@ -483,13 +316,13 @@ class FleetStore:
     def finish_command(self, epoch: int, command_id: str, result: dict[str, Any]) -> bool:
         """Record a pending command's result and drop it from the queue; False (and no
         change) when `epoch` is stale or the command is not pending."""
-        cid = _command_id(command_id)
+        cid = records.command_id(command_id)
         keys = [self.key("epoch"), self.key("commands"), self.key(f"command:{cid}")]
-        args = [_epoch(epoch), cid, json.dumps(result), COMMAND_RESULT_TTL_S]
+        args = [records.epoch(epoch), cid, json.dumps(result), COMMAND_RESULT_TTL_S]
         return self._call(self._finish_command, keys, args) == 1
 
     def command_result(self, command_id: str) -> dict[str, Any] | None:
-        raw = self._call(self._redis.get, self.key(f"command:{_command_id(command_id)}"))
+        raw = self._call(self._redis.get, self.key(f"command:{records.command_id(command_id)}"))
         return None if raw is None else dict(json.loads(raw))
 
     # --- model registry -------------------------------------------------------------------
@@ -529,9 +362,9 @@ class FleetStore:
         pipe = self._redis.pipeline(transaction=True)
         for k in ("models", "model-status", "model-reason"):
             pipe.hgetall(self.key(k))
-        records, statuses, reasons = self._call(pipe.execute)
+        entries, statuses, reasons = self._call(pipe.execute)
         return sorted(
-            (_model(v, r, statuses.get(v), reasons.get(v)) for v, r in records.items()),
+            (records.model(v, r, statuses.get(v), reasons.get(v)) for v, r in entries.items()),
             key=lambda m: int(m["version"]),
         )
 
@@ -542,7 +375,7 @@ class FleetStore:
         record, status, reason = self._call(pipe.execute)
         if record is None:
             raise KeyError(f"no model version {version} in the fleet registry")
-        return _model(str(int(version)).encode(), record, status, reason)
+        return records.model(str(int(version)).encode(), record, status, reason)
 
     def model_bytes(self, sha256: str) -> bytes:
         if not re.fullmatch(r"[0-9a-f]{64}", sha256):
@@ -562,9 +395,9 @@ class FleetStore:
 
     def set_model_statuses(self, epoch: int | None, changes: dict[int, tuple[str, str]]) -> bool:
         """Several status changes as one flip (a promotion: champion and retired)."""
-        args: list[Any] = ["" if epoch is None else _epoch(epoch)]
+        args: list[Any] = ["" if epoch is None else records.epoch(epoch)]
         for version, (status, reason) in changes.items():
-            args += [str(int(version)), _id(status, "status"), reason]
+            args += [str(int(version)), records.id(status, "status"), reason]
         keys = [self.key(k) for k in ("epoch", "models", "model-status", "model-reason")]
         reply = self._call(self._set_status, keys, args)
         if isinstance(reply, bytes):
@@ -586,7 +419,7 @@ class FleetStore:
         if lease_ms < 1:
             raise ValueError(f"lease_ms must be >= 1, got {lease_ms}")
         keys = [self.key("epoch"), self.key("leader"), self.key("created")]
-        return keys, [_id(host_id, "host id"), int(lease_ms), secrets.token_hex(8)]
+        return keys, [records.id(host_id, "host id"), int(lease_ms), secrets.token_hex(8)]
 
     def _evidence_args(
         self, rollout_id: str, host_id: str, incarnation: str, seq: int, blob: bytes
@@ -595,8 +428,8 @@ class FleetStore:
             raise ValueError(f"evidence blob of {len(blob)} bytes > {MAX_EVIDENCE_BYTES}")
         if not 0 <= seq < 2**53:  # Lua compares seqs as doubles
             raise ValueError(f"evidence seq must be in [0, 2**53), got {seq}")
-        rid = _id(rollout_id, "rollout id")
-        field = f"{_id(host_id, 'host id')}|{_id(incarnation, 'incarnation')}"
+        rid = records.id(rollout_id, "rollout id")
+        field = f"{records.id(host_id, 'host id')}|{records.id(incarnation, 'incarnation')}"
         keys = [self.key(f"evidence:{rid}"), self.key(f"evidence-seq:{rid}")]
         return keys, [field, int(seq), blob, self._evidence_ttl_ms]
 
@@ -605,7 +438,7 @@ class FleetStore:
         if len(text) > MAX_INFO_BYTES:
             raise ValueError(f"host info of {len(text)} bytes > {MAX_INFO_BYTES}")
         keys = [self.key("hosts"), self.key("host-info")]
-        return keys, [_id(host_id, "host id"), text, HOST_FORGET_MS]
+        return keys, [records.id(host_id, "host id"), text, HOST_FORGET_MS]
 
     def _pipeline(
         self, ops: list[tuple[Script, tuple[list[str], list[Any]]]], plain: list[tuple[str, ...]]
@@ -632,85 +465,8 @@ class FleetStore:
 
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         if isinstance(fn, Script):
-            fn = _run_script(fn)
+            fn = records.run_script(fn)
         try:
             return fn(*args, **kwargs)
         except RedisError as e:
             raise StoreUnavailable(f"fleet store {self.name!r}: {e}") from e
-
-
-class Wakeups:
-    """A subscription to the fleet's wake-up channel."""
-
-    def __init__(self, client: redis.Redis, channel: str) -> None:
-        self._pubsub = client.pubsub(ignore_subscribe_messages=True)
-        try:
-            self._pubsub.subscribe(channel)
-        except RedisError as e:
-            raise StoreUnavailable(f"subscribe {channel}: {e}") from e
-
-    def wait(self, timeout_s: float) -> bool:
-        """True if a wake-up arrived within `timeout_s`."""
-        deadline = time.monotonic() + timeout_s
-        try:
-            while (left := deadline - time.monotonic()) > 0:
-                if self._pubsub.get_message(timeout=left) is not None:
-                    return True
-        except RedisError as e:
-            raise StoreUnavailable(f"wake-up channel: {e}") from e
-        return False
-
-    def close(self) -> None:
-        self._pubsub.close()
-
-
-def _run_script(script: Script) -> Any:
-    return lambda keys, args: script(keys=keys, args=args)
-
-
-def _lease(reply: Any, host_id: str, started: float, lease_ms: int) -> Lease | None:
-    if reply is None:
-        return None
-    return Lease(int(reply[1]), host_id, started + lease_ms / 1000)
-
-
-def _decision(raw: dict[bytes, bytes]) -> Decision | None:
-    if b"body" not in raw:
-        return None
-    return Decision(
-        int(raw[b"version"]), int(raw[b"epoch"]), int(raw[b"t"]) / 1000, json.loads(raw[b"body"])
-    )
-
-
-def _model(
-    version: bytes, record: bytes, status: bytes | None, reason: bytes | None
-) -> dict[str, Any]:
-    return dict(
-        json.loads(record),
-        version=int(version),
-        status=(status or b"").decode(),
-        reason=(reason or b"").decode(),
-    )
-
-
-def _text(raw: bytes | None) -> str | None:
-    return None if raw is None else raw.decode()
-
-
-def _epoch(epoch: int) -> str:
-    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
-        raise ValueError(f"a fencing epoch is an int >= 1, got {epoch!r}")
-    return str(epoch)
-
-
-def _id(value: str, what: str) -> str:
-    # '|' separates host from incarnation in evidence fields; the length keeps keys small.
-    if not isinstance(value, str) or not 0 < len(value) <= 200 or "|" in value:
-        raise ValueError(f"{what} must be 1-200 characters without '|': {value!r}")
-    return value
-
-
-def _command_id(command_id: str) -> str:
-    if not _COMMAND_ID.fullmatch(command_id):
-        raise ValueError(f"not a command id: {command_id!r}")
-    return command_id

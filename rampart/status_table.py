@@ -47,6 +47,21 @@ def status_text(s: dict[str, Any], colour: bool) -> str:
     if s.get("stale"):
         warning = "STALE: evaluator heartbeat lost, 100% of traffic to the champion"
         lines.append(paint(warning, "31;1"))
+    fleet = s.get("fleet")
+    if fleet:
+        hosts = fleet.get("hosts") or []
+        leader = fleet.get("leader") or "none"
+        lines.append(
+            f"fleet {fleet.get('name')}: {len(hosts)} hosts, leader {leader}, "
+            f"answered by {fleet.get('host')}"
+        )
+        if fleet.get("store") != "ok":
+            lines.append(
+                paint("STORE UNREACHABLE: serving the last decision, nothing advances", "31;1")
+            )
+        if fleet.get("local_breach"):
+            b = fleet["local_breach"]
+            lines.append(paint(f"this host pulled the challenger: {b.get('guardrail')}", "31;1"))
     guardrails = s.get("guardrails") or []
     if guardrails:
         rows = [["GUARDRAIL", "VALUE", "THRESHOLD", "STATE"]]

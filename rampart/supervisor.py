@@ -44,6 +44,7 @@ def serve(config: Config, config_path: str | None = None) -> int:
         {k: getattr(config.serve, k) for k in ("host", "port", "workers")}
         | {"state_dir": str(config.state_path)}
     )
+
     # uvicorn hands a SIGTERM back to the handler it found once it has shut down: a
     # supervisor that gave up stopped the server that way, and that is exit 1, not death.
     def _terminated(signum: int, frame: Any) -> None:

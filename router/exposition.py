@@ -163,6 +163,7 @@ class SnapshotCollector(Collector):
         yield from self._rollout()
         yield from self._guardrails()
         yield from self._evaluator()
+        yield from self._fleet()
 
     def _per_arm(self, name: str, help_: str, counter: Counter) -> CounterMetricFamily:
         family = CounterMetricFamily(name, help_, labels=list(ARM_LABELS))
@@ -297,6 +298,39 @@ class SnapshotCollector(Collector):
             "rampart_evaluator_heartbeat_age_seconds", "Time since the evaluator's heartbeat.", age
         )
         yield _gauge("rampart_workers", "Workers with a fresh heartbeat.", snapshot.live_workers)
+
+    def _fleet(self) -> Iterator[Metric]:
+        """Fleet mode only: the store's reachability, the hosts it has heard from, who leads."""
+        fleet = _mapping(self.status.get("fleet"))
+        if not fleet:
+            return
+        up = fleet.get("store") == "ok"
+        yield _gauge("rampart_fleet_store_up", "1 while the fleet store answers.", int(up))
+        since = _finite(fleet.get("unreachable_since"))
+        yield _gauge(
+            "rampart_fleet_store_unreachable_since_seconds",
+            "Unix time the fleet store stopped answering (absent while it answers).",
+            since,
+        )
+        hosts = fleet.get("hosts")
+        hosts = hosts if isinstance(hosts, list) else []
+        yield _gauge("rampart_fleet_hosts", "Hosts the fleet store has heard from.", len(hosts))
+        host, leader = str(fleet.get("host", "")), fleet.get("leader")
+        yield _gauge(
+            "rampart_fleet_leader", "1 on the host that leads the fleet.", int(host == leader)
+        )
+        info = GaugeMetricFamily(
+            "rampart_fleet_info",
+            "This host in its fleet (always 1).",
+            labels=["fleet", "host", "leader"],
+        )
+        info.add_metric([str(fleet.get("name", "")), host, str(leader or "")], 1)
+        yield info
+        yield _gauge(
+            "rampart_fleet_local_breach",
+            "1 while this host has pulled the challenger on its own evidence.",
+            int(bool(fleet.get("local_breach"))),
+        )
 
 
 def render(

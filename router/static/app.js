@@ -423,8 +423,29 @@
     }), h("span", { text: `band ${lo}–${hi}` }));
   }
 
+  // Fleet mode: who leads, which hosts the store has heard from, and whether it answers.
+  function renderFleet(st) {
+    const f = st.fleet;
+    byId("fleet-card").hidden = !f;
+    const banner = byId("store-banner");
+    banner.hidden = !f || f.store !== "unreachable";
+    if (!f) return;
+    if (f.store === "unreachable") {
+      banner.textContent = `Fleet store unreachable since ${clock(f.unreachable_since)}: this host keeps serving the last decision; nothing advances until it is back.`;
+    }
+    const hosts = Array.isArray(f.hosts) ? f.hosts : [];
+    byId("fleet-summary").textContent = `${f.name ?? ""} · ${hosts.length} host${hosts.length === 1 ? "" : "s"} · leader ${f.leader ?? "none"} · answered by ${f.host ?? "?"}`
+      + (f.local_breach ? ` · this host pulled the challenger: ${f.local_breach.guardrail}` : "");
+    byId("fleet-hosts").querySelector("tbody").replaceChildren(...hosts.map((x) => h("tr", { "data-host": x.id },
+      h("td", { text: x.id }),
+      h("td", { text: x.id === f.leader ? "leader" : "follower" }),
+      h("td", { class: "num", text: isNum(x.age_s) ? `${x.age_s.toFixed(1)} s ago` : "—" }),
+      h("td", { class: "num", text: isNum(x.split_bp) ? `${(x.split_bp / 100).toFixed(2)}%` : "—" }),
+    )));
+  }
+
   // ---- polling --------------------------------------------------------------
-  const SECTIONS = [renderHeader, renderTimeline, renderGuardrails, renderTraffic, renderLatency, renderSegments, renderEvents, renderCharts];
+  const SECTIONS = [renderHeader, renderTimeline, renderGuardrails, renderTraffic, renderLatency, renderSegments, renderEvents, renderCharts, renderFleet];
   let polls = 0, lastOk = null, latest = null;
 
   function render(st) {

@@ -140,6 +140,12 @@ def test_fleet_rollout_started_on_one_host_runs_on_all(fleet: Fleet) -> None:
         assert status["effective_split_bp"] == status["split_bp"] == 300
         assert status["models"]["challenger"]["version"] == "2"
         assert {x["id"] for x in status["fleet"]["hosts"]} >= {"a", "b", "c"}
+    for h, server in fleet.hosts.items():  # /metrics and `rampart status` show the fleet too
+        assert server.metric("rampart_fleet_store_up") == 1
+        assert server.metric("rampart_fleet_leader") == (1 if h == leader else 0)
+        assert server.metric("rampart_fleet_hosts") == 3
+    text = rampart("status", "--url", fleet.hosts[via].url).stdout
+    assert f"fleet {FLEET}: 3 hosts, leader {leader}, answered by {via}" in text
 
 
 def test_fleet_events_posted_to_another_host_count_once(fleet: Fleet) -> None:
@@ -186,6 +192,10 @@ def test_fleet_nan_challenger_is_pulled_on_every_host(fleet: Fleet) -> None:
     assert "predictions_in_range" in last["reason"]
     models = rampart("models", "list", "--fleet", fleet.url, "--fleet-name", FLEET)
     assert "failed" in models.stdout.splitlines()[1]
+    # The fleet's event log gives the post-mortem, from any machine that reaches the store.
+    report = rampart("report", last["id"], "--fleet", fleet.url, "--fleet-name", FLEET)
+    assert report.returncode == 0, report.stderr
+    assert "predictions_in_range" in report.stdout and "rolled_back" in report.stdout
     # The breach belonged to that rollout: the next one runs on every host, that one too.
     assert fleet.register(write_model(fleet.tmp / "next.onnx", weights=[0.3] * 4)) == ["3"]
     r = fleet.hosts[leader].admin("start", {"version": "3"})
@@ -234,6 +244,8 @@ def test_fleet_store_down_serving_goes_on_with_the_last_decision(fleet: Fleet) -
         status = fleet.status(h)
         assert status["effective_split_bp"] == 300  # the last decision keeps serving
         assert status["fleet"]["unreachable_since"] is not None
+        assert fleet.hosts[h].metric("rampart_fleet_store_up") == 0
+    assert "STORE UNREACHABLE" in rampart("status", "--url", fleet.hosts["a"].url).stdout
 
 
 def test_fleet_store_restarted_empty_sends_every_host_to_the_champion(fleet: Fleet) -> None:
