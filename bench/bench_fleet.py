@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 import redis
 
-from bench.bench_fleet_store import _private_redis
 from guardrails import fleet_evidence
 from guardrails.alerts import Alerter
 from guardrails.evaluator import Evaluator
@@ -31,6 +30,7 @@ from guardrails.fleet_evidence import HostEvidence
 from guardrails.fleet_leader import FleetLog, FleetMailbox, FleetRegistry, FleetServing
 from guardrails.fleet_store import FleetStore
 from guardrails.rollouts import Rollout, RolloutState
+from harness.redis_process import private_redis
 from router import hdr, layout
 from router.config import Config
 
@@ -84,7 +84,7 @@ def run(hosts: int, rounds: int) -> dict[str, Any]:
     rng = np.random.default_rng(7)
     evidence = [busy_host(rng, n_cells, n_buckets) for _ in range(hosts)]
     blob_bytes = [len(fleet_evidence.encode(e, n_cells, n_buckets)) for e in evidence]
-    with _private_redis(aof=False) as url:
+    with private_redis() as url:
         store = FleetStore(url, FLEET)
         for version, status in ((1, "champion"), (2, "challenger")):
             record = {"name": "bench", "features": ["f0"], "version": version, "status": status}

@@ -28,8 +28,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from bench.bench_fleet_store import _private_redis
 from harness import ground_truth
+from harness.redis_process import private_redis
 from harness.scenario_models import model_path
 from harness.serve_process import ADMIN_TOKEN, Serve, free_port
 
@@ -108,8 +108,10 @@ def _start(hosts: list[Host], version: str) -> None:
     )
     assert r.status_code == 200, r.text
     _wait(
-        lambda: all(h.status()["effective_split_bp"] > 0 for h in hosts)
-        or [(h.id, h.status()["effective_split_bp"], h.status()["fleet"]) for h in hosts],
+        lambda: (
+            all(h.status()["effective_split_bp"] > 0 for h in hosts)
+            or [(h.id, h.status()["effective_split_bp"], h.status()["fleet"]) for h in hosts]
+        ),
         60,
         "the split in force",
     )
@@ -183,7 +185,7 @@ def _took_over(st: dict[str, Any], old: str, killed: float, rollout: str) -> boo
 
 
 def store_down(root: Path, outage_s: float) -> dict[str, int]:
-    with _private_redis(aof=False) as url:
+    with private_redis() as url:
         _register(url, "champion")
         hosts = [Host(root, url, f"s{i}").start() for i in range(2)]
         _start(hosts, _register(url, "challenger_better"))
@@ -227,9 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        with _private_redis(aof=False) as url:
+        with private_redis() as url:
             b = breach(url, root / "breach", args.trials)
-        with _private_redis(aof=False) as url:
+        with private_redis() as url:
             f = failover(url, root / "failover", args.trials)
         s = store_down(root / "down", args.outage_s)
     out = {

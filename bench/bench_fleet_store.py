@@ -17,11 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import socket
 import statistics
-import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -31,40 +27,12 @@ from typing import Any
 import redis
 
 from guardrails.fleet_store import FleetStore
+from harness.redis_process import private_redis
 
 FLEET = "bench"
 ROLLOUT = "r1"
 LEASE_MS = 5_000
 INFO = {"models": [1, 2], "breach": False, "split_bp": 300}
-
-
-@contextmanager
-def _private_redis(aof: bool) -> Iterator[str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server is not on PATH; pass --url")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with tempfile.TemporaryDirectory() as d:
-        cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", d]
-        cmd += (
-            ["--appendonly", "yes", "--appendfsync", "everysec"] if aof else ["--appendonly", "no"]
-        )
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-        url = f"redis://127.0.0.1:{port}/0"
-        try:
-            client = redis.Redis.from_url(url)
-            for _ in range(200):
-                try:
-                    client.ping()
-                    break
-                except redis.ConnectionError:
-                    time.sleep(0.05)
-            yield url
-        finally:
-            proc.terminate()
-            proc.wait(10)
 
 
 def _stats(client: redis.Redis) -> dict[str, float]:
@@ -256,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", help="an existing Redis (FLUSHALL is run on it)")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
-    with _private_redis(args.aof) if args.url is None else _given(args.url) as url:
+    with private_redis(aof=args.aof) if args.url is None else _given(args.url) as url:
         report = run(url, args.hosts, args.blob_kib, args.seconds, args.procs)
         version = redis.Redis.from_url(url).info("server")["redis_version"]
     report |= {"redis": version, "aof": args.aof}

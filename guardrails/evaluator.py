@@ -5,14 +5,12 @@ guardrail of the current phase, decide (hold, advance, promote, roll back, stop)
 and act. A rollback flips the split to 100% champion first, in the tick that saw
 the breach; the registry, the event log and the alert follow, and alert delivery
 runs on its own thread so it can never delay a flip. What it serves (this host's
-control block, or the fleet's decision) is `guardrails.serving`; `run` is the
-single-host process loop (fleet mode's is `guardrails.fleet.run`).
+control block, or the fleet's decision) is `guardrails.serving`; the process that
+ticks it is `guardrails.process`.
 """
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from collections import deque
 from collections.abc import Callable
@@ -25,9 +23,7 @@ from guardrails.measures import ArmMetrics, SegmentCodes, measure
 from guardrails.policy import Action, Decision, Policy, decide
 from guardrails.rollouts import EventKind, Journal, Rollout, RolloutState
 from guardrails.serving import LocalServing, Mailbox, ModelRegistry, RolloutLog, Serving
-from router import status as status_file
 from router.config import Config
-from router.control import ControlWriter
 from router.mailbox import AdminMailbox, Command
 from router.registry import Registry, Status
 from router.shared_memory import Geometry, SharedMemory
@@ -395,65 +391,6 @@ class Evaluator:
         self.journal.close()
         self.registry.close()
         self.mailbox.close()
-
-
-START_ERROR_FILE = "evaluator.error"
-
-
-def run(config: Config, tick_s: float = 1.0) -> None:
-    """Single-host evaluator process: beat, decide, publish, once a tick, until SIGTERM.
-    A failure before the first tick leaves one line in START_ERROR_FILE for the supervisor."""
-    error_file = config.state_path / START_ERROR_FILE
-    try:
-        shm = SharedMemory.attach(config.state_path)
-        control = ControlWriter(shm)
-        control.claim(os.getpid())
-        evaluator = Evaluator(config, shm)
-    except Exception as e:
-        error_file.write_text(f"{type(e).__name__}: {e}".splitlines()[0] + "\n")
-        raise
-    error_file.unlink(missing_ok=True)
-    ticks(tick_s, lambda: _tick(config, control, evaluator), evaluator.close)
-
-
-def _tick(config: Config, control: ControlWriter, evaluator: Evaluator) -> None:
-    control.beat()
-    evaluator.tick()
-    status_file.write(config.state_path, evaluator.status(evaluator.clock()))
-
-
-def ticks(
-    tick_s: float,
-    tick: Callable[[], None],
-    close: Callable[[], None],
-    between: Callable[[float], bool] | None = None,
-) -> None:
-    """Call `tick` every `tick_s` until SIGTERM or SIGINT, then `close`. `between(seconds)`
-    fills the wait instead of sleeping and may return True to tick early."""
-    stop = False
-
-    def _stop(signum: int, frame: Any) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    next_tick = time.monotonic()
-    try:
-        while not stop:
-            # A tick that raises ends the process: its heartbeat stops, workers fail safe
-            # to the champion, and the supervisor starts a fresh evaluator.
-            tick()
-            next_tick += tick_s
-            delay = next_tick - time.monotonic()
-            if delay < 0:  # fell behind (a slow disk): skip the missed ticks, don't burst
-                next_tick = time.monotonic()
-            if between is None:
-                time.sleep(max(0.0, delay))
-            elif between(max(0.0, delay)):
-                next_tick = time.monotonic()
-    finally:
-        close()
 
 
 def prepare(config: Config) -> SharedMemory:

@@ -26,17 +26,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import socket
 import sys
 import time
 import zlib
-from pathlib import Path
 from typing import Any
 
 from guardrails import checks, fleet_evidence
 from guardrails.alerts import Alert, Alerter
-from guardrails.evaluator import START_ERROR_FILE, Evaluator, ticks
+from guardrails.evaluator import Evaluator
 from guardrails.fleet_evidence import HostEvidence
 from guardrails.fleet_leader import (
     IDLE,
@@ -50,15 +48,13 @@ from guardrails.fleet_leader import (
 from guardrails.fleet_store import FleetStore, StoreUnavailable, Tick, Wakeups
 from guardrails.measures import SegmentCodes, measure
 from guardrails.policy import Policy, State
-from guardrails.rollouts import pack_totals, unpack_totals
 from router import snapshot
 from router import status as status_file
 from router.config import Config
 from router.control import ControlWriter
 from router.mailbox import AdminMailbox
 from router.registry import Registry, Status
-from router.shared_memory import STATE_FILE, SharedMemory
-from router.snapshot import SlotTotals
+from router.shared_memory import SharedMemory
 from router.status import EvaluatorStatus, FleetInfo, LocalBreach
 
 # Breaches a host acts on alone, from its own slabs.
@@ -69,20 +65,6 @@ POLL_S = 0.1  # admin commands and wake-ups, between ticks
 
 def default_host_id(port: int) -> str:
     return f"{socket.gethostname()}:{port}"
-
-
-def incarnation(state_dir: Path, shm: SharedMemory) -> str:
-    """Whose counts these are: a random id kept in the state directory, and when its state
-    file was made. A wiped state directory (or a new state file) is a new incarnation, so
-    its fresh counts never overwrite what the old one published; a restart is not."""
-    path = state_dir / "fleet.incarnation"
-    try:
-        base = path.read_text().strip()
-    except FileNotFoundError:
-        base = secrets.token_hex(6)
-        path.write_text(base + "\n")
-    created = int(shm.control["created_ns"]) or (state_dir / STATE_FILE).stat().st_ino
-    return f"{base}-{created:x}"
 
 
 class HostAgent:
@@ -102,7 +84,7 @@ class HostAgent:
         self.control = control
         self.store = store
         self.host_id = host_id
-        self.incarnation = incarnation(self.state, shm)
+        self.incarnation = fleet_evidence.incarnation(self.state, shm)
         self.policy = Policy.from_config(config)
         self.codes = SegmentCodes(config.segments)
         self.registry = Registry(self.state)
@@ -127,7 +109,7 @@ class HostAgent:
         self.status_version = 0  # of the decision the copied status went with
         self.decision_at = 0.0  # when this host first saw the current decision version
         self.wakeups: Wakeups | None = None
-        self.baseline_rollout, self.baseline = self._load_baseline()
+        self.baseline_rollout, self.baseline = fleet_evidence.load_baseline(self.state)
         # Until a decision is read, this host serves the champion alone.
         word = control.read()
         control.flip(0, word.champion_slot, False)
@@ -231,7 +213,7 @@ class HostAgent:
         if self.baseline_rollout != rollout_id:
             # The first look at this rollout: the champion counts from here.
             self.baseline_rollout, self.baseline = rollout_id, local.champion
-            self._save_baseline()
+            fleet_evidence.save_baseline(self.state, rollout_id, local.champion)
         slots = list(local.slots)
         assert self.baseline is not None
         slots[champion_slot] = slots[champion_slot] - self.baseline
@@ -239,23 +221,6 @@ class HostAgent:
         blob = fleet_evidence.encode(ev, self.config.segments.n_cells, self.config.n_buckets)
         self.seq = max(self.seq + 1, time.time_ns() // 1000)
         return rollout_id, self.incarnation, self.seq, blob
-
-    def _baseline_path(self) -> Path:
-        return self.state / "fleet.baseline"
-
-    def _load_baseline(self) -> tuple[str, SlotTotals | None]:
-        try:
-            raw = self._baseline_path().read_bytes()
-        except FileNotFoundError:
-            return "", None
-        rollout_id, _, blob = raw.partition(b"\n")
-        return rollout_id.decode(), unpack_totals(blob)
-
-    def _save_baseline(self) -> None:
-        blob = pack_totals(self.baseline) or b""
-        tmp = self._baseline_path().with_suffix(".tmp")
-        tmp.write_bytes(self.baseline_rollout.encode() + b"\n" + blob)
-        tmp.replace(self._baseline_path())
 
     # -- the store's answers ----------------------------------------------------------------------
     def _unreachable(self, now: float, why: str) -> None:
@@ -475,20 +440,3 @@ class HostAgent:
         self.registry.close()
         self.mailbox.close()
         self.store.close()
-
-
-def run(config: Config, tick_s: float = 1.0) -> None:
-    """Fleet-mode evaluator process: a `HostAgent` ticking until SIGTERM."""
-    error_file = config.state_path / START_ERROR_FILE
-    try:
-        shm = SharedMemory.attach(config.state_path)
-        control = ControlWriter(shm)
-        control.claim(os.getpid())
-        store = FleetStore(config.fleet.url, config.fleet.name)
-        host_id = config.fleet.host_id or default_host_id(config.serve.port)
-        agent = HostAgent(config, shm, control, store, host_id=host_id)
-    except Exception as e:
-        error_file.write_text(f"{type(e).__name__}: {e}".splitlines()[0] + "\n")
-        raise
-    error_file.unlink(missing_ok=True)
-    ticks(tick_s, agent.tick, agent.close, between=agent.between)

@@ -16,14 +16,18 @@ every host's blob each tick cost more than the whole merge may).
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import msgpack
 import numba
 import numpy as np
 
+from guardrails.rollouts import pack_totals, unpack_totals
 from router import layout
+from router.shared_memory import STATE_FILE, SharedMemory
 from router.snapshot import SlotTotals
 
 FORMAT = 2
@@ -187,3 +191,41 @@ class Merger:
         zero = empty_totals(self.n_cells, self.n_buckets)
         slots = tuple(totals[s] if models[s] else zero for s in (0, 1))
         return HostEvidence(models, (slots[0], slots[1]), rejects)
+
+
+# -- whose counts these are, and since when ------------------------------------------------
+
+
+def incarnation(state_dir: Path, shm: SharedMemory) -> str:
+    """Whose counts these are: a random id kept in the state directory, and when its state
+    file was made. A wiped state directory (or a new state file) is a new incarnation, so
+    its fresh counts never overwrite what the old one published; a restart is not."""
+    path = state_dir / "fleet.incarnation"
+    try:
+        base = path.read_text().strip()
+    except FileNotFoundError:
+        base = secrets.token_hex(6)
+        path.write_text(base + "\n")
+    created = int(shm.control["created_ns"]) or (state_dir / STATE_FILE).stat().st_ino
+    return f"{base}-{created:x}"
+
+
+_BASELINE = "fleet.baseline"
+
+
+def load_baseline(state_dir: Path) -> tuple[str, SlotTotals | None]:
+    """The rollout this host last took its champion baseline for, and the baseline: its
+    champion counts are published since then (kept across restarts)."""
+    try:
+        raw = (state_dir / _BASELINE).read_bytes()
+    except FileNotFoundError:
+        return "", None
+    rollout_id, _, blob = raw.partition(b"\n")
+    return rollout_id.decode(), unpack_totals(blob)
+
+
+def save_baseline(state_dir: Path, rollout_id: str, totals: SlotTotals) -> None:
+    path = state_dir / _BASELINE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(rollout_id.encode() + b"\n" + (pack_totals(totals) or b""))
+    tmp.replace(path)

@@ -37,6 +37,7 @@ class Serve:
     """`rampart serve` as a child process in its own session (so it can be stopped whole)."""
 
     def __init__(self, state: Path, config: Path, port: int, env: dict[str, str]) -> None:
+        self.config = config
         self.cmd = [
             *pin(0),
             sys.executable,

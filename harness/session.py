@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import math
 import os
+import secrets
 import signal
 import tempfile
 import threading
@@ -24,6 +25,7 @@ import httpx
 import uvloop
 
 from harness import simulator
+from harness.redis_process import private_redis
 from harness.scenario_models import model_path
 from harness.scenarios import SCENARIOS, Scenario, server_config
 from harness.serve_process import ADMIN_TOKEN, Serve, free_port, pin
@@ -113,8 +115,13 @@ class Session:
         prefix: str = "sim-",
         max_s: float = 900.0,
         challenger_delay_ms: float = 0.0,
+        fleet_hosts: int = 0,
     ) -> None:
+        """`fleet_hosts` > 0: that many `rampart serve --fleet` hosts on a private Redis, the
+        simulator sending to all of them; admin commands and `/status` go to the first."""
         self.rate, self.seed, self.port, self.prefix = rate, seed, port, prefix
+        self.fleet_hosts = fleet_hosts
+        self.fleet_url = ""
         self.on_status = on_status
         self.keep_state = keep_state
         self.max_s = max_s
@@ -136,14 +143,24 @@ class Session:
         root = self.keep_state or Path(
             stack.enter_context(tempfile.TemporaryDirectory(prefix="rampart-"))
         )
+        self.root = root
         self.state = root / "state"
+        if self.fleet_hosts:
+            self.fleet_url = stack.enter_context(private_redis())
         self.register("champion")
-        self.config = root / "scenario.toml"
-        self.config.write_text(server_config(self.challenger_delay_ms))
         slack_url, self.alerts = stack.enter_context(slack_sink())
         env = dict(os.environ, RAMPART_ADMIN_TOKEN=ADMIN_TOKEN, RAMPART_SLACK_WEBHOOK=slack_url)
-        self.serve = Serve(self.state, self.config, self.port or free_port(), env)
-        stack.callback(self.serve.stop)
+        if self.fleet_hosts:
+            env["RAMPART_TOKEN_SECRET"] = secrets.token_hex(16)  # one secret for the fleet
+        self.hosts = []
+        for i in range(max(1, self.fleet_hosts)):
+            config = root / f"scenario-{i}.toml"
+            state = self.state if i == 0 else root / f"state-{i}"
+            port = self.port if i == 0 and self.port else free_port()
+            self.hosts.append(Serve(state, config, port, env))
+            stack.callback(self.hosts[-1].stop)
+        self.serve = self.hosts[0]
+        self._write_configs()
         self._start_serve()
         sim = simulator.SimConfig(
             self.serve.url,
@@ -152,20 +169,36 @@ class Session:
             seed=self.seed,
             timeline_s=0.1,
             request_prefix=self.prefix,
+            also=tuple(h.url for h in self.hosts[1:]),
         )
         self.traffic = Traffic(sim)
         stack.callback(self.traffic.stop)
         self.traffic.start()
 
+    def _write_configs(self) -> None:
+        for i, host in enumerate(self.hosts):
+            text = server_config(self.challenger_delay_ms)
+            if self.fleet_hosts:
+                text += f'\n[fleet]\nurl = "{self.fleet_url}"\nhost_id = "host-{i + 1}"\n'
+            host.config.write_text(text)
+
     def __exit__(self, *exc: object) -> None:
         self.stack.__exit__(None, None, None)
 
     def _start_serve(self) -> None:
-        self.serve.start()
-        self.serve.warm_up()
-        self.serve.wait_for_evaluator()
+        for host in self.hosts:
+            host.start()
+            host.warm_up()
+        for host in self.hosts:
+            host.wait_for_evaluator()
+
+    def _stop_serve(self) -> None:
+        for host in self.hosts:
+            host.stop()
 
     def register(self, variant: str) -> int:
+        if self.fleet_url:
+            return register_in_fleet(self.fleet_url, model_path(variant))
         from router.registry import Registry
 
         registry = Registry(self.state)
@@ -179,8 +212,8 @@ class Session:
         if challenger_delay_ms == self.challenger_delay_ms:
             return
         self.challenger_delay_ms = challenger_delay_ms
-        self.config.write_text(server_config(challenger_delay_ms))
-        self.serve.stop()
+        self._write_configs()
+        self._stop_serve()
         self._start_serve()
 
     def rollout(self, s: Scenario, timeout_s: float = 420.0) -> dict[str, Any]:
@@ -205,6 +238,17 @@ class Session:
         alert = self.alerts[-1] if len(self.alerts) > alerts_before else None
         seconds = time.monotonic() - began
         return verdict(s, final, watch.phases, stats, alert, extra, seconds, started_wall)
+
+
+def register_in_fleet(url: str, path: Path) -> int:
+    """`rampart models register FILE --fleet URL`: validated as the local registry does."""
+    from guardrails.fleet_store import FleetStore
+    from router.models import Model
+
+    model = Model(path)
+    with FleetStore(url, "default", timeout_s=5.0) as store:
+        record = {"name": model.name, "features": list(model.features)}
+        return int(store.put_model(record, path.read_bytes())["version"])
 
 
 def run_scenario(

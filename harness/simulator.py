@@ -69,12 +69,19 @@ class SimConfig:
     flush_events: int = 200
     drain_timeout_s: float = 5.0
     request_prefix: str = "sim-"
+    # More hosts of one fleet: /predict goes to each in turn and every batch of events to the
+    # next, so an impression is mostly posted to another host than the one that served it.
+    also: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         host, port, path = parse_url(self.url)
         self.host, self.port, self.base = host, port, path.rstrip("/")
-        bracketed = f"[{host}]" if ":" in host else host  # an IPv6 address
-        self.origin = f"http://{bracketed}:{port}"
+        self.origin = _origin(host, port)
+        # Each host's origin and path prefix; every one checked to be on loopback.
+        self.origins = [f"{self.origin}{self.base}"]
+        for url in self.also:
+            host, port, path = parse_url(url)
+            self.origins.append(f"{_origin(host, port)}{path.rstrip('/')}")
         checks = [
             (self.rate > 0, f"rate must be > 0 requests/s, got {self.rate}"),
             (self.duration_s > 0, f"duration_s must be > 0, got {self.duration_s}"),
@@ -91,6 +98,11 @@ class SimConfig:
             if not ok:
                 raise ValueError(message)
         ground_truth.resolve_mix(self.mix)
+
+
+def _origin(host: str, port: int) -> str:
+    bracketed = f"[{host}]" if ":" in host else host  # an IPv6 address
+    return f"http://{bracketed}:{port}"
 
 
 @dataclass
@@ -153,8 +165,9 @@ class _Run:
         self.stats = stats
         self.http = http
         # Parsed once: aiohttp would parse a str URL on every request.
-        self.predict_url = yarl.URL(f"{config.origin}{config.base}/predict")
-        self.events_url = yarl.URL(f"{config.origin}{config.base}/events")
+        self.predict_urls = [yarl.URL(f"{origin}/predict") for origin in config.origins]
+        self.events_urls = [yarl.URL(f"{origin}/events") for origin in config.origins]
+        self.posts = 0  # event posts so far: the next goes to the next host
         self.rng = np.random.default_rng(config.seed)
         self.arrivals = np.random.default_rng([config.seed, 1])
         self.events: list[dict[str, Any]] = []
@@ -230,7 +243,9 @@ class _Run:
             return 0, b"", connection_failure(e)
 
     async def _predict(self, batch: Batch, j: int, due: int) -> None:
-        status, body, error = await self._post(self.predict_url, batch.bodies[j])
+        urls = self.predict_urls
+        url = urls[0] if len(urls) == 1 else urls[(batch.first + j) % len(urls)]
+        status, body, error = await self._post(url, batch.bodies[j])
         self.outstanding -= 1
         self.stats.returned += 1
         self._on_predict(batch, j, due, status, body, error)
@@ -303,7 +318,9 @@ class _Run:
         self._spawn(self._post_events(msgpack.packb({"events": events})))
 
     async def _post_events(self, body: bytes) -> None:
-        status, answer_body, error = await self._post(self.events_url, body)
+        self.posts += 1
+        url = self.events_urls[self.posts % len(self.events_urls)]
+        status, answer_body, error = await self._post(url, body)
         self.posting -= 1
         answer = _decode(answer_body) if error is None else None
         stats = self.stats

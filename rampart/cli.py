@@ -156,6 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("demo", help="the whole story: a promotion and a rollback, live")
     p.add_argument("--rate", type=float, default=2000.0, help="simulated requests per second")
     p.add_argument("--port", type=int, default=0, help="port to serve on (default: a free one)")
+    p.add_argument(
+        "--fleet",
+        action="store_true",
+        help="three rampart serve --fleet hosts on a private redis-server (needs redis-server)",
+    )
 
     p = sub.add_parser("scenario", help="run a rollout scenario end to end and print its verdict")
     p.add_argument("name")
@@ -199,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from rampart.demo import run_demo
 
-            return run_demo(rate=args.rate, port=args.port)
+            return run_demo(rate=args.rate, port=args.port, fleet_hosts=3 if args.fleet else 0)
         if args.command == "scenario":
             from harness.session import run_scenario
 

@@ -15,6 +15,7 @@ see harness/scenarios.py). Everything it started is stopped when it ends or is i
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from typing import Any
@@ -76,21 +77,49 @@ def _summary(verdict: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_demo(rate: float = 2000.0, port: int = 0) -> int:
+def _fleet_summary(session: Session) -> str:
+    """Every host's own view: the same decision everywhere."""
+    lines = []
+    for host in session.hosts:
+        s = host.status()
+        fleet = s.get("fleet") or {}
+        lines.append(
+            f"  {fleet.get('host')}: champion {(s['models']['champion'] or {}).get('label')}, "
+            f"challenger share {s['effective_split_bp'] / 100:.1f}%, leader {fleet.get('leader')}"
+        )
+    return "\n".join(lines)
+
+
+def run_demo(rate: float = 2000.0, port: int = 0, fleet_hosts: int = 0) -> int:
+    """The single-host demo, or with `fleet_hosts` that many `rampart serve --fleet` hosts on
+    a private Redis: one rollout, one decision for all of them."""
     view = LiveView()
     verdicts = []
     began = time.monotonic()
-    print(
-        "Starting rampart serve with the demo champion and the ad-server simulator "
-        "(the first run on a machine also compiles the numba kernels)..."
-    )
-    with Session(rate=rate, port=port, on_status=view, prefix="demo-") as session:
+    if fleet_hosts:
+        if shutil.which("redis-server") is None:
+            print("rampart: demo --fleet needs redis-server on PATH (Debian: apt-get install "
+                  "redis-server)", file=sys.stderr)  # fmt: skip
+            return 2
+        print(
+            f"Starting {fleet_hosts} rampart serve --fleet hosts on a private redis-server, and "
+            "the ad-server simulator sending to all of them (events go to the next host)..."
+        )
+    else:
+        print(
+            "Starting rampart serve with the demo champion and the ad-server simulator "
+            "(the first run on a machine also compiles the numba kernels)..."
+        )
+    session = Session(rate=rate, port=port, on_status=view, prefix="demo-", fleet_hosts=fleet_hosts)
+    with session:
         for i, (name, title) in enumerate(STAGES, 1):
             view.stage = f"Rampart demo, stage {i}/{len(STAGES)}: {title}"
             print(f"\n{view.stage}", flush=True)
             verdict = session.rollout(SCENARIOS[name])
             verdicts.append(verdict)
             print(f"\n{view.stage}\n{_summary(verdict)}", flush=True)
+            if fleet_hosts:
+                print(_fleet_summary(session), flush=True)
         alert = verdicts[-1].get("alert")
     if alert:
         print("\nThe Slack alert the rollback sent (received by a local webhook):")

@@ -99,14 +99,14 @@ class _EvaluatorSupervisor(threading.Thread):
     MAX_START_FAILURES = 3
 
     def _spawn(self) -> None:
-        if self.config.fleet.enabled:
-            from guardrails.fleet import run
-        else:
-            from guardrails.evaluator import run
+        from guardrails.process import run, run_fleet
 
         ctx = multiprocessing.get_context("spawn")
         self.proc = ctx.Process(
-            target=run, args=(self.config,), name="rampart-evaluator", daemon=True
+            target=run_fleet if self.config.fleet.enabled else run,
+            args=(self.config,),
+            name="rampart-evaluator",
+            daemon=True,
         )
         self.proc.start()
         cpu = self.config.serve.evaluator_cpu
@@ -148,7 +148,7 @@ class _EvaluatorSupervisor(threading.Thread):
 
     def _start_error(self) -> str:
         """The one line a failed evaluator start left, if it died before its first tick."""
-        from guardrails.evaluator import START_ERROR_FILE
+        from guardrails.process import START_ERROR_FILE
 
         path = self.config.state_path / START_ERROR_FILE
         try:

@@ -1,0 +1,102 @@
+"""The evaluator process: what `rampart serve` spawns and supervises.
+
+`run` ticks the single-host `Evaluator`; `run_fleet` ticks this host's fleet agent
+(`guardrails.fleet.HostAgent`). Either writes one line to START_ERROR_FILE when it cannot
+start, so the supervisor can tell a start that fails the same way every time (and stop)
+from a crash worth restarting.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+from guardrails.evaluator import Evaluator
+from router import status as status_file
+from router.config import Config
+from router.control import ControlWriter
+from router.shared_memory import SharedMemory
+
+START_ERROR_FILE = "evaluator.error"
+
+
+def run(config: Config, tick_s: float = 1.0) -> None:
+    """Single-host evaluator process: beat, decide, publish, once a tick, until SIGTERM.
+    A failure before the first tick leaves one line in START_ERROR_FILE for the supervisor."""
+    error_file = config.state_path / START_ERROR_FILE
+    try:
+        shm = SharedMemory.attach(config.state_path)
+        control = ControlWriter(shm)
+        control.claim(os.getpid())
+        evaluator = Evaluator(config, shm)
+    except Exception as e:
+        error_file.write_text(f"{type(e).__name__}: {e}".splitlines()[0] + "\n")
+        raise
+    error_file.unlink(missing_ok=True)
+    ticks(tick_s, lambda: _tick(config, control, evaluator), evaluator.close)
+
+
+def _tick(config: Config, control: ControlWriter, evaluator: Evaluator) -> None:
+    control.beat()
+    evaluator.tick()
+    status_file.write(config.state_path, evaluator.status(evaluator.clock()))
+
+
+def ticks(
+    tick_s: float,
+    tick: Callable[[], None],
+    close: Callable[[], None],
+    between: Callable[[float], bool] | None = None,
+) -> None:
+    """Call `tick` every `tick_s` until SIGTERM or SIGINT, then `close`. `between(seconds)`
+    fills the wait instead of sleeping and may return True to tick early."""
+    stop = False
+
+    def _stop(signum: int, frame: Any) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    parent = os.getppid()
+    next_tick = time.monotonic()
+    try:
+        # An orphan (its `rampart serve` died, however it died) stops: nobody supervises it,
+        # and in fleet mode it would keep a lease and publish for a host that is gone.
+        while not stop and os.getppid() == parent:
+            # A tick that raises ends the process: its heartbeat stops, workers fail safe
+            # to the champion, and the supervisor starts a fresh evaluator.
+            tick()
+            next_tick += tick_s
+            delay = next_tick - time.monotonic()
+            if delay < 0:  # fell behind (a slow disk): skip the missed ticks, don't burst
+                next_tick = time.monotonic()
+            if between is None:
+                time.sleep(max(0.0, delay))
+            elif between(max(0.0, delay)):
+                next_tick = time.monotonic()
+    finally:
+        close()
+
+
+def run_fleet(config: Config, tick_s: float = 1.0) -> None:
+    """Fleet-mode evaluator process: this host's `HostAgent` ticking until SIGTERM."""
+    error_file = config.state_path / START_ERROR_FILE
+    try:
+        shm = SharedMemory.attach(config.state_path)
+        control = ControlWriter(shm)
+        control.claim(os.getpid())
+        from guardrails.fleet import HostAgent, default_host_id
+        from guardrails.fleet_store import FleetStore
+
+        store = FleetStore(config.fleet.url, config.fleet.name)
+        host_id = config.fleet.host_id or default_host_id(config.serve.port)
+        agent = HostAgent(config, shm, control, store, host_id=host_id)
+    except Exception as e:
+        error_file.write_text(f"{type(e).__name__}: {e}".splitlines()[0] + "\n")
+        raise
+    error_file.unlink(missing_ok=True)
+    ticks(tick_s, agent.tick, agent.close, between=agent.between)
