@@ -47,8 +47,8 @@ from guardrails.policy import Action, Policy, decide
 from guardrails.safety import error_evalue_line
 from guardrails.stats import (
     EXACT_CUTOFF,
-    _log_ratio_cdf,  # the normal approximation segment_degradation uses, as a scalar kernel
     beta_compare_kernel,
+    log_ratio_cdf,  # the normal approximation segment_degradation uses, as a scalar kernel
     sequential_bound_kernel,
     sequential_rho,
 )
@@ -260,7 +260,7 @@ def decide_kernel(
         m = rules.min_segment_clicks
         if n_b > 0.0 and n_c > 0.0 and c_b >= m and c_c >= m:  # the world's rows, enough data
             if judged:
-                below, _ = _log_ratio_cdf(
+                below, _ = log_ratio_cdf(
                     1.0 + c_b, 1.0 + n_b - c_b, 1.0 + c_c, 1.0 + n_c - c_c, rules.segment_log_floor
                 )
                 if below > rules.segment_needed:
