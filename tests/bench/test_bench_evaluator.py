@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from bench import bench_evaluator
-from bench.bench_evaluator import STATS, TEN_K_SEGMENTS, parse_args, rollback_latency, tick_time
+from bench.bench_evaluator import parse_args
+from bench.evaluator_rollback import rollback_latency
+from bench.evaluator_tick import STATS, TEN_K_SEGMENTS, tick_time
 from router.config import Config
 
 

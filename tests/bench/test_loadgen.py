@@ -16,6 +16,8 @@ import msgpack
 import numpy as np
 import pytest
 import uvloop
+from support.models import linear_reference, write_model
+from support.net import free_port
 
 from bench.loadgen import (
     LoadResult,
@@ -30,8 +32,8 @@ from bench.loadgen import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-WEIGHTS = np.array([[0.5], [-0.25], [1.0], [0.125]], dtype=np.float32)
-BIAS = np.array([-0.5], dtype=np.float32)
+WEIGHTS = [0.5, -0.25, 1.0, 0.125]  # the bare server's model: sigmoid(x @ WEIGHTS + BIAS)
+BIAS = -0.5
 SUMMARY_KEYS = {
     "mode", "rate_asked", "rate_achieved", "requests", "responses", "duration_s", "errors",
     "p50_ms", "p90_ms", "p99_ms", "p99.9_ms", "max_ms", "kept_up", "generator_lag_ms",
@@ -39,40 +41,12 @@ SUMMARY_KEYS = {
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
 
 
-def _tiny_model(path: Path) -> Path:
-    """4 float inputs → sigmoid(xW + b), output [N, 1]."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    graph = helper.make_graph(
-        [
-            helper.make_node("MatMul", ["x", "W"], ["xw"]),
-            helper.make_node("Add", ["xw", "b"], ["logit"]),
-            helper.make_node("Sigmoid", ["logit"], ["p"]),
-        ],
-        "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-        [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["N", 1])],
-        [numpy_helper.from_array(WEIGHTS, "W"), numpy_helper.from_array(BIAS, "b")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    path.write_bytes(model.SerializeToString())
-    return path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="module")
 def bare_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     """A real `python -m bench.bare_server` on 127.0.0.1; yields its port."""
     tmp = tmp_path_factory.mktemp("bare_server")
-    model = _tiny_model(tmp / "tiny.onnx")
-    port = _free_port()
+    model = write_model(tmp / "tiny.onnx", weights=WEIGHTS, bias=BIAS)
+    port = free_port()
     cmd = [sys.executable, "-m", "bench.bare_server", "--model", str(model), "--port", str(port)]
     log = tmp / "stderr.log"
     # `-m` from the repository root puts it on sys.path, installed or not.
@@ -153,8 +127,8 @@ def test_bare_server_predicts_sigmoid(bare_server: int) -> None:
     )
     with urllib.request.urlopen(request, timeout=5) as response:
         answer = msgpack.unpackb(response.read())
-    expected = 1 / (1 + np.exp(-(np.array(rows, dtype=np.float32) @ WEIGHTS + BIAS)))
-    np.testing.assert_allclose(answer["predictions"], expected.reshape(-1), rtol=1e-5)
+    expected = linear_reference(np.array(rows), WEIGHTS, BIAS)
+    np.testing.assert_allclose(answer["predictions"], expected, rtol=1e-5)
 
 
 def test_run_load_open_loop_against_bare_server(bare_server: int, tmp_path: Path) -> None:
@@ -276,19 +250,9 @@ def test_run_load_chunked_response_fails_clearly() -> None:
         )
 
 
-@pytest.mark.parametrize(
-    "url",
-    [
-        pytest.param("http://10.0.0.1:8000/predict", id="private"),
-        pytest.param("http://8.8.8.8/predict", id="public"),
-        pytest.param("http://example.com/predict", id="name"),
-        pytest.param("http://[2001:db8::1]:8000/predict", id="ipv6"),
-    ],
-)
-def test_loadgen_non_loopback_target_refused(url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(TargetNotAllowed, match="loopback"):
-        parse_url(url)
-    assert main(["--url", url, "--rate", "10", "--duration", "1"]) == 2
+def test_loadgen_cli_non_loopback_target_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    # Which hosts are loopback is harness.target's to say (tests/harness/test_target.py).
+    assert main(["--url", "http://10.0.0.1:8000/predict", "--rate", "10", "--duration", "1"]) == 2
     assert "loopback" in capsys.readouterr().err
 
 
