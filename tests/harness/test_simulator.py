@@ -21,7 +21,6 @@ from support.server import STATE_S, Server, register, serving, wait_for
 from harness import ground_truth, simulator
 from harness.scenario_models import model_path
 from harness.simulator import SimConfig, SimStats
-from harness.target import TargetNotAllowed
 
 
 @pytest.fixture(scope="module")
@@ -148,67 +147,6 @@ def test_simulator_cli_writes_json(champion_server: Server, tmp_path: Path) -> N
     assert summary["arms"]["champion"]["impressions"] == 40
     assert summary["timeline"][0][0] == 0.0
     assert sum(tick[1] for tick in summary["timeline"]) == 40
-
-
-@pytest.mark.parametrize(
-    "url",
-    [
-        pytest.param("http://10.0.0.1:8000", id="private"),
-        pytest.param("http://example.com", id="name"),
-        pytest.param("http://[2001:db8::1]:8000", id="ipv6"),
-    ],
-)
-def test_sim_config_refuses_non_loopback_url(url: str) -> None:
-    with pytest.raises(TargetNotAllowed, match="loopback"):
-        SimConfig(url, rate=10, duration_s=1)
-    assert simulator.main(["--url", url, "--rate", "10", "--seconds", "1"]) == 2
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        pytest.param({"rate": 0}, "rate must be > 0", id="rate"),
-        pytest.param({"candidates": 0}, "candidates must be 1..256", id="candidates"),
-        pytest.param({"mix": {"device_type": {"phone": 1}}}, "unknown device_type", id="mix"),
-    ],
-)
-def test_sim_config_refuses_bad_settings(kwargs: dict[str, Any], message: str) -> None:
-    settings: dict[str, Any] = {"rate": 10, "duration_s": 1, **kwargs}
-    with pytest.raises(ValueError, match=message):
-        SimConfig("http://127.0.0.1:8000", **settings)
-
-
-def _decoded(config: SimConfig, features: list[str], n: int) -> list[dict[str, Any]]:
-    batch = simulator.make_batch(config, np.random.default_rng(config.seed), features, 0, n)
-    return [msgpack.unpackb(body) for body in batch.bodies]
-
-
-def test_make_batch_honours_the_segment_mix() -> None:
-    mix = {"device_type": {"tablet": 1.0}, "publisher_category": {"news": 1, "games": 1}}
-    config = SimConfig("http://127.0.0.1:8000", rate=10, duration_s=1, mix=mix)
-    bodies = _decoded(config, ground_truth.FEATURES, 2000)
-    assert {b["segment"]["device_type"] for b in bodies} == {"tablet"}
-    tablet = ground_truth.FEATURES.index("device_tablet")
-    assert all(row[tablet] == 1.0 for b in bodies for row in b["features"])
-    news = np.mean([b["segment"]["publisher_category"] == "news" for b in bodies])
-    assert 0.45 < news < 0.55
-    assert {b["segment"]["publisher_category"] for b in bodies} == {"news", "games"}
-    assert {b["segment"]["country_tier"] for b in bodies} == set(ground_truth.COUNTRY_TIERS)
-
-
-def test_make_batch_orders_rows_like_the_model() -> None:
-    features = ["device_tablet", "ad_relevance", "user_age_bucket"]
-    config = SimConfig("http://127.0.0.1:8000", rate=10, duration_s=1, candidates=3)
-    positional = _decoded(config, features, 5)
-    x = ground_truth.sample_requests(np.random.default_rng(config.seed), 5, 3)
-    np.testing.assert_array_equal(
-        np.array([b["features"] for b in positional], dtype=np.float32),
-        x[:, :, ground_truth.feature_columns(features)],
-    )
-    assert len({b["request_id"] for b in positional}) == 5
-    config.positional = False
-    named = _decoded(config, features, 5)
-    assert named[0]["features"][1] == dict(zip(features, positional[0]["features"][1], strict=True))
 
 
 def test_sim_stats_first_time_all_champion_finds_the_lasting_flip() -> None:
