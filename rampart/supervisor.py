@@ -78,6 +78,9 @@ def serve(config: Config, config_path: str | None = None) -> int:
     return 0
 
 
+GIVE_UP_GRACE_S = 15.0  # uvicorn's graceful shutdown (5 s) with room to spare
+
+
 class _EvaluatorSupervisor(threading.Thread):
     """Keeps the evaluator process running: restarted when it dies, with a growing
     delay when it keeps dying. While it is down the workers' stale-heartbeat check
@@ -137,6 +140,11 @@ class _EvaluatorSupervisor(threading.Thread):
                     f"the evaluator failed {len(failures)} times at start: {why}; stopping"
                 )
                 os.kill(os.getpid(), signal.SIGTERM)  # uvicorn shuts the workers down
+                # A SIGTERM that lands while uvicorn is still starting can be lost: then
+                # leave anyway, once a graceful shutdown would have had its time.
+                if not self.stopping.wait(GIVE_UP_GRACE_S):
+                    print(f"rampart: {self.gave_up}", file=sys.stderr, flush=True)
+                    os._exit(1)
                 return
             self.restarts += 1
             delay = 0.5 if time.monotonic() - started > 60 else min(delay * 2, 30.0)

@@ -69,7 +69,7 @@ class FleetConfig:
     url: str = ""  # redis://host:6379/0
     name: str = "default"  # several fleets may share one Redis
     host_id: str = ""  # default: hostname:port
-    lease_s: float = 5.0  # the leader's lease; another host takes over when it lapses
+    lease_s: float = 3.0  # the leader's lease, renewed each tick; lapsed, another host leads
 
     @property
     def enabled(self) -> bool:

@@ -172,7 +172,7 @@ def test_config_n_buckets_cover_zero_to_one(width: float, buckets: int) -> None:
 
 def test_config_fleet_is_enabled_by_a_url() -> None:
     fleet = Config.from_dict({"fleet": {"url": "redis://localhost:6379/0"}}).fleet
-    assert fleet.enabled and fleet.name == "default" and fleet.lease_s == 5.0
+    assert fleet.enabled and fleet.name == "default" and fleet.lease_s == 3.0
 
 
 def test_config_with_overrides_puts_flags_over_the_file(tmp_path: Path) -> None:
