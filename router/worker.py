@@ -27,7 +27,7 @@ from router.mailbox import AdminMailbox
 from router.models import Model
 from router.registry import Registry
 from router.shared_memory import SharedMemory, SlabLock
-from router.status import ArmCounts, ModelInfo, Status, StatusReader
+from router.status import IDLE, ArmCounts, ModelInfo, Status, StatusReader
 from router.tokens import TokenError, TokenSigner
 
 _perf_ns = time.perf_counter_ns
@@ -81,6 +81,9 @@ class Worker:
         self.challenger_delay_s = config.faults.challenger_delay_ms / 1000
         self.rejects = self.slab["rejects"]
         self.evaluator_status = StatusReader(state)
+        # A feature too large for float32 becomes inf and is refused as non_finite_feature:
+        # numpy's overflow warning on the request path would only fill the log.
+        np.seterr(over="ignore")
         self.sync()
 
     # -- periodic work (the ticker), never per request -----------------------
@@ -369,10 +372,7 @@ class Worker:
             }
         evaluator = self.evaluator_status.read() or {}
         out: Status = {
-            "phase": 0,
-            "state": "idle",
-            "guardrails": [],
-            "rollout": None,
+            **IDLE,
             **evaluator,
             # Fleet mode: the fleet's split (this worker's is effective_split_bp).
             "split_bp": evaluator.get("split_bp", 0)
