@@ -327,8 +327,13 @@ class HostAgent:
         if self.control.hash_seed != int(d["hash_seed"]):
             self.control.set_hash_seed(int(d["hash_seed"]))
         split = 0 if self.breach is not None else int(d["split_bp"])
-        target = (split, int(d["champion_slot"]), bool(d["has_challenger"]))
         word = self.control.read()
+        champion_slot = int(d["champion_slot"])
+        if not int(d["slot_model"][champion_slot]):
+            # The fleet names no champion (a registry that came back empty): this host
+            # keeps serving its own, alone.
+            champion_slot, split = word.champion_slot, 0
+        target = (split, champion_slot, bool(d["has_challenger"]))
         if (word.split_bp, word.champion_slot, word.has_challenger) != target:
             self.control.flip(*target)
 
