@@ -465,3 +465,57 @@ def test_dashboard_renders_every_section_of_a_full_status(browser: Any, server: 
     assert dash.read()["offline"]
     dash.errors = [e for e in dash.errors if "ERR_FAILED" not in e]  # the aborted polls
     dash.close()
+
+
+def test_dashboard_shows_the_fleet_and_an_unreachable_store(browser: Any, server: Server) -> None:
+    import json
+
+    now = time.time()
+    fleet = {
+        "name": "ads",
+        "leader": "pod-2",
+        "hosts": [
+            {"id": "pod-1", "age_s": 0.4, "split_bp": 300},
+            {"id": "pod-2", "age_s": 0.1, "split_bp": 300},
+            {"id": "pod-3", "age_s": 0.7, "split_bp": 0},
+        ],
+        "store": "ok",
+        "unreachable_since": None,
+        "host": "pod-3",
+        "local_breach": {"rollout": "r1", "guardrail": "predictions_in_range", "at": now},
+    }
+    document = {"status": dict(full_status(now), fleet=fleet)}
+    dash = Dashboard(browser, server)
+    dash.page.route(
+        "**/status",
+        lambda route: route.fulfill(
+            status=200, content_type="application/json", body=json.dumps(document["status"])
+        ),
+    )
+    dash.open()
+    dash.wait_for_polls(1)
+    card = dash.page.get_by_test_id("fleet-card")
+    assert card.is_visible()
+    summary = dash.page.get_by_test_id("fleet-summary").inner_text()
+    assert "3 hosts" in summary and "leader pod-2" in summary and "answered by pod-3" in summary
+    assert "pulled the challenger: predictions_in_range" in summary
+    rows = dash.page.locator("[data-testid=fleet-hosts] tbody tr")
+    assert rows.count() == 3
+    assert rows.nth(1).inner_text().split("\t")[:2] == ["pod-2", "leader"]
+    assert not dash.page.get_by_test_id("store-banner").is_visible()
+
+    # The store stops answering: a banner says since when, and that nothing advances.
+    document["status"] = dict(
+        document["status"], fleet=dict(fleet, store="unreachable", unreachable_since=now)
+    )
+    dash.wait_for_polls(2)
+    banner = dash.page.get_by_test_id("store-banner")
+    assert banner.is_visible() and "Fleet store unreachable since" in banner.inner_text()
+    dash.page.screenshot(path=str(artifact("dashboard-fleet.png")), full_page=True)
+
+    # Single-host mode: no fleet card at all.
+    document["status"] = full_status(now)
+    dash.wait_for_polls(2)
+    assert not card.is_visible()
+    assert dash.errors == [] and dash.foreign == []
+    dash.close()
