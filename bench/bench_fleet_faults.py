@@ -161,8 +161,8 @@ def failover(url: str, root: Path, trials: int) -> list[float]:
             survivors = [h for k, h in hosts.items() if k != old]
 
             _wait(
-                lambda s=survivors[0], old=old, killed=killed, rollout=rollout: _took_over(
-                    s.status(), old, killed, rollout
+                lambda s=survivors, old=old, killed=killed, rollout=rollout: any(
+                    _took_over(h.status(), old, killed, rollout) for h in s
                 ),
                 30,
                 "a new leader deciding",
@@ -176,9 +176,11 @@ def failover(url: str, root: Path, trials: int) -> list[float]:
 
 
 def _took_over(st: dict[str, Any], old: str, killed: float, rollout: str) -> bool:
-    """Another host leads, has ticked since the kill, and decides the same rollout."""
+    """This host leads now (its own status is the leader's, fresh each tick), has ticked
+    since the kill, and decides the same rollout."""
     return bool(
         st["fleet"]["leader"] not in (None, old)
+        and st["fleet"]["host"] == st["fleet"]["leader"]
         and (st.get("evaluator") or {}).get("updated", 0) > killed
         and (st.get("rollout") or {}).get("id") == rollout
     )

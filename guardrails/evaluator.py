@@ -33,6 +33,15 @@ from router.status import EvaluatorStatus
 Clock = Callable[[], float]
 
 
+def warm_up(policy: Policy, codes: SegmentCodes, zero: SlotTotals) -> None:
+    """Run every check once on empty evidence: loading the numba kernels takes a second or
+    more on a busy machine, and that must not happen in the tick that sees a breach (nor,
+    in fleet mode, in the tick a host takes over as leader)."""
+    nothing = measure(zero, codes)
+    e = checks.gather(policy, nothing, nothing, nothing, (0, 0), 300, 0.0, 0.0)
+    checks.evaluate(policy, e, len(policy.phases))
+
+
 class Evaluator:
     def __init__(
         self,
@@ -72,15 +81,8 @@ class Evaluator:
         self.tick_seconds = 0.0
         self._events_cache: tuple[Any, list[dict[str, Any]]] = (None, [])
         self._adopt()
-        self._warm_up()
-
-    def _warm_up(self) -> None:
-        """Run every check once on empty evidence: loading the numba kernels takes a second
-        or more on a busy machine, and that must not happen in the tick that sees a breach."""
         empty = self.serving.take().champion
-        zero = measure(empty - empty, self.codes)
-        e = checks.gather(self.policy, zero, zero, zero, (0, 0), 300, 0.0, 0.0)
-        checks.evaluate(self.policy, e, len(self.policy.phases))
+        warm_up(self.policy, self.codes, empty - empty)
 
     # -- the split --------------------------------------------------------------------------------
     def _flip(self, split_bp: int, champion_slot: int, has_challenger: bool) -> None:
