@@ -26,6 +26,7 @@ from guardrails.alerts import Alerter
 from guardrails.evaluator import Evaluator, prepare
 from harness.scenario_models import model_path
 from router import snapshot
+from router import status as status_file
 from router.config import Config
 from router.mailbox import Command
 from router.registry import Registry
@@ -135,7 +136,8 @@ def tick_time(
                 snapshot.take(shm)
                 took = time.perf_counter() - started
                 started = time.perf_counter()
-                ev.tick()
+                ev.tick()  # then what guardrails.process does after it: publish the status
+                status_file.write(ev.config.state_path, ev.status(rig.clock.now))
                 elapsed = time.perf_counter() - started
                 if i >= warmup:
                     decision.append(ev.tick_seconds)
