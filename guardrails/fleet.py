@@ -421,6 +421,8 @@ class HostAgent:
             fleet["leader"] = self.leader_id  # the lease holder now, not as of the copy
         fleet["local_breach"] = self.breach
         doc["fleet"] = fleet
+        if "evaluator" not in doc:  # no leader's status yet (or no store): this host's own
+            doc["evaluator"] = {"pid": os.getpid(), "updated": now, "tick_ms": 0.0}
         if self.decision is not None:  # the fleet's split; this host's is effective_split_bp
             d = self.decision
             doc["split_bp"] = int(d["split_bp"]) if d["has_challenger"] else 0

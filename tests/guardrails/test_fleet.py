@@ -248,6 +248,21 @@ def test_fleet_store_down_serving_goes_on_with_the_last_decision(fleet: Fleet) -
     assert "STORE UNREACHABLE" in rampart("status", "--url", fleet.hosts["a"].url).stdout
 
 
+def test_fleet_host_started_while_the_store_is_down_serves_the_champion(fleet: Fleet) -> None:
+    _models(fleet)
+    for h in ("a", "b"):
+        fleet.start(h)
+    _start_rollout(fleet, "a")
+    stop_server(fleet.hosts["b"])
+    fleet.redis.kill()
+    b = fleet.start("b")  # its state directory holds both models; the store does not answer
+    status = b.wait_for_status(lambda s: s["fleet"]["store"] == "unreachable", "b sees no store")
+    assert status["effective_split_bp"] == 0
+    with httpx.Client(timeout=10) as client:
+        assert {_predict(client, b, ROW)["arm"] for _ in range(100)} == {"champion"}
+    assert fleet.status("a")["effective_split_bp"] == 300  # a keeps the last decision
+
+
 def test_fleet_store_restarted_empty_sends_every_host_to_the_champion(fleet: Fleet) -> None:
     _models(fleet)
     for h in ("a", "b"):
