@@ -116,17 +116,24 @@ def test_status_watch_refreshes_until_interrupted(rolling: Server) -> None:
         text=True,
     )
     lines: list[str] = []
+    errors: list[str] = []
     assert proc.stdout is not None and proc.stderr is not None
-    reader = threading.Thread(target=_collect, args=(proc.stdout, lines), daemon=True)
-    reader.start()
+    # Both pipes drained as the command writes: a full pipe would block it, not the test.
+    readers = [
+        threading.Thread(target=_collect, args=(pipe, out), daemon=True)
+        for pipe, out in ((proc.stdout, lines), (proc.stderr, errors))
+    ]
+    for reader in readers:
+        reader.start()
     try:
         # Refreshed at least once: the table printed a second time.
         wait_for(lambda: sum(x.startswith("phase 1/5") for x in lines) >= 2, STATE_S, "a refresh")
     finally:
         proc.send_signal(signal.SIGINT)
-        proc.wait(10)
-    reader.join(10)
-    stderr = proc.stderr.read()
+        proc.wait(STATE_S)
+    for reader in readers:
+        reader.join(10)
+    stderr = "".join(errors)
     assert proc.returncode == 0, stderr
     assert "Traceback" not in stderr
 
