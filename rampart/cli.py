@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -79,6 +80,12 @@ def _admin(url: str, path: str, payload: dict[str, Any] | None = None) -> int:
 
 def _status(url: str, as_json: bool, watch: bool) -> int:
     """Print GET /status once, or every second with --watch until Ctrl-C."""
+    if watch:
+        # Ctrl-C must end --watch even when the parent started it with SIGINT ignored or
+        # blocked (a background job of a non-interactive shell, a process that spawned it
+        # while blocking signals): both are inherited across exec.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     tty = sys.stdout.isatty()
     colour = tty and not os.environ.get("NO_COLOR")
     try:
