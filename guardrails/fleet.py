@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import sys
 import time
 import zlib
@@ -61,10 +60,6 @@ from router.status import EvaluatorStatus, FleetInfo, LocalBreach
 LOCAL_CHECKS = (checks.predictions_in_range, checks.error_rate, checks.latency_p99)
 STATUS_REFRESH_S = 2.0  # how stale a follower's copy of the leader's status may get
 POLL_S = 0.1  # admin commands and wake-ups, between ticks
-
-
-def default_host_id(port: int) -> str:
-    return f"{socket.gethostname()}:{port}"
 
 
 class HostAgent:

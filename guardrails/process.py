@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -89,11 +90,11 @@ def run_fleet(config: Config, tick_s: float = 1.0) -> None:
         shm = SharedMemory.attach(config.state_path)
         control = ControlWriter(shm)
         control.claim(os.getpid())
-        from guardrails.fleet import HostAgent, default_host_id
+        from guardrails.fleet import HostAgent
         from guardrails.fleet_store import FleetStore
 
         store = FleetStore(config.fleet.url, config.fleet.name)
-        host_id = config.fleet.host_id or default_host_id(config.serve.port)
+        host_id = config.fleet.host_id or f"{socket.gethostname()}:{config.serve.port}"
         agent = HostAgent(config, shm, control, store, host_id=host_id)
     except Exception as e:
         error_file.write_text(f"{type(e).__name__}: {e}".splitlines()[0] + "\n")
