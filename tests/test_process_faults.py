@@ -163,7 +163,7 @@ class Load:
 
 
 @contextlib.contextmanager
-def _killed_on_exit(server: Server) -> Iterator[Server]:
+def _stopped_on_exit(server: Server) -> Iterator[Server]:
     try:
         yield server
     finally:
@@ -176,7 +176,7 @@ def test_serve_sigkilled_leaves_no_orphan_and_frees_the_state_dir(
     tmp_path: Path, workers: int
 ) -> None:
     state = register_pair(tmp_path / "state")
-    with _killed_on_exit(start_server(state, workers=workers)) as server:
+    with _stopped_on_exit(start_server(state, workers=workers)) as server:
         children = _descendants(server.proc.pid)
         evaluator = int(server.status()["evaluator"]["pid"])
         assert evaluator in children
@@ -344,7 +344,7 @@ def test_sigterm_under_load_answers_in_flight_and_counts_each_request_once(
 ) -> None:
     state = register_pair(tmp_path / "state")
     server = start_server(state, workers=workers)
-    with _killed_on_exit(server), Load(server.url) as load:
+    with _stopped_on_exit(server), Load(server.url) as load:
         held = InFlight(server.port)
         children = _descendants(server.proc.pid)
         os.kill(server.proc.pid, signal.SIGTERM)  # the server alone: it stops its children
@@ -352,7 +352,12 @@ def test_sigterm_under_load_answers_in_flight_and_counts_each_request_once(
         server.proc.wait(30)
         load.stop.set()
     assert answer.startswith(b"HTTP/1.1 200"), answer
-    assert not [pid for pid in children if _alive(pid)]
+    wait_for(
+        lambda: not any(_alive(pid) for pid in children),
+        ORPHANS_GONE_S,
+        f"the children {sorted(children)} gone",
+        every=0.02,
+    )
     assert not load.unexpected
     with serving(state, workers=workers):
         requests, impressions = _counts(state)
