@@ -19,6 +19,7 @@ from typing import Any
 
 from guardrails import checks, view
 from guardrails.alerts import Alert, Alerter, Delivery
+from guardrails.clock import Durations
 from guardrails.measures import ArmMetrics, SegmentCodes, measure
 from guardrails.policy import Action, Decision, Policy, decide
 from guardrails.rollouts import EventKind, Journal, Rollout, RolloutState
@@ -54,15 +55,19 @@ class Evaluator:
         journal: RolloutLog | None = None,
         clock: Clock = time.time,
         alerter: Alerter | None = None,
+        steady: Clock | None = None,
     ) -> None:
         """Single-host by default: this host's `shm`, and the registry, mailbox and journal
-        of its state directory. Fleet mode passes the fleet's own (guardrails.fleet)."""
+        of its state directory. Fleet mode passes the fleet's own (guardrails.fleet).
+        `clock` gives the times recorded; durations are read on `steady` (guardrails.clock;
+        time.monotonic by default, and a test's own `clock` if it passes only that)."""
         self.config = config
         if serving is None:
             assert shm is not None, "an evaluator serves either a state file or `serving`"
             serving = LocalServing(shm, config.serve.stale_after_s)
         self.serving = serving
         self.clock = clock
+        self.durations = Durations(steady or (time.monotonic if clock is time.time else clock))
         self.policy = Policy.from_config(config)
         self.codes = SegmentCodes(config.segments)
         state = config.state_path
@@ -77,7 +82,7 @@ class Evaluator:
         self.evidence: checks.Evidence | None = None
         self.recent: deque[tuple[float, SlotTotals]] = deque()
         self.series = view.Series()
-        self.last_journal = 0.0
+        self.last_journal = float("-inf")  # steady time of the last metrics record
         self.tick_seconds = 0.0
         self._events_cache: tuple[Any, list[dict[str, Any]]] = (None, [])
         self._adopt()
@@ -122,12 +127,15 @@ class Evaluator:
                 result = {"ok": False, "error": "command_failed", "detail": str(e)}
             self.mailbox.finish(command_id, result)
         now = self.clock()
+        self.durations.tick(now)
         r = self.rollout
         if r is not None and r.state == RolloutState.LOADING:
             self._finish_loading(r, now)
         elif r is not None and r.state.active:
             self._judge(r, now)
         self._drain_alerts(now)
+        if self.rollout is not None:
+            self.durations.keep(self.rollout.started, self.rollout.phase_started)
         self.tick_seconds = time.perf_counter() - started
 
     def _judge(self, r: Rollout, now: float) -> None:
@@ -136,7 +144,7 @@ class Evaluator:
         champion = measure(snap.champion - r.baseline, self.codes)
         challenger_totals = snap.challenger
         challenger = measure(challenger_totals, self.codes)
-        recent = self._recent(now, challenger_totals)
+        recent = self._recent(self.durations.steady_now, challenger_totals)
         phase_requests = (
             champion.requests - champion.stale_routed - r.phase_requests[0],
             challenger.requests - r.phase_requests[1],
@@ -148,8 +156,8 @@ class Evaluator:
             recent,
             phase_requests,
             snap.split_bp,
-            now - r.phase_started,
-            now - r.started,
+            self.durations.since(r.phase_started),
+            self.durations.since(r.started),
             r.phase,
         )
         self.evidence = e
@@ -167,12 +175,13 @@ class Evaluator:
             self._advance(r, now, champion, challenger)
         elif decision.action == Action.PROMOTE:
             self._promote(decision)
-        elif now - self.last_journal >= self.policy.journal_every_s:
-            self.last_journal = now
+        elif self.durations.steady_now - self.last_journal >= self.policy.journal_every_s:
+            self.last_journal = self.durations.steady_now
             self.journal.append(r.id, EventKind.METRICS, r.phase, view.metrics_record(e), now)
 
     def _recent(self, now: float, totals: SlotTotals) -> ArmMetrics | None:
-        """The challenger over the last window_s: the oldest kept total subtracted."""
+        """The challenger over the last window_s (`now` on the steady clock): the oldest
+        kept total subtracted."""
         self.recent.append((now, totals))
         while len(self.recent) > 2 and self.recent[1][0] <= now - self.policy.window_s:
             self.recent.popleft()
@@ -186,7 +195,7 @@ class Evaluator:
         """Raise the split only once every live worker has loaded the challenger."""
         champion_slot = self._champion_slot()
         if not self.serving.loaded_everywhere(1 - champion_slot):
-            if now - r.started > self.policy.load_timeout_s:
+            if self.durations.since(r.started) > self.policy.load_timeout_s:
                 self._end(
                     Decision(
                         Action.STOP,
