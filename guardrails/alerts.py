@@ -101,6 +101,7 @@ _WORDING = {
     "stopped": (":octagonal_sign:", "stopped"),
     "promoted": (":white_check_mark:", "promoted"),
     "paused": (":double_vertical_bar:", "paused"),
+    "held": (":warning:", "held at 100% champion"),
 }
 
 

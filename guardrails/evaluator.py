@@ -11,13 +11,14 @@ ticks it is `guardrails.process`.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from guardrails import checks, view
+from guardrails import checks, storage, view
 from guardrails.alerts import Alert, Alerter, Delivery
 from guardrails.clock import Durations
 from guardrails.measures import ArmMetrics, SegmentCodes, measure
@@ -67,6 +68,7 @@ class Evaluator:
             serving = LocalServing(shm, config.serve.stale_after_s)
         self.serving = serving
         self.clock = clock
+        self.hold = storage.Hold()
         self.durations = Durations(steady or (time.monotonic if clock is time.time else clock))
         self.policy = Policy.from_config(config)
         self.codes = SegmentCodes(config.segments)
@@ -118,25 +120,37 @@ class Evaluator:
 
     # -- the tick ---------------------------------------------------------------------------------
     def tick(self) -> None:
-        """Decide and act. Publishing `status()` is the caller's (it is the slow part)."""
+        """Decide and act. Publishing `status()` is the caller's (it is the slow part).
+        A storage fault holds 100% champion and the tick ends normally (guardrails.storage)."""
         started = time.perf_counter()
+        now = self.clock()
+        self.durations.tick(now)
+        try:
+            if self.hold.reason is None or storage.resume(self):
+                self._tick(now)
+        except Exception as e:
+            if not storage.is_fault(e):
+                raise
+            storage.hold(self, e)
+        if self.rollout is not None:
+            self.durations.keep(self.rollout.started, self.rollout.phase_started)
+        self.tick_seconds = time.perf_counter() - started
+
+    def _tick(self, now: float) -> None:
         for command_id, kind, payload in self.mailbox.pending():
             try:
                 result = self.apply(kind, payload)
             except Exception as e:  # a bad command must not stop the evaluator
+                if storage.is_fault(e):
+                    raise  # not the command's fault: it stays queued, and the tick holds
                 result = {"ok": False, "error": "command_failed", "detail": str(e)}
             self.mailbox.finish(command_id, result)
-        now = self.clock()
-        self.durations.tick(now)
         r = self.rollout
         if r is not None and r.state == RolloutState.LOADING:
             self._finish_loading(r, now)
         elif r is not None and r.state.active:
             self._judge(r, now)
         self._drain_alerts(now)
-        if self.rollout is not None:
-            self.durations.keep(self.rollout.started, self.rollout.phase_started)
-        self.tick_seconds = time.perf_counter() - started
 
     def _judge(self, r: Rollout, now: float) -> None:
         snap = self.serving.take()
@@ -234,21 +248,28 @@ class Evaluator:
         )
 
     def _promote(self, decision: Decision, manual: bool = False) -> None:
+        self._flip(0, 1 - self._champion_slot(), False)  # the new champion serves, in one flip
+        self._record_promotion(decision, manual)
+
+    def _record_promotion(self, decision: Decision, manual: bool) -> None:
         r = self.rollout
         assert r is not None
-        self._flip(0, 1 - self._champion_slot(), False)  # the new champion serves, in one flip
+        self.hold.unfinished = lambda: self._record_promotion(decision, manual)
         now = self.clock()
         self.registry.set_status(r.challenger, Status.CHAMPION, "promoted")
         self.registry.set_status(r.champion, Status.RETIRED, f"replaced by {r.challenger}")
         self._close(r, RolloutState.PROMOTED, decision, now, manual)
+        self.hold.unfinished = None
 
     def _end(self, decision: Decision, outcome: RolloutState, manual: bool = False) -> None:
         r = self.rollout
         assert r is not None
         self._flip(0, self._champion_slot(), False)  # first, before anything slow
+        self.hold.unfinished = lambda: self._end(decision, outcome, manual)
         now = self.clock()
         self.registry.set_status(r.challenger, Status.FAILED, decision.reason)
         self._close(r, outcome, decision, now, manual)
+        self.hold.unfinished = None
 
     def _close(
         self, r: Rollout, outcome: RolloutState, decision: Decision, now: float, manual: bool
@@ -273,8 +294,8 @@ class Evaluator:
                 kind="rollback" if outcome == RolloutState.ROLLED_BACK else outcome.value,
                 rollout_id=r.id,
                 phase=r.phase,
-                challenger=self._label(r.challenger),
-                champion=self._label(r.challenger if outcome == "promoted" else r.champion),
+                challenger=self.label(r.challenger),
+                champion=self.label(r.challenger if outcome == "promoted" else r.champion),
                 guardrail=decision.guardrail,
                 value=failed.value if failed else None,
                 threshold=failed.threshold if failed else None,
@@ -286,10 +307,10 @@ class Evaluator:
     def _metrics(self) -> dict[str, Any]:
         return view.metrics_record(self.evidence) if self.evidence else {}
 
-    def _label(self, version: int) -> str:
+    def label(self, version: int) -> str:
         try:
             return self.registry.get(version).label
-        except KeyError:
+        except (KeyError, sqlite3.Error, OSError):  # also when the registry cannot be read
             return str(version)
 
     def _drain_alerts(self, now: float) -> None:
@@ -365,7 +386,7 @@ class Evaluator:
             r.id,
             EventKind.STARTED,
             1,
-            {"challenger": record.label, "champion": self._label(r.champion)},
+            {"challenger": record.label, "champion": self.label(r.champion)},
             now,
         )
         return {"ok": True, "rollout": r.id, "challenger": str(version), "state": r.state.value}
