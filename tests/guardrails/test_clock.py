@@ -6,13 +6,17 @@ The wall clock is the rig's fake clock; the steady one reads it minus the jumps.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from test_evaluator import HOUR, Rig, _rig
 
 from guardrails.clock import Durations
+from router.control import ControlWriter
 from router.mailbox import Command
+from router.shared_memory import Geometry, SharedMemory
 
 
 class Steady:
@@ -115,3 +119,26 @@ def test_durations_anchor_a_restored_start_by_the_wall_clock_once(
     steady[0] += 3
     d.tick(wall_now + 3600)  # then the wall clock jumps; the duration does not
     assert d.since(1_700_000_000.0) == expected + 3
+
+
+# -- heartbeats -------------------------------------------------------------------------------
+@pytest.fixture
+def block(tmp_path: Path) -> Iterator[ControlWriter]:
+    shm = SharedMemory.open(tmp_path, Geometry(n_slabs=2, n_cells=4, n_buckets=10))
+    yield ControlWriter(shm)
+    shm.close()
+
+
+def test_heartbeat_is_on_the_monotonic_clock(block: ControlWriter) -> None:
+    # On the wall clock, a clock set back an hour makes every beat an hour "young": a dead
+    # evaluator would look alive for that hour and workers keep the challenger's split.
+    before = time.monotonic_ns()
+    block.beat()
+    assert before <= block.heartbeat_ns() <= time.monotonic_ns()
+    assert 0 <= block.heartbeat_age_s() < 1.0
+
+
+def test_a_heartbeat_from_the_future_is_stale(block: ControlWriter) -> None:
+    # A state file kept across a reboot: its last beat is on the old boot's clock.
+    block.shm.control["heartbeat_ns"] = time.monotonic_ns() + int(HOUR * 1e9)
+    assert block.heartbeat_age_s() == float("inf")
