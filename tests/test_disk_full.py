@@ -136,6 +136,9 @@ def test_full_disk_holds_the_rollout_at_champion_then_resumes(
                 r = _predict(server.url, i)
                 assert r.status_code == 200, r.text
                 assert r.json()["arm"] == "champion"
+            # An admin command cannot be queued: a clear 503, not a crash.
+            r = server.admin("pause")
+            assert (r.status_code, r.json()["error"]) == (503, "mailbox_unavailable")
             # The evaluator keeps ticking: the same process, its heartbeat moving on.
             beat = control.heartbeat_ns()
             wait_for(lambda: control.heartbeat_ns() > beat, STATE_S, "a heartbeat on a full disk")
