@@ -11,14 +11,16 @@ ticks it is `guardrails.process`.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from guardrails import checks, view
+from guardrails import checks, storage, view
 from guardrails.alerts import Alert, Alerter, Delivery
+from guardrails.clock import Durations
 from guardrails.measures import ArmMetrics, SegmentCodes, measure
 from guardrails.policy import Action, Decision, Policy, decide
 from guardrails.rollouts import EventKind, Journal, Rollout, RolloutState
@@ -54,15 +56,20 @@ class Evaluator:
         journal: RolloutLog | None = None,
         clock: Clock = time.time,
         alerter: Alerter | None = None,
+        steady: Clock | None = None,
     ) -> None:
         """Single-host by default: this host's `shm`, and the registry, mailbox and journal
-        of its state directory. Fleet mode passes the fleet's own (guardrails.fleet)."""
+        of its state directory. Fleet mode passes the fleet's own (guardrails.fleet).
+        `clock` gives the times recorded; durations are read on `steady` (guardrails.clock;
+        time.monotonic by default, and a test's own `clock` if it passes only that)."""
         self.config = config
         if serving is None:
             assert shm is not None, "an evaluator serves either a state file or `serving`"
             serving = LocalServing(shm, config.serve.stale_after_s)
         self.serving = serving
         self.clock = clock
+        self.hold = storage.Hold()
+        self.durations = Durations(steady or (time.monotonic if clock is time.time else clock))
         self.policy = Policy.from_config(config)
         self.codes = SegmentCodes(config.segments)
         state = config.state_path
@@ -77,7 +84,7 @@ class Evaluator:
         self.evidence: checks.Evidence | None = None
         self.recent: deque[tuple[float, SlotTotals]] = deque()
         self.series = view.Series()
-        self.last_journal = 0.0
+        self.last_journal = float("-inf")  # steady time of the last metrics record
         self.tick_seconds = 0.0
         self._events_cache: tuple[Any, list[dict[str, Any]]] = (None, [])
         self._adopt()
@@ -113,22 +120,37 @@ class Evaluator:
 
     # -- the tick ---------------------------------------------------------------------------------
     def tick(self) -> None:
-        """Decide and act. Publishing `status()` is the caller's (it is the slow part)."""
+        """Decide and act. Publishing `status()` is the caller's (it is the slow part).
+        A storage fault holds 100% champion and the tick ends normally (guardrails.storage)."""
         started = time.perf_counter()
+        now = self.clock()
+        self.durations.tick(now)
+        try:
+            if self.hold.reason is None or storage.resume(self):
+                self._tick(now)
+        except Exception as e:
+            if not storage.is_fault(e):
+                raise
+            storage.hold(self, e)
+        if self.rollout is not None:
+            self.durations.keep(self.rollout.started, self.rollout.phase_started)
+        self.tick_seconds = time.perf_counter() - started
+
+    def _tick(self, now: float) -> None:
         for command_id, kind, payload in self.mailbox.pending():
             try:
                 result = self.apply(kind, payload)
             except Exception as e:  # a bad command must not stop the evaluator
+                if storage.is_fault(e):
+                    raise  # not the command's fault: it stays queued, and the tick holds
                 result = {"ok": False, "error": "command_failed", "detail": str(e)}
             self.mailbox.finish(command_id, result)
-        now = self.clock()
         r = self.rollout
         if r is not None and r.state == RolloutState.LOADING:
             self._finish_loading(r, now)
         elif r is not None and r.state.active:
             self._judge(r, now)
         self._drain_alerts(now)
-        self.tick_seconds = time.perf_counter() - started
 
     def _judge(self, r: Rollout, now: float) -> None:
         snap = self.serving.take()
@@ -136,7 +158,7 @@ class Evaluator:
         champion = measure(snap.champion - r.baseline, self.codes)
         challenger_totals = snap.challenger
         challenger = measure(challenger_totals, self.codes)
-        recent = self._recent(now, challenger_totals)
+        recent = self._recent(self.durations.steady_now, challenger_totals)
         phase_requests = (
             champion.requests - champion.stale_routed - r.phase_requests[0],
             challenger.requests - r.phase_requests[1],
@@ -148,8 +170,8 @@ class Evaluator:
             recent,
             phase_requests,
             snap.split_bp,
-            now - r.phase_started,
-            now - r.started,
+            self.durations.since(r.phase_started),
+            self.durations.since(r.started),
             r.phase,
         )
         self.evidence = e
@@ -167,12 +189,13 @@ class Evaluator:
             self._advance(r, now, champion, challenger)
         elif decision.action == Action.PROMOTE:
             self._promote(decision)
-        elif now - self.last_journal >= self.policy.journal_every_s:
-            self.last_journal = now
+        elif self.durations.steady_now - self.last_journal >= self.policy.journal_every_s:
+            self.last_journal = self.durations.steady_now
             self.journal.append(r.id, EventKind.METRICS, r.phase, view.metrics_record(e), now)
 
     def _recent(self, now: float, totals: SlotTotals) -> ArmMetrics | None:
-        """The challenger over the last window_s: the oldest kept total subtracted."""
+        """The challenger over the last window_s (`now` on the steady clock): the oldest
+        kept total subtracted."""
         self.recent.append((now, totals))
         while len(self.recent) > 2 and self.recent[1][0] <= now - self.policy.window_s:
             self.recent.popleft()
@@ -186,7 +209,7 @@ class Evaluator:
         """Raise the split only once every live worker has loaded the challenger."""
         champion_slot = self._champion_slot()
         if not self.serving.loaded_everywhere(1 - champion_slot):
-            if now - r.started > self.policy.load_timeout_s:
+            if self.durations.since(r.started) > self.policy.load_timeout_s:
                 self._end(
                     Decision(
                         Action.STOP,
@@ -225,21 +248,28 @@ class Evaluator:
         )
 
     def _promote(self, decision: Decision, manual: bool = False) -> None:
+        self._flip(0, 1 - self._champion_slot(), False)  # the new champion serves, in one flip
+        self._record_promotion(decision, manual)
+
+    def _record_promotion(self, decision: Decision, manual: bool) -> None:
         r = self.rollout
         assert r is not None
-        self._flip(0, 1 - self._champion_slot(), False)  # the new champion serves, in one flip
+        self.hold.unfinished = lambda: self._record_promotion(decision, manual)
         now = self.clock()
         self.registry.set_status(r.challenger, Status.CHAMPION, "promoted")
         self.registry.set_status(r.champion, Status.RETIRED, f"replaced by {r.challenger}")
         self._close(r, RolloutState.PROMOTED, decision, now, manual)
+        self.hold.unfinished = None
 
     def _end(self, decision: Decision, outcome: RolloutState, manual: bool = False) -> None:
         r = self.rollout
         assert r is not None
         self._flip(0, self._champion_slot(), False)  # first, before anything slow
+        self.hold.unfinished = lambda: self._end(decision, outcome, manual)
         now = self.clock()
         self.registry.set_status(r.challenger, Status.FAILED, decision.reason)
         self._close(r, outcome, decision, now, manual)
+        self.hold.unfinished = None
 
     def _close(
         self, r: Rollout, outcome: RolloutState, decision: Decision, now: float, manual: bool
@@ -264,8 +294,8 @@ class Evaluator:
                 kind="rollback" if outcome == RolloutState.ROLLED_BACK else outcome.value,
                 rollout_id=r.id,
                 phase=r.phase,
-                challenger=self._label(r.challenger),
-                champion=self._label(r.challenger if outcome == "promoted" else r.champion),
+                challenger=self.label(r.challenger),
+                champion=self.label(r.challenger if outcome == "promoted" else r.champion),
                 guardrail=decision.guardrail,
                 value=failed.value if failed else None,
                 threshold=failed.threshold if failed else None,
@@ -277,10 +307,10 @@ class Evaluator:
     def _metrics(self) -> dict[str, Any]:
         return view.metrics_record(self.evidence) if self.evidence else {}
 
-    def _label(self, version: int) -> str:
+    def label(self, version: int) -> str:
         try:
             return self.registry.get(version).label
-        except KeyError:
+        except (KeyError, sqlite3.Error, OSError):  # also when the registry cannot be read
             return str(version)
 
     def _drain_alerts(self, now: float) -> None:
@@ -356,7 +386,7 @@ class Evaluator:
             r.id,
             EventKind.STARTED,
             1,
-            {"challenger": record.label, "champion": self._label(r.champion)},
+            {"challenger": record.label, "champion": self.label(r.champion)},
             now,
         )
         return {"ok": True, "rollout": r.id, "challenger": str(version), "state": r.state.value}

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from guardrails import storage
 from guardrails.evaluator import Evaluator
 from router import lifeline
 from router import status as status_file
@@ -55,7 +56,11 @@ def _die_with(parent: int | None) -> int:
 def _tick(config: Config, control: ControlWriter, evaluator: Evaluator) -> None:
     control.beat()
     evaluator.tick()
-    status_file.write(config.state_path, evaluator.status(evaluator.clock()))
+    try:
+        status_file.write(config.state_path, evaluator.status(evaluator.clock()))
+    except OSError as e:  # a full disk: workers serve the last status; the next tick retries
+        if not storage.is_fault(e):
+            raise
 
 
 def ticks(

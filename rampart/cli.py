@@ -16,6 +16,7 @@ import httpx
 from rampart.status_table import status_text
 from rampart.supervisor import serve
 from router.config import Config, ConfigError
+from router.shared_memory import StateDirFull
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 URL_HELP = "the server: http://host:port, or unix:/path/to.sock (its [serve] admin_listen)"
@@ -255,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except httpx.HTTPError as e:
         print(f"rampart: cannot reach the server: {e}", file=sys.stderr)
+        return 1
+    except StateDirFull as e:  # a full disk at start: one line, not a traceback
+        print(f"rampart: {e}", file=sys.stderr)
         return 1
     return 0
 

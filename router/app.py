@@ -30,7 +30,7 @@ from router.codec import JSON, Rejected, decode, encode, media_type
 from router.config import Config
 from router.dashboard import Dashboard
 from router.layout import Reject
-from router.mailbox import Command
+from router.mailbox import Command, MailboxUnavailable
 from router.models import Model
 from router.types import Receive, Scope, Send
 from router.worker import Worker
@@ -223,7 +223,11 @@ class App:
         if not isinstance(payload, dict):
             return self._refused(Reject.MALFORMED_BODY, "body must be a map", 400)
         mailbox = self._worker().mailbox
-        command_id = await asyncio.to_thread(mailbox.submit, command, payload)
+        try:
+            command_id = await asyncio.to_thread(mailbox.submit, command, payload)
+        except MailboxUnavailable as e:  # a full disk: not the caller's fault, nothing queued
+            body = {"ok": False, "error": "mailbox_unavailable", "detail": str(e)}
+            return JSONResponse(body, status_code=503)
         deadline = time.monotonic() + ADMIN_DEADLINE_S
         while time.monotonic() < deadline:
             result = await asyncio.to_thread(mailbox.result, command_id)

@@ -155,7 +155,11 @@ IDLE: EvaluatorStatus = {"phase": 0, "state": "idle", "guardrails": [], "rollout
 def write(state_dir: Path, status: EvaluatorStatus) -> None:
     path = state_dir / FILENAME
     tmp = path.with_name(f".{FILENAME}.{os.getpid()}")
-    tmp.write_text(json.dumps(status, separators=(",", ":"), allow_nan=False))
+    try:
+        tmp.write_text(json.dumps(status, separators=(",", ":"), allow_nan=False))
+    except OSError:  # a full disk: leave no half-written file holding blocks
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
 
 

@@ -44,8 +44,9 @@ def _serve(
     [
         pytest.param(
             '[alerts]\nslack_webhok = "https://hooks.example/x"\n',
-            "rampart: unknown key(s) in [alerts]: ['slack_webhok']; known: ['backoff_s', "
-            "'max_attempts', 'max_backoff_s', 'slack_webhook', 'timeout_s', 'webhook_url']",
+            "rampart: unknown key(s) in [alerts]: ['slack_webhok']; known: ['allow_hosts', "
+            "'backoff_s', 'deadline_s', 'max_attempts', 'max_backoff_s', 'slack_webhook', "
+            "'timeout_s', 'webhook_url']",
             id="alerts-misspelled",
         ),
         pytest.param(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from guardrails.evaluator import prepare
 from router import layout
 from router import status as status_file
 from router.config import Config
-from router.control import ControlWriter
+from router.control import ControlWriter, beat_ns
 from router.registry import Registry
 from router.status import IDLE, Status, StatusReader, WorkerStatus
 from router.worker import Worker
@@ -164,7 +163,7 @@ def test_worker_status_adds_its_view_to_the_evaluators_document(rig: Rig) -> Non
 def test_worker_status_effective_split_is_zero_while_the_heartbeat_is_stale(rig: Rig) -> None:
     rig.control.load_slot(1, 2)
     rig.control.flip(300, 0, True)
-    rig.shm.control["heartbeat_ns"] = time.time_ns() - 60 * 10**9  # a minute old
+    rig.shm.control["heartbeat_ns"] = beat_ns() - 60 * 10**9  # a minute old
     doc = rig.worker.status()
     assert (doc["split_bp"], doc["effective_split_bp"], doc["stale"]) == (300, 0, True)
 

@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -209,10 +209,12 @@ def start_server(
     *,
     workers: int = 1,
     config: Path | None = None,
+    prefix: Sequence[str] = (),
 ) -> Server:
-    """Start `rampart serve` on a free port; return once it is ready and its evaluator ticks."""
+    """Start `rampart serve` on a free port; return once it is ready and its evaluator ticks.
+    `prefix` runs it through another command (which must exec it, keeping its pid)."""
     port = free_port()
-    cmd = [sys.executable, "-m", "rampart.cli", "serve", "--state-dir", str(state)]
+    cmd = [*prefix, sys.executable, "-m", "rampart.cli", "serve", "--state-dir", str(state)]
     cmd += ["--port", str(port), "--workers", str(workers)]
     if config is not None:
         cmd += ["--config", str(config)]
