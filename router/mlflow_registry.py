@@ -156,25 +156,25 @@ class MlflowRegistry:
         self.local.close()
 
     # -- MLflow ------------------------------------------------------------------------------------
-    def aliases(self, mlflow: Any = None) -> dict[str, int]:
-        model = (mlflow or self.client).get_registered_model(self.name)
+    def aliases(self, via: Any = None) -> dict[str, int]:
+        model = (via or self.client).get_registered_model(self.name)
         return {alias: int(v) for alias, v in (model.aliases or {}).items()}
 
-    def versions(self, mlflow: Any = None) -> list[Any]:
-        found = (mlflow or self.client).search_model_versions(f"name = '{self.name}'")
+    def versions(self, via: Any = None) -> list[Any]:
+        found = (via or self.client).search_model_versions(f"name = '{self.name}'")
         return sorted(found, key=lambda mv: int(mv.version))
 
-    def fetch(self, version: int, mlflow: Any = None, local: Registry | None = None) -> ModelRecord:
+    def fetch(self, version: int, via: Any = None, local: Registry | None = None) -> ModelRecord:
         """Download version `version`'s ONNX file (by number), verify it, keep a local copy."""
-        import mlflow.artifacts
+        from mlflow.artifacts import download_artifacts
 
-        mlflow_client = mlflow or self.client
+        mlflow_client = via or self.client
         local = local or self.local
         mv = mlflow_client.get_model_version(self.name, str(version))
         uri = mlflow_client.get_model_version_download_uri(self.name, str(version))
         with tempfile.TemporaryDirectory(dir=self.state_dir, prefix=".mlflow-") as tmp:
             path = Path(
-                mlflow.artifacts.download_artifacts(
+                download_artifacts(
                     artifact_uri=uri, dst_path=tmp, tracking_uri=self.config.tracking_uri
                 )
             )
@@ -332,24 +332,27 @@ class MlflowRegistry:
             if tags.get(TAG_STATUS) == Status.QUEUED.value:
                 waiting.append((float(tags.get(TAG_QUEUED, "0") or 0), version))
         added = []
+        already = {r.version for r in local.queued()}
         for _, version in sorted(waiting):
+            if version in already:
+                continue
             try:
                 record = local.get(version)
             except KeyError:
                 try:
                     record = self.fetch(version, mlflow_client, local)
                 except ModelError as e:  # a broken artifact never reaches a rollout
-                    local_reason = f"artifact failed verification: {e}"
+                    why = f"artifact failed verification: {e}"
                     self._write(
-                        mlflow_client,
-                        version,
-                        remote_writes(version, Status.FAILED, local_reason, ""),
+                        mlflow_client, version, remote_writes(version, Status.FAILED, why, "")
                     )
                     continue
-            if record.status in (Status.CANDIDATE, Status.QUEUED):
-                if record.status == Status.CANDIDATE:
-                    added.append(version)
-                local.queue(version)
+            if record.status == Status.QUEUED:  # copied with MLflow's tag, not yet in line here
+                local.set_status(version, Status.CANDIDATE)
+            elif record.status != Status.CANDIDATE:
+                continue
+            local.queue(version)
+            added.append(version)
         queued_remotely = {v for _, v in waiting}
         for record in local.queued():
             if record.version not in queued_remotely:

@@ -1,0 +1,191 @@
+"""The MLflow registry backend (router/mlflow_registry.py) against a real MLflow store: a
+sqlite:/// tracking and registry database with a local artifact directory, used directly by
+MlflowClient (no server process). Models are logged as run artifacts and registered with
+`create_model_version`, as an ML team's pipeline does."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.models import write_corrupt, write_model
+
+from router.config import RegistryConfig
+from router.mlflow_registry import MlflowRegistry, client
+from router.models import ModelError
+from router.registry import Registry, Status
+
+pytest.importorskip("mlflow")
+pytest.importorskip("sqlalchemy")
+
+NAME = "ctr"
+
+
+@pytest.fixture(scope="session")
+def template_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty MLflow database, made once: creating its tables takes seconds."""
+    root = tmp_path_factory.mktemp("mlflow-template")
+    client(f"sqlite:///{root}/mlflow.db").search_experiments()
+    return root / "mlflow.db"
+
+
+class Store:
+    """A fresh MLflow store (a copy of the template) and its artifact directory."""
+
+    def __init__(self, root: Path, template: Path) -> None:
+        shutil.copyfile(template, root / "mlflow.db")
+        self.uri = f"sqlite:///{root}/mlflow.db"
+        self.client = client(self.uri)
+        self.experiment = self.client.create_experiment(
+            "rampart", artifact_location=(root / "artifacts").as_uri()
+        )
+        self.client.create_registered_model(NAME)
+        self.root = root
+
+    def log(self, model: Path, alias: str = "") -> int:
+        """Log `model` as a run's artifact and register it: the new version number."""
+        run = self.client.create_run(self.experiment)
+        self.client.log_artifact(run.info.run_id, str(model), "model")
+        mv = self.client.create_model_version(
+            NAME, f"{run.info.artifact_uri}/model", run_id=run.info.run_id
+        )
+        if alias:
+            self.client.set_registered_model_alias(NAME, alias, mv.version)
+        return int(mv.version)
+
+    def tags(self, version: int) -> dict[str, str]:
+        return dict(self.client.get_model_version(NAME, str(version)).tags)
+
+    def aliases(self) -> dict[str, int]:
+        return {a: int(v) for a, v in self.client.get_registered_model(NAME).aliases.items()}
+
+    def config(self, poll_s: float = 10.0) -> RegistryConfig:
+        return RegistryConfig("mlflow", self.uri, NAME, poll_s)
+
+
+@pytest.fixture
+def store(tmp_path: Path, template_store: Path) -> Store:
+    return Store(tmp_path, template_store)
+
+
+@pytest.fixture
+def opened(store: Store, tmp_path: Path) -> Iterator[Any]:
+    registries: list[MlflowRegistry] = []
+
+    def open_it(**kwargs: Any) -> MlflowRegistry:
+        registries.append(MlflowRegistry(store.config(**kwargs), tmp_path / "state"))
+        return registries[-1]
+
+    yield open_it
+    for r in registries:
+        r.close()
+
+
+def test_mlflow_registry_copies_the_champion_verified(
+    store: Store, opened: Any, tmp_path: Path
+) -> None:
+    path = write_model(tmp_path / "a.onnx")
+    store.log(path, "champion")
+    store.log(write_model(tmp_path / "b.onnx", weights=[0.2] * 4))
+    registry = opened()
+    (champion,) = registry.with_status(Status.CHAMPION)
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert (champion.version, champion.sha256) == (1, sha)
+    # Workers read the local registry: the copy is there, under MLflow's version number.
+    local = Registry(tmp_path / "state")
+    assert local.load(1).features == champion.features
+    assert local.path_of(local.get(1)).read_bytes() == path.read_bytes()
+    local.close()
+    assert store.tags(1)["rampart.sha256"] == sha  # pinned on first download
+
+
+def test_mlflow_registry_refuses_bytes_that_fail_the_pinned_sha256(
+    store: Store, opened: Any, tmp_path: Path
+) -> None:
+    store.log(write_model(tmp_path / "a.onnx"), "champion")
+    version = store.log(write_model(tmp_path / "b.onnx", weights=[0.2] * 4))
+    store.client.set_model_version_tag(NAME, str(version), "rampart.sha256", "0" * 64)
+    registry = opened()
+    with pytest.raises(ModelError, match="not the pinned"):
+        registry.get(version)
+
+
+def test_mlflow_registry_refuses_an_artifact_that_is_no_model(
+    store: Store, opened: Any, tmp_path: Path
+) -> None:
+    store.log(write_model(tmp_path / "a.onnx"), "champion")
+    version = store.log(write_corrupt(tmp_path / "bad.onnx"))
+    with pytest.raises(ModelError):
+        opened().get(version)
+
+
+def test_mlflow_registry_outcomes_move_aliases_and_tag_versions(
+    store: Store, opened: Any, tmp_path: Path
+) -> None:
+    store.log(write_model(tmp_path / "a.onnx"), "champion")
+    bad = store.log(write_model(tmp_path / "b.onnx", weights=[0.2] * 4), "challenger")
+    good = store.log(write_model(tmp_path / "c.onnx", weights=[0.3] * 4))
+    registry = opened()
+    registry.get(bad)
+    registry.set_status(bad, Status.CHALLENGER, "rollout started", "r-1")
+    registry.set_status(bad, Status.FAILED, "ab_worse: upper bound -0.001 < 0", "r-1")
+    assert {k: v for k, v in store.tags(bad).items() if k != "rampart.sha256"} == {
+        "rampart.status": "failed",
+        "rampart.reason": "ab_worse: upper bound -0.001 < 0",
+        "rampart.rollout_id": "r-1",
+    }
+    assert "challenger" not in store.aliases()
+    registry.get(good)
+    store.client.set_registered_model_alias(NAME, "challenger", str(good))
+    registry.set_status(good, Status.CHAMPION, "promoted", "r-2")
+    registry.set_status(1, Status.RETIRED, f"replaced by {good}", "r-2")
+    assert store.aliases() == {"champion": good}
+    assert store.tags(good)["rampart.status"] == "promoted"
+    assert store.tags(good)["rampart.rollout_id"] == "r-2"
+    assert store.tags(1)["rampart.retired"] == f"replaced by {good}"
+
+
+def test_mlflow_registry_poll_queues_each_version_given_the_challenger_alias(
+    store: Store, opened: Any, tmp_path: Path
+) -> None:
+    store.log(write_model(tmp_path / "a.onnx"), "champion")
+    registry = opened()
+    first = store.log(write_model(tmp_path / "b.onnx", weights=[0.2] * 4), "challenger")
+    assert registry.poll() == [first]
+    second = store.log(write_model(tmp_path / "c.onnx", weights=[0.3] * 4), "challenger")
+    assert registry.poll() == [second]
+    assert registry.poll() == []  # nothing new
+    assert [r.version for r in registry.queued()] == [first, second]
+    assert store.tags(first)["rampart.status"] == "queued"
+
+
+def test_mlflow_registry_poll_fails_a_broken_challenger_instead_of_queueing_it(
+    store: Store, opened: Any, tmp_path: Path
+) -> None:
+    store.log(write_model(tmp_path / "a.onnx"), "champion")
+    registry = opened()
+    broken = store.log(write_corrupt(tmp_path / "bad.onnx"), "challenger")
+    assert registry.poll() == []
+    assert store.tags(broken)["rampart.status"] == "failed"
+    assert "verification" in store.tags(broken)["rampart.reason"]
+
+
+def test_mlflow_registry_register_first_is_champion_then_start_queues(
+    store: Store, opened: Any, tmp_path: Path
+) -> None:
+    registry = opened()
+    assert registry.register(write_model(tmp_path / "a.onnx")) == 1
+    two = registry.register(write_model(tmp_path / "b.onnx", weights=[0.2] * 4), start=True)
+    three = registry.register(write_model(tmp_path / "c.onnx", weights=[0.3] * 4), start=True)
+    four = registry.register(
+        write_model(tmp_path / "d.onnx", weights=[0.4] * 4), start=True, replace=True
+    )
+    assert store.aliases() == {"champion": 1, "challenger": four}
+    assert store.tags(two)["rampart.status"] == "candidate"
+    assert store.tags(three)["rampart.reason"] == f"replaced in the queue by {four}"
+    assert registry.poll() == [four]
+    assert [r.version for r in registry.queued()] == [four]
