@@ -7,14 +7,20 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from support.models import write_corrupt, write_model
+from support.traffic import Traffic
 
-from router.config import RegistryConfig
+from guardrails import evaluator as evaluator_mod
+from guardrails.alerts import Alerter
+from guardrails.evaluator import Evaluator
+from router.config import Config, RegistryConfig
+from router.mailbox import Command
 from router.mlflow_registry import MlflowRegistry, client
 from router.models import ModelError
 from router.registry import Registry, Status
@@ -189,3 +195,58 @@ def test_mlflow_registry_register_first_is_champion_then_start_queues(
     assert store.tags(three)["rampart.reason"] == f"replaced in the queue by {four}"
     assert registry.poll() == [four]
     assert [r.version for r in registry.queued()] == [four]
+
+
+def test_mlflow_release_train_on_the_evaluator_records_both_outcomes(
+    store: Store, tmp_path: Path
+) -> None:
+    # The evaluator on the MLflow backend: candidate A gets @challenger, starts by itself and
+    # is rolled back; B, given @challenger while A runs, waits in the queue, starts by itself
+    # when A ends, and is promoted. MLflow holds both outcomes.
+    store.log(write_model(tmp_path / "champion.onnx"), "champion")
+    registry = {"backend": "mlflow", "tracking_uri": store.uri, "model_name": NAME, "poll_s": 0.1}
+    config = Config.from_dict(
+        {"serve": {"state_dir": str(tmp_path / "state")}, "registry": registry}
+    )
+    shm = evaluator_mod.prepare(config)
+    ev = Evaluator(config, shm, alerter=Alerter(None, None))
+    traffic = Traffic(shm, config)
+
+    def tick_until(done: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 60.0
+        while not done():
+            assert time.monotonic() < deadline, "the evaluator never got there"
+            traffic.sync()  # the worker loads what the control block names
+            ev.tick()
+            time.sleep(0.05)  # the registry's thread polls @challenger every 0.1 s
+
+    def running(version: int) -> Callable[[], bool]:
+        return lambda: (
+            ev.rollout is not None
+            and (ev.rollout.challenger, ev.rollout.state)
+            == (
+                version,
+                "running",
+            )
+        )
+
+    try:
+        a = store.log(write_model(tmp_path / "a.onnx", weights=[0.2] * 4), "challenger")
+        tick_until(running(a))
+        first = ev.rollout
+        b = store.log(write_model(tmp_path / "b.onnx", weights=[0.3] * 4), "challenger")
+        tick_until(lambda: [r.version for r in ev.train.registry.queued()] == [b])  # type: ignore[union-attr]
+        assert ev.rollout is first  # queued behind the running one
+        ev.apply(Command.ROLLBACK, {})
+        tick_until(running(b))
+        second = ev.rollout
+        ev.apply(Command.PROMOTE, {})
+    finally:
+        ev.close()  # the registry's thread writes what it holds before it stops
+    assert first is not None and second is not None
+    assert (first.outcome, second.outcome) == ("rolled_back", "promoted")
+    assert store.tags(a)["rampart.status"] == "failed"
+    assert store.tags(a)["rampart.rollout_id"] == first.id
+    assert store.tags(b)["rampart.status"] == "promoted"
+    assert store.tags(b)["rampart.rollout_id"] == second.id
+    assert store.aliases() == {"champion": b}
