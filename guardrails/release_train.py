@@ -43,8 +43,9 @@ class ReleaseTrain:
 
     def started(self, version: int, result: dict[str, Any]) -> None:
         """A queued candidate the evaluator could not start leaves the queue as failed (so
-        the next one is not held up behind it forever)."""
-        if not result.get("ok"):
+        the next one is not held up behind it forever), unless the registry has no champion
+        to compare it with: then the queue waits for one."""
+        if not result.get("ok") and result.get("error") != "no_champion":
             reason = f"could not start: {result.get('error')} {result.get('detail', '')}"
             self.registry.set_status(version, Status.FAILED, reason.strip())
 

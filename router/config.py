@@ -6,6 +6,7 @@ exact key and what it should be.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import secrets
@@ -263,6 +264,10 @@ def _registry(values: dict[str, Any]) -> RegistryConfig:
         for key in ("tracking_uri", "model_name"):
             if not getattr(registry, key):
                 raise ConfigError(f"[registry] {key} is required with backend = 'mlflow'")
+        if importlib.util.find_spec("mlflow") is None:
+            raise ConfigError(
+                "[registry] backend = 'mlflow' needs mlflow-skinny: pip install 'rampart[mlflow]'"
+            )
     if not 0.1 <= registry.poll_s <= 3600:
         raise ConfigError(f"[registry] poll_s must be in [0.1, 3600], got {registry.poll_s}")
     return registry

@@ -68,7 +68,7 @@ def test_release_train_replace_never_touches_the_running_rollout(
     assert [r.version for r in registry.queued()] == [4]
 
 
-def test_release_train_candidate_that_cannot_start_leaves_the_queue(
+def test_release_train_waits_for_a_champion_and_fails_what_cannot_start(
     train: tuple[Rig, Registry],
 ) -> None:
     rig, registry = train
@@ -76,6 +76,9 @@ def test_release_train_candidate_that_cannot_start_leaves_the_queue(
     enqueue(registry, 3)
     registry.set_status(1, Status.RETIRED, "gone")  # no champion: nothing can start
     rig.evaluator.tick()
+    assert rig.evaluator.rollout is None
+    assert [r.version for r in registry.queued()] == [2, 3]  # not the candidates' fault
+    rig.evaluator.train.started(2, {"ok": False, "error": "not_a_candidate"})  # type: ignore[union-attr]
     assert registry.get(2).status == Status.FAILED
-    assert "no_champion" in registry.get(2).reason
+    assert "not_a_candidate" in registry.get(2).reason
     assert [r.version for r in registry.queued()] == [3]
