@@ -2,7 +2,8 @@
 
 `Session` starts the server (pinned to core 0 when there are two), the simulator on its own
 thread (core 1) and a local Slack webhook; `Session.rollout` rolls out one scenario's
-challenger and returns the verdict when the rollout ends. `run_scenario` is one scenario on a
+challenger and returns the verdict when the rollout ends; `Session.train` queues several and
+lets the evaluator start them one after another. `run_scenario` is one scenario on a
 fresh session: `rampart scenario NAME`.
 """
 

@@ -75,7 +75,7 @@ def _mlflow_models(args: argparse.Namespace, config: Config) -> int:
     from router.mlflow_registry import MlflowRegistry, client, status_of
 
     if args.models_command == "register":
-        registry = MlflowRegistry(config.registry, config.state_path)
+        registry = MlflowRegistry(config.registry, config.state_path, sync=False)
         try:
             print(registry.register(Path(args.file), start=args.start, replace=args.replace))
         finally:

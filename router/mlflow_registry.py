@@ -104,7 +104,9 @@ def remote_writes(
 
 
 class MlflowRegistry:
-    def __init__(self, config: RegistryConfig, state_dir: Path) -> None:
+    def __init__(self, config: RegistryConfig, state_dir: Path, *, sync: bool = True) -> None:
+        """`sync`: resolve `@champion` now and keep its verified copy (the evaluator); the
+        CLI's `register` does not need it."""
         self.config = config
         self.name = config.model_name
         self.state_dir = Path(state_dir)
@@ -114,7 +116,8 @@ class MlflowRegistry:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.errors: list[str] = []  # the last MLflow failures the thread saw (for tests, logs)
-        self._sync_champion()
+        if sync:
+            self._sync_champion()
 
     # -- the ModelRegistry seam (local reads; MLflow written off the tick) ----------------------
     def get(self, version: int) -> ModelRecord:

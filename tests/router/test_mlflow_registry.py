@@ -250,3 +250,20 @@ def test_mlflow_release_train_on_the_evaluator_records_both_outcomes(
     assert store.tags(b)["rampart.status"] == "promoted"
     assert store.tags(b)["rampart.rollout_id"] == second.id
     assert store.aliases() == {"champion": b}
+
+
+def test_mlflow_models_cli_registers_queues_and_lists(
+    store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rampart.cli import main
+
+    flags = ["--registry-backend", "mlflow", "--tracking-uri", store.uri, "--model-name", NAME]
+    flags += ["--state-dir", str(tmp_path / "state")]
+    for i, extra in enumerate(([], ["--start"])):
+        model = write_model(tmp_path / f"m{i}.onnx", weights=[0.1 * (i + 1)] * 4)
+        assert main(["models", "register", str(model), *flags, *extra]) == 0
+    assert capsys.readouterr().out.split() == ["1", "2"]
+    assert main(["models", "list", *flags]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "@champion" in lines[0] and "champion" in lines[0].split()[2:]
+    assert "@challenger" in lines[1] and "queued     position 1" in lines[1]
