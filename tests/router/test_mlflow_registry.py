@@ -180,6 +180,25 @@ def test_mlflow_registry_poll_fails_a_broken_challenger_instead_of_queueing_it(
     assert "verification" in store.tags(broken)["rampart.reason"]
 
 
+def test_mlflow_registry_poll_follows_a_replace_made_elsewhere(
+    store: Store, opened: Any, tmp_path: Path
+) -> None:
+    # The server queued B; `models register C --start --replace` on another machine (MLflow
+    # tags only) takes B's place: the server's next poll unqueues B and queues C.
+    store.log(write_model(tmp_path / "a.onnx"), "champion")
+    server = opened()
+    b = store.log(write_model(tmp_path / "b.onnx", weights=[0.2] * 4), "challenger")
+    assert server.poll() == [b]
+    elsewhere = MlflowRegistry(store.config(), tmp_path / "elsewhere", sync=False)
+    c = elsewhere.register(
+        write_model(tmp_path / "c.onnx", weights=[0.3] * 4), start=True, replace=True
+    )
+    elsewhere.close()
+    assert server.poll() == [c]
+    assert [r.version for r in server.queued()] == [c]
+    assert server.get(b).status == Status.CANDIDATE
+
+
 def test_mlflow_registry_register_first_is_champion_then_start_queues(
     store: Store, opened: Any, tmp_path: Path
 ) -> None:
