@@ -23,11 +23,12 @@ from guardrails.alerts import Alert, Alerter, Delivery
 from guardrails.clock import Durations
 from guardrails.measures import ArmMetrics, SegmentCodes, measure
 from guardrails.policy import Action, Decision, Policy, decide
+from guardrails.release_train import ReleaseTrain
 from guardrails.rollouts import EventKind, Journal, Rollout, RolloutState
 from guardrails.serving import LocalServing, Mailbox, ModelRegistry, RolloutLog, Serving
 from router.config import Config
 from router.mailbox import AdminMailbox, Command
-from router.registry import Registry, Status
+from router.registry import Status, open_registry
 from router.shared_memory import Geometry, SharedMemory
 from router.snapshot import SlotTotals
 from router.status import EvaluatorStatus
@@ -73,7 +74,12 @@ class Evaluator:
         self.policy = Policy.from_config(config)
         self.codes = SegmentCodes(config.segments)
         state = config.state_path
-        self.registry: ModelRegistry = registry or Registry(state)
+        # The release train runs on this host's registry (local or MLflow), not the fleet's.
+        self.train: ReleaseTrain | None = None
+        if registry is None:
+            local = open_registry(config)
+            self.train = ReleaseTrain(local)
+        self.registry: ModelRegistry = registry or local
         self.mailbox: Mailbox = mailbox or AdminMailbox(state)
         self.journal: RolloutLog = journal or Journal(state)
         self.alerter = alerter or Alerter.from_env_and_config(config.raw.get("alerts", {}))
@@ -150,6 +156,8 @@ class Evaluator:
             self._finish_loading(r, now)
         elif r is not None and r.state.active:
             self._judge(r, now)
+        elif self.train is not None and (version := self.train.due()) is not None:
+            self.train.started(version, self._start({"version": version}))
         self._drain_alerts(now)
 
     def _judge(self, r: Rollout, now: float) -> None:
@@ -256,8 +264,8 @@ class Evaluator:
         assert r is not None
         self.hold.unfinished = lambda: self._record_promotion(decision, manual)
         now = self.clock()
-        self.registry.set_status(r.challenger, Status.CHAMPION, "promoted")
-        self.registry.set_status(r.champion, Status.RETIRED, f"replaced by {r.challenger}")
+        self.registry.set_status(r.challenger, Status.CHAMPION, "promoted", r.id)
+        self.registry.set_status(r.champion, Status.RETIRED, f"replaced by {r.challenger}", r.id)
         self._close(r, RolloutState.PROMOTED, decision, now, manual)
         self.hold.unfinished = None
 
@@ -267,7 +275,7 @@ class Evaluator:
         self._flip(0, self._champion_slot(), False)  # first, before anything slow
         self.hold.unfinished = lambda: self._end(decision, outcome, manual)
         now = self.clock()
-        self.registry.set_status(r.challenger, Status.FAILED, decision.reason)
+        self.registry.set_status(r.challenger, Status.FAILED, decision.reason, r.id)
         self._close(r, outcome, decision, now, manual)
         self.hold.unfinished = None
 
@@ -359,18 +367,19 @@ class Evaluator:
             record = self.registry.get(version)
         except (KeyError, ValueError, TypeError):
             return {"ok": False, "error": "unknown_version", "detail": str(payload.get("version"))}
-        if record.status != Status.CANDIDATE:
+        if record.status not in (Status.CANDIDATE, Status.QUEUED):
             return {"ok": False, "error": "not_a_candidate", "detail": record.status.value}
         champions = self.registry.with_status(Status.CHAMPION)
         if not champions:
             return {"ok": False, "error": "no_champion"}
         now = self.clock()
         champion_slot = self._champion_slot()
-        self.registry.set_status(version, Status.CHALLENGER, "rollout started")
+        rollout_id = self.journal.new_id(version, now)
+        self.registry.set_status(version, Status.CHALLENGER, "rollout started", rollout_id)
         self.serving.load_slot(1 - champion_slot, version)
         self._flip(0, champion_slot, True)  # workers load it; the split rises once all have
         r = Rollout(
-            id=self.journal.new_id(version, now),
+            id=rollout_id,
             challenger=version,
             champion=champions[-1].version,
             state=RolloutState.LOADING,

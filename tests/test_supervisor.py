@@ -78,8 +78,14 @@ def _serve(
         pytest.param(
             "[servee]\nport = 1\n",
             "rampart: unknown config section(s) ['servee']; known: ['serve', 'segments', "
-            "'calibration', 'faults', 'fleet', 'rollout', 'phases', 'guardrails', 'alerts']",
+            "'calibration', 'faults', 'fleet', 'registry', 'rollout', 'phases', 'guardrails', "
+            "'alerts']",
             id="section",
+        ),
+        pytest.param(
+            '[registry]\nbackend = "mlflow"\nmodel_name = "ctr"\n',
+            "rampart: [registry] tracking_uri is required with backend = 'mlflow'",
+            id="registry-mlflow-without-uri",
         ),
     ],
 )
