@@ -100,7 +100,8 @@ def named_rows(
         except KeyError as e:
             raise Rejected(Reject.MISSING_FEATURE, f"feature {e.args[0]!r} is missing") from None
         if len(row) != width:
-            unknown = sorted(k for k in row if k not in known)
+            # str() first: msgpack map keys may be bytes as well as str.
+            unknown = sorted(str(k) for k in row if k not in known)
             if unknown:
                 raise Rejected(Reject.UNKNOWN_FEATURE, f"unknown feature(s) {unknown[:5]}")
     try:
