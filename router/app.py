@@ -20,19 +20,21 @@ import hmac
 import json
 import os
 import time
+import warnings
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+import numpy as np
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from router import exposition as prom
-from router import recording
+from router import layout, recording
 from router import snapshot as snap
-from router.codec import JSON, Rejected, decode, encode, media_type
+from router.codec import JSON, Rejected, all_finite, decode, encode, media_type
 from router.config import Config
 from router.dashboard import Dashboard
 from router.layout import Reject
@@ -108,6 +110,24 @@ def _closing_500s(send: Send) -> Send:
     return wrapped
 
 
+def _warm_up(worker: Worker) -> None:
+    """Load the hot path's numba kernels before the first request: loading them from the
+    cache (or compiling) takes over a second, which the first /predict would otherwise
+    spend blocking the loop, and record as its model's latency. They run on a scratch
+    slot with the real argument types, so no counter changes."""
+    scratch = np.zeros(1, layout.slot_dtype(worker.segments.n_cells, worker.n_buckets))
+    addr = scratch.ctypes.data
+    x = np.full((1, 1), 0.5, np.float32)
+    all_finite(x)
+    for model in worker.models:
+        if model is not None:
+            out = model.predict(np.zeros((1, model.width), np.float32))
+            recording.record_predictions(addr, out)
+    recording.record_request(addr, 1, 0, 0)
+    recording.bump(addr, layout.Counter.ERR_RAISED)
+    recording.record_event(addr, worker.tables, 0, 0, 1, 0.5)
+
+
 def _error_body(e: Rejected, kind: bytes) -> bytes:
     return encode({"error": e.reason, "detail": e.detail}, kind)
 
@@ -136,7 +156,9 @@ class App:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        self.worker = Worker(self.config)
+        worker = Worker(self.config)
+        _warm_up(worker)
+        self.worker = worker
         self._ticker = asyncio.create_task(self._tick())
         try:
             yield
@@ -315,6 +337,9 @@ class App:
 
 def create_app() -> App:
     """uvicorn factory: the config path comes from RAMPART_CONFIG, overrides as JSON."""
+    # A feature too large for float32 is refused as non_finite_feature; numpy's warning
+    # would fill the log once per such request (np.seterr is per asyncio task: a filter).
+    warnings.filterwarnings("ignore", "overflow encountered", RuntimeWarning, "router.codec")
     config = Config.load(os.environ.get("RAMPART_CONFIG") or None)
     overrides = json.loads(os.environ.get("RAMPART_SERVE_OVERRIDES", "{}"))
     return App(config.with_overrides(**overrides))
