@@ -19,6 +19,7 @@ import contextlib
 import hmac
 import json
 import os
+import sqlite3
 import time
 import warnings
 from collections.abc import AsyncIterator, Callable
@@ -320,7 +321,7 @@ class App:
                     await asyncio.sleep(0.05)
         except TimeoutError:
             pass
-        except MailboxUnavailable as e:  # a full disk: not the caller's fault, nothing queued
+        except (MailboxUnavailable, sqlite3.Error) as e:  # the state directory, not the caller
             failed = {"ok": False, "error": "mailbox_unavailable", "detail": str(e)}
             return JSONResponse(failed, status_code=503)
         queued = "queued" if command_id is not None else "not confirmed queued (mailbox busy)"

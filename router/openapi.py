@@ -289,6 +289,11 @@ def _admin(command: Command) -> Schema:
                     json_only,
                 ),
                 "409": _answer("Refused by the evaluator", _ref("CommandAnswer"), json_only),
+                "503": _answer(
+                    "The admin mailbox (SQLite, state directory) failed (`mailbox_unavailable`)",
+                    _ref("CommandAnswer"),
+                    json_only,
+                ),
                 **_refusals(400, 401, 413, kinds=json_only),
             },
         }
