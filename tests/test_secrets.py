@@ -4,7 +4,8 @@
 A real `rampart serve` with known RAMPART_ADMIN_TOKEN, RAMPART_TOKEN_SECRET and
 RAMPART_SLACK_WEBHOOK (a loopback receiver whose URL path carries the secret part, as
 Slack's does), driven through a rollout to a rollback that fires an alert, with bad
-admin requests on the way (wrong tokens, a non-UTF-8 body, a body over the limit).
+admin requests on the way (wrong tokens, a non-UTF-8 body, a body over the limit) and a
+failed first delivery of the alert.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import httpx
 from support.server import ADMIN_TOKEN, rampart, register_pair, serving
-from support.webhook import webhook
+from support.webhook import Reply, webhook
 
 TOKEN_SECRET = "tok-secret-4c1d9e07b2a84f35"
 WEBHOOK_PART = "T0SECRET/B0SECRET/whk-secret-9f3e1a"
@@ -47,9 +48,10 @@ def test_secrets_appear_in_no_output_page_or_file(tmp_path: Path) -> None:
                 r = httpx.post(f"{admin}/pause", content=body, headers=headers, timeout=10)
                 assert r.status_code in (400, 401, 413), r.text
                 assert not _leaks(r.content, secrets), r.text
+            hook.replies.append(Reply(503))  # a failed first delivery is recorded, then retried
             assert server.admin("rollback").status_code == 200
-            alert = hook.wait_for(1)[0]
-            assert alert.path.endswith(WEBHOOK_PART)  # the alert did use the secret URL
+            alerts = hook.wait_for(2)
+            assert all(a.path.endswith(WEBHOOK_PART) for a in alerts)  # the secret URL in use
             pages = {
                 path: httpx.get(f"{server.url}{path}", timeout=10).content
                 for path in ("/status", "/metrics", "/dashboard", "/openapi.json")
