@@ -35,7 +35,7 @@ from starlette.routing import Route
 from router import exposition as prom
 from router import layout, recording
 from router import snapshot as snap
-from router.codec import JSON, Rejected, all_finite, decode, encode, media_type
+from router.codec import JSON, Rejected, all_finite, decode, encode, kind_of, media_type
 from router.config import Config
 from router.dashboard import Dashboard
 from router.layout import Reject
@@ -57,20 +57,31 @@ class BodyNotRead(Rejected):
     (else uvicorn reads and drops the rest, however long, before the next request)."""
 
 
-def _declared_length(scope: Scope) -> int | None:
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:  # the HTTP parser refuses these first; never trust it
-                return None
-    return None
+def _framing(headers: list[tuple[bytes, bytes]]) -> tuple[bytes | None, bytes | None]:
+    """Content-Type and Content-Length of a request, in one pass over its headers."""
+    content_type = length = None
+    for name, value in headers:
+        if name == b"content-type":
+            if content_type is None:
+                content_type = value
+        elif name == b"content-length":
+            length = value
+    return content_type, length
 
 
-async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+def _over(declared: bytes | None, limit: int) -> bool:
+    # Fewer digits than the limit cannot be over it: the usual case costs no int().
+    if declared is None or len(declared) < len(str(limit)):
+        return False
+    try:
+        return int(declared) > limit
+    except ValueError:  # the HTTP parser refuses these first
+        return False
+
+
+async def _read_body(receive: Receive, limit: int, declared: bytes | None) -> bytes:
     too_large = f"body is over {limit} bytes"
-    declared = _declared_length(scope)
-    if declared is not None and declared > limit:
+    if _over(declared, limit):
         # Refused before reading (and before uvicorn's `100 Continue`, so a client
         # that asked first sends nothing); a client already sending sees the close.
         raise BodyNotRead(Reject.BODY_TOO_LARGE, too_large, 413)
@@ -203,12 +214,13 @@ class App:
         """The worker, the media type and the body of a hot-path request. The body is read
         (or refused as too large) before any other refusal, so the connection stays usable."""
         worker = self.worker
-        body = await _read_body(scope, receive, self.config.serve.max_body_bytes)
+        content_type, declared = _framing(scope["headers"])
+        body = await _read_body(receive, self.config.serve.max_body_bytes, declared)
         if worker is None:
             raise Rejected(Reject.MODEL_UNAVAILABLE, "the worker is starting", 503)
         if scope["method"] != "POST":
             raise Rejected(Reject.METHOD_NOT_ALLOWED, "use POST", 405)
-        return worker, media_type(scope["headers"]), body
+        return worker, kind_of(content_type), body
 
     async def _refuse(self, send: Send, e: Rejected, scope: Scope) -> None:
         if self.worker is not None:
@@ -290,7 +302,8 @@ class App:
         ADMIN_DEADLINE_S in all. The mailbox is SQLite: every call runs on the admin
         thread, never on the event loop."""
         try:  # read first (bounded), so that any refusal leaves the connection usable
-            body = await _read_body(request.scope, request.receive, ADMIN_MAX_BODY)
+            declared = _framing(request.scope["headers"])[1]
+            body = await _read_body(request.receive, ADMIN_MAX_BODY, declared)
         except Rejected as e:
             return self._refused(e)
         expected = os.environ.get("RAMPART_ADMIN_TOKEN", "")
