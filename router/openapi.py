@@ -36,7 +36,6 @@ def _refusals(*statuses: int, kinds: tuple[str, ...] = BOTH) -> dict[str, Schema
     text = {
         400: "Bad input (reason code in `error`)",
         401: "No or wrong admin token (`unauthorized`)",
-        404: "Unknown rollout command (`unknown_command`)",
         405: "Not POST (`method_not_allowed`)",
         413: "Body over the limit (`body_too_large`) or too many events (`too_many_events`)",
         415: "Content type neither JSON nor msgpack (`unsupported_media_type`)",
