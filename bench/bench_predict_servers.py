@@ -70,7 +70,7 @@ def bodies(n_features: int, rows: int, json_body: bool, count: int = 256) -> lis
     return out
 
 
-def _env() -> dict[str, str]:
+def server_env() -> dict[str, str]:
     return dict(
         os.environ,
         RAMPART_ADMIN_TOKEN=ADMIN_TOKEN,
@@ -92,7 +92,7 @@ def start_rampart(root: Path, config_text: str, env: dict[str, str] | None = Non
         registry.close()
     config = root / "rampart.toml"
     config.write_text(config_text)
-    serve = Serve(state, config, free_port(), env or _env())
+    serve = Serve(state, config, free_port(), env or server_env())
     serve.start()
     serve.warm_up()
     serve.wait_for_evaluator()
