@@ -200,3 +200,54 @@ def closed_loop(
     r = json.loads(line.removeprefix("WRK-RESULT "))
     r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
     return dict(r)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The open-loop client is not the bottleneck: against the bare server on core 0, from
+    core 1, oloop at each rate (sent on schedule? its send jitter) next to wrk's latency floor
+    (one connection: nothing queues; and 16)."""
+    import argparse
+    import statistics
+
+    from bench import bench_predict_servers as servers
+
+    parser = argparse.ArgumentParser(description="bench/oloop.c against the bare server")
+    parser.add_argument("--rates", default="15000,30000")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--out", default="bench/results")
+    args = parser.parse_args(argv)
+    bare = servers.Bare()
+    report: dict[str, Any] = {"wrk": {}, "oloop": {}}
+    try:
+        with tempfile.TemporaryDirectory(prefix="oloop-check-") as tmp:
+            bodies = servers.bodies(servers.n_features(), 1, False)
+            script = wrk_script(Path(tmp) / "one.lua", bodies[0], MSGPACK)
+            body_file = write_bodies(Path(tmp) / "bodies.bin", bodies)
+            closed_loop(bare.port, script, 3)  # warm
+            for conns in (1, 16):
+                runs = [
+                    closed_loop(bare.port, script, args.seconds, conns) for _ in range(args.runs)
+                ]
+                report["wrk"][f"c{conns}"] = runs
+                p99 = statistics.median(r["p99_us"] for r in runs) / 1000
+                rps = statistics.median(r["rps"] for r in runs)
+                print(f"wrk -c{conns}: {rps:.0f} req/s, p99 {p99:.3f} ms", flush=True)
+            for rate in (float(r) for r in args.rates.split(",")):
+                runs = [
+                    open_loop(bare.port, body_file, rate, args.seconds, connections=64).report()
+                    for _ in range(args.runs)
+                ]
+                report["oloop"][f"{rate:g}"] = runs
+                for r in runs:
+                    print(f"oloop {rate:g}/s: {json.dumps(r)}", flush=True)
+    finally:
+        bare.stop()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "predict_client.json").write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
