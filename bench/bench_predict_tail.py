@@ -106,7 +106,7 @@ def attribute(
             "episodes_overlapped": hit,
             "slow_requests_overlapped": hit_requests,
         }
-        if name.startswith("eval_tick"):
+        if name.startswith(("eval", "worker_")):
             row["cpu_p50_us"] = float(np.median([x / 1000 for _, _, x in spans]))
         table.append(row)
     table.sort(key=lambda r: -r["slow_requests_overlapped"])

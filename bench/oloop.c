@@ -183,12 +183,17 @@ int main(int argc, char **argv) {
     struct epoll_event tev = {.events = EPOLLIN, .data.u32 = UINT32_MAX};
     if (epoll_ctl(ep, EPOLL_CTL_ADD, tfd, &tev) < 0) die("epoll_ctl");
     conn_t *conns = calloc((size_t)nconn, sizeof *conns);
-    int *idle = malloc((size_t)nconn * sizeof *idle); /* stack of idle connections */
+    /* Idle connections, first in first out: each is used in turn, so none sits idle long
+     * enough for the server's keep-alive timeout to close it. */
+    int *idle = malloc((size_t)nconn * sizeof *idle);
     int nidle = 0;
+    int64_t idle_head = 0;
+#define IDLE_PUSH(c) (idle[(idle_head + nidle++) % nconn] = (c))
+#define IDLE_POP() (nidle--, idle[idle_head++ % nconn])
     for (int c = 0; c < nconn; c++) {
         conns[c].fd = open_conn(host, port, ep, c);
         conns[c].req = -1;
-        idle[nidle++] = c;
+        IDLE_PUSH(c);
     }
 
     int64_t next = 0, done = 0, sent = 0, non2xx = 0, sock_errors = 0, reconnects = 0;
@@ -204,7 +209,7 @@ int main(int argc, char **argv) {
         int64_t now = now_ns();
         /* Everything due goes out now, as far as connections allow. */
         while (next < total && t0 + (int64_t)(next * interval_ns) <= now && nidle > 0) {
-            int c = idle[--nidle];
+            int c = IDLE_POP();
             conn_t *k = &conns[c];
             msg_t *m = &msgs[next % (int64_t)nmsg];
             int64_t due = t0 + (int64_t)(next * interval_ns);
@@ -284,20 +289,23 @@ int main(int argc, char **argv) {
                 k->in_len -= (size_t)used;
                 k->req = -1;
                 done++;
-                idle[nidle++] = (int)c;
+                IDLE_PUSH((int)c);
                 continue;
             }
-            /* Closed, reset or unparseable: the request in flight failed; reconnect. */
-            sock_errors++;
-            if (k->req >= 0) done++;
+            /* Closed, reset or unparseable: reconnect. With a request in flight that request
+             * failed; an idle connection the server closed is only replaced (it stays queued). */
             epoll_ctl(ep, EPOLL_CTL_DEL, k->fd, NULL);
             close(k->fd);
             k->fd = open_conn(host, port, ep, (int)c);
-            k->req = -1;
             k->in_len = 0;
             k->out_len = 0;
             reconnects++;
-            idle[nidle++] = (int)c;
+            if (k->req >= 0) {
+                sock_errors++;
+                done++;
+                k->req = -1;
+                IDLE_PUSH((int)c);
+            }
         }
     }
     int64_t finished = now_ns();
