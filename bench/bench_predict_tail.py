@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import shutil
@@ -129,12 +130,21 @@ def attribute(
     }
 
 
-def ctx_switches(pid: int) -> dict[str, int]:
+def sched(pid: int) -> dict[str, int]:
+    """The scheduler's account of `pid` (all its threads): CPU time and time spent runnable
+    but waiting for the CPU (ns, /proc/PID/schedstat), and its context switches."""
+    out = {"cpu_ns": 0, "runqueue_wait_ns": 0}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            cpu, wait, _ = (int(x) for x in (task / "schedstat").read_text().split())
+            out["cpu_ns"] += cpu
+            out["runqueue_wait_ns"] += wait
     text = Path(f"/proc/{pid}/status").read_text()
-    return {
-        k: int(v)
-        for k, v in (line.split(":") for line in text.splitlines() if "ctxt_switches" in line)
-    }
+    for line in text.splitlines():
+        if "ctxt_switches" in line:
+            k, v = line.split(":")
+            out[k] = int(v)
+    return out
 
 
 def children(pid: int) -> list[int]:
@@ -167,12 +177,12 @@ def flush_probes(pid: int, directory: Path) -> None:
 
 
 def pyspy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
-    """py-spy sampling `pid` (non-blocking: it never stops the process) on the client's
-    core, collapsed stacks into `out`."""
+    """py-spy sampling `pid`'s Python stacks on the client's core, collapsed into `out`.
+    Non-blocking: it never stops the process (so no native frames, which need stopping)."""
     exe = shutil.which("py-spy")
     if exe is None:
         raise RuntimeError("py-spy is not installed (pip install py-spy)")
-    cmd = [exe, "record", "--nonblocking", "--native", "-r", "200", "-d", str(round(seconds))]
+    cmd = [exe, "record", "--nonblocking", "-r", "200", "-d", str(round(seconds))]
     return subprocess.Popen(
         [*pin(clients.CLIENT_CORE), *cmd, "-f", "raw", "-o", str(out), "-p", str(pid)],
         stdout=subprocess.DEVNULL,
@@ -256,9 +266,9 @@ def measure(
         runs = []
         evaluator = children(worker)
         for _ in range(args.runs):
-            before = {p: ctx_switches(p) for p in [worker, *evaluator]}
+            before = {p: sched(p) for p in [worker, *evaluator]}
             run = clients.open_loop(port, body_file, rate, args.seconds)
-            after = {p: ctx_switches(p) for p in [worker, *evaluator]}
+            after = {p: sched(p) for p in [worker, *evaluator]}
             # The worker's probe records are written at its exit: keep the run for later.
             runs.append(
                 (run, {str(p): {k: after[p][k] - before[p][k] for k in after[p]} for p in after})
@@ -292,9 +302,7 @@ def measure(
         "rollout": events_on,
         "worker_pid": worker,
         "evaluator_pids": evaluator,
-        "runs": [
-            attribute(run, probes, worker, slow_us) | {"context_switches": cs} for run, cs in runs
-        ],
+        "runs": [attribute(run, probes, worker, slow_us) | {"sched": cs} for run, cs in runs],
         "pyspy": spy,
     }
 
@@ -321,6 +329,14 @@ def digest(report: dict[str, Any]) -> dict[str, Any]:
                 "unexplained": r["unexplained_slow_requests"],
                 "sources": [_line(s) for s in r["sources"]],
                 "gc0 per request": round(r["worker_gc0_per_request"], 3),
+                "sched (cpu ms, runqueue wait ms, involuntary switches)": {
+                    pid: [
+                        round(v["cpu_ns"] / 1e6),
+                        round(v["runqueue_wait_ns"] / 1e6),
+                        v.get("nonvoluntary_ctxt_switches"),
+                    ]
+                    for pid, v in r["sched"].items()
+                },
             }
         )
     return {"rate": report["rate"], "runs": out, "pyspy": report["pyspy"].get("hottest")}

@@ -43,8 +43,11 @@ def _install(out: str) -> None:
 
     def flush() -> None:
         if events:
-            with open(path, "a") as f:
-                f.writelines(f"{k}\t{a}\t{b}\t{x}\n" for k, a, b, x in events)
+            try:
+                with open(path, "a") as f:
+                    f.writelines(f"{k}\t{a}\t{b}\t{x}\n" for k, a, b, x in events)
+            except OSError:  # the benchmark is gone (its directory with it)
+                pass
             events.clear()
 
     def timed(kind: str, fn: Callable[..., Any], after: Callable[[], None] | None = None) -> Any:
