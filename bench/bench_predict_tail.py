@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from bench import bench_predict_clients as clients
+from bench import bench_predict_sched as perf_sched
 from bench import bench_predict_servers as servers
 from harness.serve_process import Serve, pin
 
@@ -217,8 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rollout", action="store_true", help="rollout paused in phase 4")
     parser.add_argument("--events-rate", type=float, default=200.0)
     parser.add_argument("--pyspy", action="store_true", help="one more run under py-spy")
+    parser.add_argument("--no-perf", dest="perf", action="store_false", help="no perf sched")
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args(argv)
+    args.perf = args.perf and perf_sched.available()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="rampart-tail-") as tmp:
@@ -243,6 +246,25 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def core_zero(
+    data: Path, run: clients.OpenLoop, slow_us: int, worker: int, tids: dict[int, set[int]]
+) -> dict[str, Any]:
+    """What ran on core 0 during the run and during its stall episodes (perf sched)."""
+    if not data.is_file():
+        return {}
+    segs = perf_sched.segments(data)
+    worker_tids = tids[worker]
+    evaluator_tids = set().union(*(t for p, t in tids.items() if p != worker))
+    t0 = run.summary["t0_monotonic_ns"]
+    t1 = t0 + int(run.summary["seconds"] * 1e9)
+    return {
+        "core0_ms": perf_sched.totals(segs, t0, t1, worker, worker_tids, evaluator_tids),
+        "core0_in_stalls": perf_sched.during_episodes(
+            segs, episodes(run, slow_us), worker, worker_tids, evaluator_tids
+        ),
+    }
+
+
 def measure(
     serve: Serve, root: Path, args: argparse.Namespace, probe: Path, events_on: bool
 ) -> dict[str, Any]:
@@ -265,11 +287,17 @@ def measure(
         clients.open_loop(port, body_file, rate, 2)  # warm
         runs = []
         evaluator = children(worker)
-        for _ in range(args.runs):
+        tids = {
+            p: {int(t.name) for t in Path(f"/proc/{p}/task").iterdir()}
+            for p in [worker, *evaluator]
+        }
+        for i in range(args.runs):
+            perf = perf_sched.record(root / f"perf-{i}.data") if args.perf else None
             before = {p: sched(p) for p in [worker, *evaluator]}
             run = clients.open_loop(port, body_file, rate, args.seconds)
             after = {p: sched(p) for p in [worker, *evaluator]}
-            # The worker's probe records are written at its exit: keep the run for later.
+            if perf is not None:
+                perf_sched.stop(perf)
             runs.append(
                 (run, {str(p): {k: after[p][k] - before[p][k] for k in after[p]} for p in after})
             )
@@ -302,7 +330,12 @@ def measure(
         "rollout": events_on,
         "worker_pid": worker,
         "evaluator_pids": evaluator,
-        "runs": [attribute(run, probes, worker, slow_us) | {"sched": cs} for run, cs in runs],
+        "runs": [
+            attribute(run, probes, worker, slow_us)
+            | {"sched": cs}
+            | core_zero(root / f"perf-{i}.data", run, slow_us, worker, tids)
+            for i, (run, cs) in enumerate(runs)
+        ],
         "pyspy": spy,
     }
 
@@ -329,6 +362,8 @@ def digest(report: dict[str, Any]) -> dict[str, Any]:
                 "unexplained": r["unexplained_slow_requests"],
                 "sources": [_line(s) for s in r["sources"]],
                 "gc0 per request": round(r["worker_gc0_per_request"], 3),
+                "core 0 during stalls": r.get("core0_in_stalls"),
+                "core 0 over the run (ms)": r.get("core0_ms"),
                 "sched (cpu ms, runqueue wait ms, involuntary switches)": {
                     pid: [
                         round(v["cpu_ns"] / 1e6),
