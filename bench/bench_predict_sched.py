@@ -144,8 +144,8 @@ def totals(
         if overlap > 0:
             k = who(tid, cmd, worker_tids, evaluator_tids, worker)
             out[k] += overlap
-            if k == "other processes":
-                others[cmd] += overlap
+            if k in ("other processes", "kernel threads"):
+                others[f"{k}: {cmd}"] += overlap
     result = {k: round(v / 1e6, 1) for k, v in out.most_common()}
-    result["top other commands"] = {k: round(v / 1e6, 1) for k, v in others.most_common(5)}  # type: ignore[assignment]
+    result["top commands"] = {k: round(v / 1e6, 1) for k, v in others.most_common(8)}  # type: ignore[assignment]
     return result
