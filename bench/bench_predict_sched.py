@@ -18,6 +18,19 @@ from typing import Any
 
 from harness.serve_process import pin
 
+KERNEL_THREADS = (
+    "kworker",
+    "ksoftirqd",
+    "rcu",
+    "migration",
+    "kdamond",
+    "jbd2",
+    "irq/",
+    "kswapd",
+    "khugepaged",
+    "kcompactd",
+    "cpuhp",
+)
 SERVER_CPU = 0
 CLIENT_CORE = 1
 LINE = re.compile(
@@ -75,7 +88,7 @@ def who(
         return "evaluator"
     if tid == 0 or command.startswith("<idle>"):
         return "idle"
-    if command.startswith(("kworker", "ksoftirqd", "rcu", "migration", "kdamond")):
+    if command.startswith(KERNEL_THREADS):
         return "kernel threads"
     if command.startswith("perf"):
         return "perf"
