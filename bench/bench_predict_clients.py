@@ -106,6 +106,10 @@ class OpenLoop:
             "socket_errors": s["socket_errors"],
             "waited_for_connection": s["waited_for_connection"],
             "kept_up": s["answered"] == s["scheduled"] and s["non_2xx"] == 0,
+            # The client's own CPU per request (user + system): one core sustains ~1/this.
+            "client_cpu_us_per_request": (s["cpu_user_s"] + s["cpu_sys_s"])
+            * 1e6
+            / max(s["sent"], 1),
         }
 
 

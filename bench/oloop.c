@@ -30,6 +30,7 @@
 #include <strings.h>
 #include <sys/epoll.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/timerfd.h>
 #include <time.h>
@@ -311,6 +312,10 @@ int main(int argc, char **argv) {
     int64_t finished = now_ns();
     int64_t answered = 0;
     for (int64_t i = 0; i < total; i++) answered += lat[i] >= 0;
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    double cpu_user = ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6;
+    double cpu_sys = ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
     write_array(prefix, "lat", lat, total);
     write_array(prefix, "jit", jit, total);
     printf("{\"scheduled\":%lld,\"sent\":%lld,\"answered\":%lld,\"non_2xx\":%lld,"
@@ -319,6 +324,6 @@ int main(int argc, char **argv) {
            "\"elapsed_s\":%.6f}\n",
            (long long)total, (long long)sent, (long long)answered, (long long)non2xx,
            (long long)sock_errors, (long long)reconnects, (long long)waited_for_conn, rate,
-           seconds, nconn, (long long)t0, (finished - t0) / 1e9);
+           seconds, nconn, (long long)t0, (finished - t0) / 1e9, cpu_user, cpu_sys);
     return 0;
 }
