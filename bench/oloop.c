@@ -321,7 +321,7 @@ int main(int argc, char **argv) {
     printf("{\"scheduled\":%lld,\"sent\":%lld,\"answered\":%lld,\"non_2xx\":%lld,"
            "\"socket_errors\":%lld,\"reconnects\":%lld,\"waited_for_connection\":%lld,"
            "\"rate\":%.3f,\"seconds\":%.3f,\"connections\":%d,\"t0_monotonic_ns\":%lld,"
-           "\"elapsed_s\":%.6f}\n",
+           "\"elapsed_s\":%.6f,\"cpu_user_s\":%.6f,\"cpu_sys_s\":%.6f}\n",
            (long long)total, (long long)sent, (long long)answered, (long long)non2xx,
            (long long)sock_errors, (long long)reconnects, (long long)waited_for_conn, rate,
            seconds, nconn, (long long)t0, (finished - t0) / 1e9, cpu_user, cpu_sys);

@@ -112,6 +112,8 @@ def test_sends_its_schedule_on_time_with_every_body(server: Server, tmp_path: Pa
     span = (server.arrivals[-1][0] - first_arrival) / 1e9
     assert abs(span - (total - 1) / rate) < 0.25
     assert np.median(run.jitter_us) < 2000
+    report = run.report()
+    assert report["kept_up"] and 0 < report["client_cpu_us_per_request"] < 1000
 
 
 def test_a_stall_counts_for_every_request_due_during_it(server: Server, tmp_path: Path) -> None:
