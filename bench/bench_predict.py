@@ -53,12 +53,23 @@ def alternate(rounds: int, run: Callable[[str], Any]) -> dict[str, list[Any]]:
 
 
 def open_loop_section(
-    ports: dict[str, int], body_file: Path, rate: int, runs: int, seconds: float
+    ports: dict[str, int],
+    pids: dict[str, int],
+    body_file: Path,
+    rate: int,
+    runs: int,
+    seconds: float,
 ) -> dict[str, Any]:
-    """`runs` alternating open-loop runs per contender at `rate`; medians and per-run ratios."""
+    """`runs` alternating open-loop runs per contender at `rate`; medians and per-run ratios,
+    each run with its server's CPU time and time spent waiting for the CPU."""
 
     def one(name: str) -> dict[str, Any]:
+        tree = servers.process_tree(pids[name])
+        cpu0, wait0 = servers.sched_ns(tree)
         result = clients.open_loop(ports[name], body_file, rate, seconds).report()
+        cpu1, wait1 = servers.sched_ns(tree)
+        result["server_cpu_s"] = (cpu1 - cpu0) / 1e9
+        result["server_runqueue_wait_s"] = (wait1 - wait0) / 1e9
         print(f"  open loop {name}: {json.dumps(result)}", flush=True)
         return result
 
@@ -67,6 +78,9 @@ def open_loop_section(
     medians = {n: {k: statistics.median(r[k] for r in listed[n]) for k in keys} for n in ORDER}
     for n in ORDER:
         medians[n]["jitter_p99_ms"] = statistics.median(r["jitter"]["p99_ms"] for r in listed[n])
+        medians[n]["server_runqueue_wait_s"] = statistics.median(
+            r["server_runqueue_wait_s"] for r in listed[n]
+        )
         medians[n]["kept_up"] = all(r["kept_up"] for r in listed[n])
     paired = list(zip(listed["rampart"], listed["bare"], strict=True))
     return {
@@ -109,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             serve = servers.start_rampart(root / "plain", servers.PLAIN_CONFIG)
             ports = {"rampart": servers.port_of(serve), "bare": bare.port}
+            assert serve.proc is not None
+            pids = {"rampart": serve.proc.pid, "bare": bare.proc.pid}
             n_features = servers.n_features()
             report["closed_loop"] = closed = {}
             for payload, (rows, as_json) in PAYLOADS.items():
@@ -118,22 +134,37 @@ def main(argv: list[str] | None = None) -> int:
                 for name in ORDER:  # warm: JIT, caches, the connection pool
                     clients.closed_loop(ports[name], script, 2)
 
-                def run(name: str, script: Path = script, payload: str = payload) -> float:
+                def run(
+                    name: str, script: Path = script, payload: str = payload
+                ) -> dict[str, float]:
+                    tree = servers.process_tree(pids[name])
+                    cpu0, wait0 = servers.sched_ns(tree)
                     r = clients.closed_loop(ports[name], script, args.closed_seconds)
+                    cpu1, wait1 = servers.sched_ns(tree)
                     if r["non_2xx"] or r["socket_errors"]:
                         raise RuntimeError(f"{name} {payload}: {r}")
-                    print(f"  closed loop {payload} {name}: {r['rps']:.0f} req/s", flush=True)
-                    return float(r["rps"])
+                    out = {
+                        "rps": float(r["rps"]),
+                        "per_cpu_s": r["requests"] / max((cpu1 - cpu0) / 1e9, 1e-9),
+                        "server_cpu_s": (cpu1 - cpu0) / 1e9,
+                        "server_runqueue_wait_s": (wait1 - wait0) / 1e9,
+                    }
+                    print(f"  closed loop {payload} {name}: {json.dumps(out)}", flush=True)
+                    return out
 
                 listed = alternate(args.rounds, run)
-                med = {n: statistics.median(v) for n, v in listed.items()}
+                med = {n: statistics.median(x["rps"] for x in v) for n, v in listed.items()}
+                eff = {n: statistics.median(x["per_cpu_s"] for x in v) for n, v in listed.items()}
                 closed[payload] = {
-                    "runs_rps": listed,
+                    "runs": listed,
                     "median_rps": med,
                     "ratio": med["rampart"] / med["bare"],
                     "ratio_per_round": [
-                        a / b for a, b in zip(listed["rampart"], listed["bare"], strict=True)
+                        a["rps"] / b["rps"]
+                        for a, b in zip(listed["rampart"], listed["bare"], strict=True)
                     ],
+                    "median_requests_per_cpu_s": eff,
+                    "cpu_ratio": eff["rampart"] / eff["bare"],
                     "target": TARGETS[payload],
                 }
             rate = round(closed["1 row msgpack"]["median_rps"]["rampart"] / 2)
@@ -141,17 +172,23 @@ def main(argv: list[str] | None = None) -> int:
                 root / "bodies.bin", servers.bodies(n_features, 1, False)
             )
             print(f"open loop at {rate} req/s, no rollout", flush=True)
-            report["open_loop"] = open_loop_section(ports, body_file, rate, args.runs, args.seconds)
+            report["open_loop"] = open_loop_section(
+                ports, pids, body_file, rate, args.runs, args.seconds
+            )
             serve.stop()
             serve = None
             if not args.no_rollout:
                 serve = servers.start_rampart(root / "rollout", servers.rollout_config())
                 climb_s = servers.hold_phase4(serve)
                 ports["rampart"] = servers.port_of(serve)
+                assert serve.proc is not None
+                pids["rampart"] = serve.proc.pid
                 events = servers.Events(serve.url, args.events_rate)
                 try:
                     print(f"open loop at {rate} req/s, rollout paused in phase 4", flush=True)
-                    section = open_loop_section(ports, body_file, rate, args.runs, args.seconds)
+                    section = open_loop_section(
+                        ports, pids, body_file, rate, args.runs, args.seconds
+                    )
                 finally:
                     events.stop()
                 status = serve.status()
@@ -176,7 +213,12 @@ def main(argv: list[str] | None = None) -> int:
 def summary(report: dict[str, Any]) -> dict[str, Any]:
     """The headline figures of a report."""
     out: dict[str, Any] = {
-        f"throughput {k}": {"median_rps": v["median_rps"], "ratio": round(v["ratio"], 3)}
+        f"throughput {k}": {
+            "median_rps": v["median_rps"],
+            "ratio": round(v["ratio"], 3),
+            "requests_per_cpu_s": v["median_requests_per_cpu_s"],
+            "cpu_ratio": round(v["cpu_ratio"], 3),
+        }
         for k, v in report["closed_loop"].items()
     }
     for key in ("open_loop", "open_loop_rollout"):

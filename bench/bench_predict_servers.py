@@ -128,6 +128,35 @@ class Bare:
                 self.proc.wait()
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (children of every thread: the evaluator is spawned by one)."""
+    out, frontier = [pid], [pid]
+    while frontier:
+        found = []
+        for p in frontier:
+            with contextlib.suppress(OSError):
+                for task in Path(f"/proc/{p}/task").iterdir():
+                    with contextlib.suppress(OSError):
+                        found += [int(x) for x in (task / "children").read_text().split()]
+        out += found
+        frontier = found
+    return out
+
+
+def sched_ns(pids: list[int]) -> tuple[int, int]:
+    """CPU time and time runnable but waiting for a CPU (ns) of every thread of `pids`, from
+    /proc/PID/task/TID/schedstat: on a shared machine the second says how disturbed a run was."""
+    cpu = wait = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                with contextlib.suppress(OSError, ValueError):
+                    c, w, _ = (int(x) for x in (task / "schedstat").read_text().split())
+                    cpu += c
+                    wait += w
+    return cpu, wait
+
+
 def port_of(serve: Serve) -> int:
     return int(serve.url.rsplit(":", 1)[1])
 
