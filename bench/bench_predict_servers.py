@@ -50,19 +50,23 @@ def n_features() -> int:
     return int(session.get_inputs()[0].shape[1])
 
 
+ID_MARKER = "#" * 16  # bench/oloop.c gives every request its own id in its place
+
+
 def bodies(n_features: int, rows: int, json_body: bool, count: int = 256) -> list[bytes]:
-    """`count` /predict bodies of `rows` positional rows (one segment), msgpack or JSON."""
+    """`count` /predict bodies of `rows` positional rows (one segment), msgpack or JSON, each
+    request id `bench-` and oloop's id marker (wrk sends them as they are)."""
     import json
 
     rng = np.random.default_rng(5)
     out = []
-    for i in range(count):
+    for _ in range(count):
         x = rng.normal(size=(rows, n_features)).astype(np.float32)
         features: Any = x[0].tolist() if rows == 1 else x.tolist()
         if json_body:  # JSON the way a client writes it: short decimals
             features = np.round(x, 4)[0].tolist() if rows == 1 else np.round(x, 4).tolist()
         request = {
-            "request_id": f"bench-{i}",
+            "request_id": f"bench-{ID_MARKER}",
             "features": features,
             "segment": {"publisher_category": "news", "device_type": "mobile"},
         }

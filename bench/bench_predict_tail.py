@@ -272,17 +272,17 @@ def measure(
     worker = serve.proc.pid
     port = servers.port_of(serve)
     n = servers.n_features()
+    rate = args.rate
+    if rate is None:  # before any rollout: wrk sends one request id over and over
+        body = servers.bodies(n, 1, False)[0]
+        script = clients.wrk_script(root / "one.lua", body, clients.MSGPACK)
+        clients.closed_loop(port, script, 2)
+        rate = round(clients.closed_loop(port, script, 5)["rps"] / 2)
     events = None
     if events_on:
         servers.hold_phase4(serve)
         events = servers.Events(serve.url, args.events_rate)
     try:
-        rate = args.rate
-        if rate is None:
-            body = servers.bodies(n, 1, False)[0]
-            script = clients.wrk_script(root / "one.lua", body, clients.MSGPACK)
-            clients.closed_loop(port, script, 2)
-            rate = round(clients.closed_loop(port, script, 5)["rps"] / 2)
         body_file = clients.write_bodies(root / "bodies.bin", servers.bodies(n, 1, False))
         clients.open_loop(port, body_file, rate, 2)  # warm
         runs = []

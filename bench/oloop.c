@@ -14,7 +14,10 @@
  *   oloop -p PORT -r RATE -d SECONDS -b BODIES -o PREFIX [-h 127.0.0.1] [-u /predict]
  *         [-c CONNECTIONS] [-t CONTENT_TYPE] [-g DRAIN_SECONDS]
  *
- * BODIES: records of a 4-byte little-endian length followed by that many bytes.
+ * BODIES: records of a 4-byte little-endian length followed by that many bytes. A body may
+ * hold the marker ################ (16 '#'): each request gets it replaced by a 16-digit id,
+ * 4 digits of this process's id and 12 of the request's index, so every request carries its
+ * own request id (a hash split by request id then sees fresh ids, never the same few).
  * Exit 0 when the run completed (errors are reported, not fatal), 2 on bad usage or setup.
  */
 #define _GNU_SOURCE
@@ -38,9 +41,13 @@
 
 #define INBUF 65536
 
+#define MARKER "################"
+#define MARKER_LEN 16
+
 typedef struct {
     int fd;
     int64_t req;          /* index of the request in flight, -1 when idle */
+    char *buf;            /* this connection's copy of a request whose body has a marker */
     const char *out;      /* bytes still to write */
     size_t out_len;
     char in[INBUF];
@@ -50,6 +57,7 @@ typedef struct {
 typedef struct {
     char *bytes;
     size_t len;
+    long marker;  /* offset of the id marker, -1 if none */
 } msg_t;
 
 static int64_t now_ns(void) {
@@ -104,6 +112,8 @@ static msg_t *load_bodies(const char *path, const char *host, int port, const ch
             exit(2);
         }
         msgs[n].len = (size_t)hl + len;
+        char *at = memmem(msgs[n].bytes + hl, len, MARKER, MARKER_LEN);
+        msgs[n].marker = at ? at - msgs[n].bytes : -1;
         n++;
     }
     fclose(f);
@@ -191,7 +201,12 @@ int main(int argc, char **argv) {
     int64_t idle_head = 0;
 #define IDLE_PUSH(c) (idle[(idle_head + nidle++) % nconn] = (c))
 #define IDLE_POP() (nidle--, idle[idle_head++ % nconn])
+    size_t longest = 0;
+    for (size_t i = 0; i < nmsg; i++)
+        if (msgs[i].len > longest) longest = msgs[i].len;
+    int nonce = (int)(getpid() % 10000);
     for (int c = 0; c < nconn; c++) {
+        conns[c].buf = malloc(longest + 1);
         conns[c].fd = open_conn(host, port, ep, c);
         conns[c].req = -1;
         IDLE_PUSH(c);
@@ -217,6 +232,13 @@ int main(int argc, char **argv) {
             k->req = next;
             k->out = m->bytes;
             k->out_len = m->len;
+            if (m->marker >= 0) {
+                char id[32];
+                snprintf(id, sizeof id, "%04d%012lld", nonce, (long long)(next % 1000000000000LL));
+                memcpy(k->buf, m->bytes, m->len);
+                memcpy(k->buf + m->marker, id, MARKER_LEN);
+                k->out = k->buf;
+            }
             int64_t ts = now_ns();
             jit[next] = (ts - due) / 1000;
             ssize_t w = write(k->fd, k->out, k->out_len);

@@ -84,7 +84,7 @@ def server() -> Iterator[Server]:
 
 def test_sends_its_schedule_on_time_with_every_body(server: Server, tmp_path: Path) -> None:
     rate, seconds = 400, 1.5
-    bodies = [b"body-%03d" % i for i in range(7)]
+    bodies = [b"body-%03d" % i for i in range(6)] + [b"id=" + b"#" * 16]
     run = clients.open_loop(
         server.port,
         clients.write_bodies(tmp_path / "b.bin", bodies),
@@ -101,8 +101,12 @@ def test_sends_its_schedule_on_time_with_every_body(server: Server, tmp_path: Pa
     assert len(server.arrivals) == total
     # The bodies rotate: each one as often as the schedule gives it.
     seen = [b for _, b in server.arrivals]
-    for i, body in enumerate(bodies):
+    for i, body in enumerate(bodies[:-1]):
         assert seen.count(body) == len(range(i, total, len(bodies)))
+    # The id marker: every request's own id, its index after 4 digits of the client's pid.
+    ids = sorted(b for b in seen if b.startswith(b"id="))
+    assert [int(b[7:]) for b in ids] == list(range(6, total, len(bodies)))
+    assert len({b[3:7] for b in ids}) == 1
     # Nothing leaves before it is due, and the schedule is kept: arrivals spread over the
     # run at the rate asked, not bunched.
     due = run.due_ns()
