@@ -321,6 +321,8 @@ def measure(
     finally:
         if events is not None:
             events.stop()
+    status = serve.status()
+    after = {"phase": servers.phase_of(status), "state": status.get("state")}
     flush_probes(worker, probe)
     probes = load_probes(probe)
     slow_us = int(args.slow_ms * 1000)
@@ -328,6 +330,7 @@ def measure(
         "rate": rate,
         "seconds": args.seconds,
         "rollout": events_on,
+        "rollout_after_runs": after,
         "worker_pid": worker,
         "evaluator_pids": evaluator,
         "runs": [
