@@ -322,7 +322,7 @@ def measure(
         if events is not None:
             events.stop()
     status = serve.status()
-    after = {"phase": servers.phase_of(status), "state": status.get("state")}
+    rollout_after = {"phase": servers.phase_of(status), "state": status.get("state")}
     flush_probes(worker, probe)
     probes = load_probes(probe)
     slow_us = int(args.slow_ms * 1000)
@@ -330,7 +330,7 @@ def measure(
         "rate": rate,
         "seconds": args.seconds,
         "rollout": events_on,
-        "rollout_after_runs": after,
+        "rollout_after_runs": rollout_after,
         "worker_pid": worker,
         "evaluator_pids": evaluator,
         "runs": [
