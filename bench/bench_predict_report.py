@@ -16,6 +16,10 @@ def _f(x: float, digits: int = 2) -> str:
     return f"{x:,.{digits}f}"
 
 
+def _opt(x: float | None) -> str:
+    return "" if x is None else _f(x)
+
+
 def throughput(report: dict[str, Any]) -> list[str]:
     rows = [
         "| closed loop (wrk, 16 connections) | rampart req/s | bare req/s | ratio (per round) "
@@ -26,7 +30,7 @@ def throughput(report: dict[str, Any]) -> list[str]:
         per_round = ", ".join(_f(r) for r in c["ratio_per_round"])
         rows.append(
             f"| {name} | {_f(c['median_rps']['rampart'], 0)} | {_f(c['median_rps']['bare'], 0)} "
-            f"| {_f(c['ratio'])} ({per_round}) | {_f(c['cpu_ratio'])} | ≥ {c['target']:g} |"
+            f"| {_f(c['ratio'])} ({per_round}) | {_opt(c.get('cpu_ratio'))} | ≥ {c['target']:g} |"
         )
     return rows
 
@@ -46,7 +50,7 @@ def open_loop(report: dict[str, Any]) -> list[str]:
             rows.append(
                 f"| {label} at {s['rate']:,} req/s | {n} | {_f(m['p50_ms'])} | {_f(m['p99_ms'])} "
                 f"| {_f(m['p99.9_ms'])} | {_f(m['max_ms'])} | {_f(m['jitter_p99_ms'])} "
-                f"| {_f(m['server_runqueue_wait_s'])} |"
+                f"| {_opt(m.get('server_runqueue_wait_s'))} |"
             )
         per_run = ", ".join(_f(x) for x in s["p99_ratio_per_run"])
         per_run_999 = ", ".join(_f(x) for x in s["p99.9_ratio_per_run"])
