@@ -1,9 +1,11 @@
 """The benchmark's baseline: the least a Python server can do to answer /predict.
 
 A bare ASGI callable — no Starlette, no routing, no telemetry — that reads the body,
-msgpack-decodes `{"request_id": str, "features": [[float, ...], ...]}` (or one row), runs
-one onnxruntime session and answers `{"predictions": [...]}` in msgpack. Rampart's own
-server is measured against this: the gap is what routing, splitting and recording cost.
+decodes `{"request_id": str, "features": [[float, ...], ...]}` (or one row) from msgpack,
+or from JSON when the request says `application/json` (as Rampart's codec does: stdlib
+`json`), runs one onnxruntime session on every row and answers `{"predictions": [...]}` in
+the request's type. Rampart's own server is measured against this: the gap is what
+routing, splitting and recording cost.
 
     python -m bench.bare_server --model PATH [--host 127.0.0.1] [--port 8001]
 
@@ -13,6 +15,7 @@ The model path may also come from `RAMPART_BENCH_MODEL`.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -29,7 +32,8 @@ Send = Callable[[Message], Awaitable[None]]
 
 MODEL_ENV = "RAMPART_BENCH_MODEL"
 
-_MSGPACK_HEADERS = [(b"content-type", b"application/msgpack")]
+_MSGPACK = b"application/msgpack"
+_JSON = b"application/json"
 
 
 def make_session(model_path: str) -> ort.InferenceSession:
@@ -68,8 +72,9 @@ class BareApp:
         while message.get("more_body", False):
             message = await receive()
             body += message.get("body", b"")
+        as_json = (b"content-type", _JSON) in scope["headers"]
         try:
-            rows = msgpack.unpackb(body)["features"]
+            rows = (json.loads(body) if as_json else msgpack.unpackb(body))["features"]
             if rows and not isinstance(rows[0], list):
                 rows = [rows]
             x = np.asarray(rows, dtype=np.float32)
@@ -80,12 +85,19 @@ class BareApp:
             await _respond(send, 400, b"bad_shape")
             return
         out = self.session.run(self.output_names, {self.input_name: x})[0]
-        payload = msgpack.packb({"predictions": out.reshape(-1).tolist()})
+        answer = {"predictions": out.reshape(-1).tolist()}
+        if as_json:
+            payload = json.dumps(answer, separators=(",", ":")).encode()
+        else:
+            payload = msgpack.packb(answer)
         await send(
             {
                 "type": "http.response.start",
                 "status": 200,
-                "headers": [*_MSGPACK_HEADERS, (b"content-length", b"%d" % len(payload))],
+                "headers": [
+                    (b"content-type", _JSON if as_json else _MSGPACK),
+                    (b"content-length", b"%d" % len(payload)),
+                ],
             }
         )
         await send({"type": "http.response.body", "body": payload})

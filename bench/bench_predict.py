@@ -1,203 +1,237 @@
-"""Benchmark: rampart's /predict against a bare ASGI baseline, same model and payload.
+"""Benchmark: rampart's /predict against a bare ASGI baseline, measured from outside.
 
-Both servers run one uvicorn worker (uvloop, httptools) pinned to core 0; the
-load generator runs in this process pinned to core 1. The contenders alternate
-round by round so drift on this shared machine hits both alike; medians and
-ratios are reported.
+Both contenders run one uvicorn worker pinned to core 0 (`rampart serve --workers 1` with
+`[serve] evaluator_cpu = 0`: its evaluator shares the worker's core); the clients run on
+core 1. Contenders alternate A B A B so drift on this shared machine hits both alike;
+medians and ratios are reported and every run is listed.
 
-1. Closed loop (max throughput): requests per second, each contender, N rounds.
-2. Open loop at a fixed rate, half of rampart's median max throughput: latency
-   from the intended send time (no coordinated omission), p50/p99/p99.9.
+1. Closed loop, Debian's `wrk` (16 connections, one body from a file): requests per second
+   for one row in msgpack, one row in JSON, 100 rows in msgpack.
+2. Open loop, bench/oloop.c (32 connections, a fixed schedule, latency from the intended
+   send time): at half of rampart's median max (one row, msgpack), `--runs` runs of
+   `--seconds` per contender: p50, p99, p99.9, max and the client's send jitter;
+   a. with no rollout;
+   b. during a rollout held in phase 4 (paused there), with the ad-server simulator posting
+      /predict, impressions and clicks at `--events-rate` on the client's core.
 
-    python -m bench.bench_predict [--rounds 3] [--seconds 5] [--out bench/results]
+    python -m bench.bench_predict [--rounds 3] [--closed-seconds 5] [--runs 5] [--seconds 10]
+
+Run it under `flock /tmp/rampart-bench.lock`. Results: bench/results/predict.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import json
-import os
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
-import msgpack
-import numpy as np
+from bench import bench_predict_clients as clients
+from bench import bench_predict_servers as servers
 
-from bench import loadgen
-from harness.scenario_models import model_path
-
-SERVER_CORE = "0"
-LOADGEN_CORE = 1
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+ORDER = ("rampart", "bare")
+PAYLOADS = {  # name: (rows, JSON?)
+    "1 row msgpack": (1, False),
+    "1 row JSON": (1, True),
+    "100 rows msgpack": (100, False),
+}
+TARGETS = {"1 row msgpack": 1.0, "1 row JSON": 1.0, "100 rows msgpack": 0.97}
 
 
-def _wait(url: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            httpx.get(url, timeout=1)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    raise RuntimeError(f"{url} did not come up")
+def alternate(rounds: int, run: Callable[[str], Any]) -> dict[str, list[Any]]:
+    """`run(contender)` in A B, B A, A B ... order; results per contender in run order."""
+    out: dict[str, list[Any]] = {n: [] for n in ORDER}
+    for r in range(rounds):
+        for name in ORDER if r % 2 == 0 else ORDER[::-1]:
+            out[name].append(run(name))
+    return out
 
 
-def _bodies(n_features: int, candidates: int, count: int = 512) -> list[bytes]:
-    rng = np.random.default_rng(5)
-    return [
-        msgpack.packb(
-            {
-                "request_id": f"bench-{i}",
-                "features": rng.normal(size=(candidates, n_features)).astype(np.float32).tolist(),
-                "segment": {"publisher_category": "news", "device_type": "mobile"},
-            }
+def open_loop_section(
+    ports: dict[str, int],
+    pids: dict[str, int],
+    body_file: Path,
+    rate: int,
+    runs: int,
+    seconds: float,
+) -> dict[str, Any]:
+    """`runs` alternating open-loop runs per contender at `rate`; medians and per-run ratios,
+    each run with its server's CPU time and time spent waiting for the CPU."""
+
+    def one(name: str) -> dict[str, Any]:
+        tree = servers.process_tree(pids[name])
+        cpu0, wait0 = servers.sched_ns(tree)
+        result = clients.open_loop(ports[name], body_file, rate, seconds).report()
+        cpu1, wait1 = servers.sched_ns(tree)
+        result["server_cpu_s"] = (cpu1 - cpu0) / 1e9
+        result["server_runqueue_wait_s"] = (wait1 - wait0) / 1e9
+        print(f"  open loop {name}: {json.dumps(result)}", flush=True)
+        return result
+
+    listed = alternate(runs, one)
+    keys = ("p50_ms", "p99_ms", "p99.9_ms", "max_ms")
+    medians = {n: {k: statistics.median(r[k] for r in listed[n]) for k in keys} for n in ORDER}
+    for n in ORDER:
+        medians[n]["jitter_p99_ms"] = statistics.median(r["jitter"]["p99_ms"] for r in listed[n])
+        medians[n]["server_runqueue_wait_s"] = statistics.median(
+            r["server_runqueue_wait_s"] for r in listed[n]
         )
-        for i in range(count)
-    ]
-
-
-def _run(port: int, bodies: list[bytes], rate: float | None, seconds: float) -> loadgen.LoadResult:
-    return asyncio.run(
-        loadgen.run_load(
-            "127.0.0.1",
-            port,
-            "/predict",
-            bodies,
-            "application/msgpack",
-            rate=rate,
-            duration_s=seconds,
-            connections=16 if rate is None else 32,
-            warmup_s=1.0,
-        )
-    )
+        medians[n]["kept_up"] = all(r["kept_up"] for r in listed[n])
+    paired = list(zip(listed["rampart"], listed["bare"], strict=True))
+    return {
+        "rate": rate,
+        "seconds": seconds,
+        "runs": listed,
+        "median": medians,
+        "p99_ratio_per_run": [a["p99_ms"] / b["p99_ms"] for a, b in paired],
+        "p99.9_ratio_per_run": [a["p99.9_ms"] / b["p99.9_ms"] for a, b in paired],
+        "p99_ratio": medians["rampart"]["p99_ms"] / medians["bare"]["p99_ms"],
+        "p99.9_ratio": medians["rampart"]["p99.9_ms"] / medians["bare"]["p99.9_ms"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="rampart /predict vs a bare ASGI baseline")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--candidates", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3, help="closed-loop rounds per payload")
+    parser.add_argument("--closed-seconds", type=float, default=5.0)
+    parser.add_argument("--runs", type=int, default=5, help="open-loop runs per contender")
+    parser.add_argument("--seconds", type=float, default=10.0, help="per open-loop run")
+    parser.add_argument("--events-rate", type=float, default=200.0, help="during the rollout")
+    parser.add_argument("--no-rollout", action="store_true", help="skip the rollout section")
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        parser.error("wrk is not installed (Debian: apt-get install wrk)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    os.sched_setaffinity(0, {LOADGEN_CORE})
+    clients.oloop_binary()  # compile before anything runs
 
-    model = model_path("champion")
-    tmp = Path(tempfile.mkdtemp(prefix="rampart-bench-"))
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        from router.registry import Registry
-
-        registry = Registry(tmp / "state")
-        n_features = len(registry.register(model).features)
-        registry.close()
-        ports = {"rampart": _free_port(), "bare": _free_port()}
-        cmds = {
-            "rampart": [
-                sys.executable,
-                "-m",
-                "rampart.cli",
-                "serve",
-                "--state-dir",
-                str(tmp / "state"),
-                "--port",
-                str(ports["rampart"]),
-                "--workers",
-                "1",
-            ],
-            "bare": [
-                sys.executable,
-                "-m",
-                "bench.bare_server",
-                "--model",
-                str(model),
-                "--port",
-                str(ports["bare"]),
-            ],
+    with tempfile.TemporaryDirectory(prefix="rampart-bench-") as tmp:
+        root = Path(tmp)
+        report: dict[str, Any] = {
+            "setup": "one uvicorn worker each on core 0 (rampart's evaluator too), clients on "
+            "core 1; wrk -t1 -c16 closed loop; bench/oloop.c -c32 open loop",
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        for name, cmd in cmds.items():
-            proc = subprocess.Popen(["taskset", "-c", SERVER_CORE, *cmd], start_new_session=True)
-            procs.append(proc)
-            _wait(f"http://127.0.0.1:{ports[name]}/", proc)
-        bodies = _bodies(n_features, args.candidates)
-        order = ["rampart", "bare"]
-        for name in order:  # warm both (numba, onnxruntime, caches)
-            _run(ports[name], bodies, None, 2.0)
+        bare = servers.Bare()
+        serve = None
+        try:
+            serve = servers.start_rampart(root / "plain", servers.PLAIN_CONFIG)
+            ports = {"rampart": servers.port_of(serve), "bare": bare.port}
+            assert serve.proc is not None
+            pids = {"rampart": serve.proc.pid, "bare": bare.proc.pid}
+            n_features = servers.n_features()
+            report["closed_loop"] = closed = {}
+            for payload, (rows, as_json) in PAYLOADS.items():
+                bodies = servers.bodies(n_features, rows, as_json)
+                kind = clients.JSON if as_json else clients.MSGPACK
+                script = clients.wrk_script(root / f"{rows}-{as_json}.lua", bodies[0], kind)
+                for name in ORDER:  # warm: JIT, caches, the connection pool
+                    clients.closed_loop(ports[name], script, 2)
 
-        throughput: dict[str, list[float]] = {n: [] for n in order}
-        for r in range(args.rounds):
-            for name in order if r % 2 == 0 else order[::-1]:
-                result = _run(ports[name], bodies, None, args.seconds)
-                throughput[name].append(result.summary["rate_achieved"])
-        max_rps = {n: statistics.median(v) for n, v in throughput.items()}
-        rate = round(max_rps["rampart"] / 2)
+                def run(
+                    name: str, script: Path = script, payload: str = payload
+                ) -> dict[str, float]:
+                    tree = servers.process_tree(pids[name])
+                    cpu0, wait0 = servers.sched_ns(tree)
+                    r = clients.closed_loop(ports[name], script, args.closed_seconds)
+                    cpu1, wait1 = servers.sched_ns(tree)
+                    if r["non_2xx"] or r["socket_errors"]:
+                        raise RuntimeError(f"{name} {payload}: {r}")
+                    out = {
+                        "rps": float(r["rps"]),
+                        "per_cpu_s": r["requests"] / max((cpu1 - cpu0) / 1e9, 1e-9),
+                        "server_cpu_s": (cpu1 - cpu0) / 1e9,
+                        "server_runqueue_wait_s": (wait1 - wait0) / 1e9,
+                    }
+                    print(f"  closed loop {payload} {name}: {json.dumps(out)}", flush=True)
+                    return out
 
-        fixed: dict[str, list[dict[str, Any]]] = {n: [] for n in order}
-        curves = []
-        for r in range(args.rounds):
-            for name in order if r % 2 == 0 else order[::-1]:
-                result = _run(ports[name], bodies, rate, args.seconds)
-                fixed[name].append(result.summary)
-                if r == args.rounds - 1:
-                    result.summary["label"] = f"{name} @ {rate} req/s"
-                    (out / f"predict-{name}.hgrm").write_text(result.hgrm())
-                    curves.append(result.curve())
-        with contextlib.suppress(ImportError):  # plotting needs matplotlib
-            loadgen.plot_curves(
-                curves, out / "predict-latency.png", f"/predict latency at {rate} req/s (open loop)"
+                listed = alternate(args.rounds, run)
+                med = {n: statistics.median(x["rps"] for x in v) for n, v in listed.items()}
+                eff = {n: statistics.median(x["per_cpu_s"] for x in v) for n, v in listed.items()}
+                closed[payload] = {
+                    "runs": listed,
+                    "median_rps": med,
+                    "ratio": med["rampart"] / med["bare"],
+                    "ratio_per_round": [
+                        a["rps"] / b["rps"]
+                        for a, b in zip(listed["rampart"], listed["bare"], strict=True)
+                    ],
+                    "median_requests_per_cpu_s": eff,
+                    "cpu_ratio": eff["rampart"] / eff["bare"],
+                    "target": TARGETS[payload],
+                }
+            rate = round(closed["1 row msgpack"]["median_rps"]["rampart"] / 2)
+            body_file = clients.write_bodies(
+                root / "bodies.bin", servers.bodies(n_features, 1, False)
             )
-
-        def med(name: str, key: str) -> float:
-            return float(statistics.median(s[key] for s in fixed[name]))
-
-        report = {
-            "candidates_per_request": args.candidates,
-            "rounds": args.rounds,
-            "seconds_per_round": args.seconds,
-            "max_throughput_rps": max_rps,
-            "throughput_ratio": max_rps["rampart"] / max_rps["bare"],
-            "fixed_rate_rps": rate,
-            "fixed_rate": {
-                n: {k: med(n, k) for k in ("p50_ms", "p99_ms", "p99.9_ms", "max_ms")}
-                | {"kept_up": all(s["kept_up"] for s in fixed[n])}
-                for n in order
-            },
-        }
-        report["p99_ratio"] = report["fixed_rate"]["rampart"]["p99_ms"] / max(
-            report["fixed_rate"]["bare"]["p99_ms"], 1e-9
-        )
-        (out / "predict.json").write_text(json.dumps(report, indent=2) + "\n")
-        print(json.dumps(report, indent=2))
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-        shutil.rmtree(tmp, ignore_errors=True)
+            print(f"open loop at {rate} req/s, no rollout", flush=True)
+            report["open_loop"] = open_loop_section(
+                ports, pids, body_file, rate, args.runs, args.seconds
+            )
+            serve.stop()
+            serve = None
+            if not args.no_rollout:
+                serve = servers.start_rampart(root / "rollout", servers.rollout_config())
+                climb_s = servers.hold_phase4(serve)
+                ports["rampart"] = servers.port_of(serve)
+                assert serve.proc is not None
+                pids["rampart"] = serve.proc.pid
+                events = servers.Events(serve.url, args.events_rate)
+                try:
+                    print(f"open loop at {rate} req/s, rollout paused in phase 4", flush=True)
+                    section = open_loop_section(
+                        ports, pids, body_file, rate, args.runs, args.seconds
+                    )
+                finally:
+                    events.stop()
+                status = serve.status()
+                section["rollout"] = {
+                    "phase_4_after_s": climb_s,
+                    "events_rate": args.events_rate,
+                    "phase_after": servers.phase_of(status),
+                    "state_after": status.get("state"),
+                    "split_bp": status.get("split_bp"),
+                    "arms": status.get("arms"),
+                }
+                report["open_loop_rollout"] = section
+        finally:
+            if serve is not None:
+                serve.stop()
+            bare.stop()
+    (out / "predict.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(summary(report), indent=2))
     return 0
+
+
+def summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The headline figures of a report."""
+    out: dict[str, Any] = {
+        f"throughput {k}": {
+            "median_rps": v["median_rps"],
+            "ratio": round(v["ratio"], 3),
+            "requests_per_cpu_s": v["median_requests_per_cpu_s"],
+            "cpu_ratio": round(v["cpu_ratio"], 3),
+        }
+        for k, v in report["closed_loop"].items()
+    }
+    for key in ("open_loop", "open_loop_rollout"):
+        if key in report:
+            s = report[key]
+            out[key] = {
+                "rate": s["rate"],
+                "median": s["median"],
+                "p99_ratio": round(s["p99_ratio"], 2),
+                "p99_ratio_per_run": [round(x, 2) for x in s["p99_ratio_per_run"]],
+                "p99.9_ratio": round(s["p99.9_ratio"], 2),
+            }
+    return out
 
 
 if __name__ == "__main__":

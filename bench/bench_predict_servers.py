@@ -1,0 +1,220 @@
+"""The /predict benchmark's contenders and their states: `rampart serve` (every process of it
+on core 0, the evaluator pinned to the same core by `[serve] evaluator_cpu`), the bare
+baseline on core 0, and a rollout held in phase 4 with events flowing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgpack
+import numpy as np
+
+from harness.scenario_models import model_path
+from harness.scenarios import server_config
+from harness.serve_process import ADMIN_TOKEN, Serve, free_port, pin
+
+SERVER_CORE = 0
+EVENTS_CORE = 1
+
+PLAIN_CONFIG = f"[serve]\nworkers = 1\nevaluator_cpu = {SERVER_CORE}\n"
+
+# Phases 1-3 last half a second of policy clock each (1 h at the scenarios' time_scale):
+# the rollout reaches phase 4 as soon as the evidence allows, and is paused there.
+QUICK_PHASES = "".join(f"\n[phases.{n}]\nmin_hours = 1.0\n" for n in (1, 2, 3))
+
+
+def rollout_config() -> str:
+    """The scenarios' scaled config, the evaluator on the workers' core, quick phases 1-3,
+    and a latency guardrail this loaded, shared core cannot trip (the benchmark measures
+    latency; a rollback on it would end the rollout being measured)."""
+    text = re.sub(r"evaluator_cpu = \S+", f"evaluator_cpu = {SERVER_CORE}", server_config())
+    text = text.replace("[guardrails]\n", "[guardrails]\nmax_p99_ms = 1000.0\n", 1)
+    return text + QUICK_PHASES
+
+
+def n_features() -> int:
+    """The champion's width (its positional rows)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model_path("champion")), providers=["CPUExecutionProvider"])
+    return int(session.get_inputs()[0].shape[1])
+
+
+ID_MARKER = "#" * 16  # bench/oloop.c gives every request its own id in its place
+
+
+def bodies(n_features: int, rows: int, json_body: bool, count: int = 256) -> list[bytes]:
+    """`count` /predict bodies of `rows` positional rows (one segment), msgpack or JSON, each
+    request id `bench-` and oloop's id marker (wrk sends them as they are)."""
+    import json
+
+    rng = np.random.default_rng(5)
+    out = []
+    for _ in range(count):
+        x = rng.normal(size=(rows, n_features)).astype(np.float32)
+        features: Any = x[0].tolist() if rows == 1 else x.tolist()
+        if json_body:  # JSON the way a client writes it: short decimals
+            features = np.round(x, 4)[0].tolist() if rows == 1 else np.round(x, 4).tolist()
+        request = {
+            "request_id": f"bench-{ID_MARKER}",
+            "features": features,
+            "segment": {"publisher_category": "news", "device_type": "mobile"},
+        }
+        out.append(json.dumps(request).encode() if json_body else msgpack.packb(request))
+    return out
+
+
+def server_env() -> dict[str, str]:
+    return dict(
+        os.environ,
+        RAMPART_ADMIN_TOKEN=ADMIN_TOKEN,
+        RAMPART_TOKEN_SECRET=secrets.token_hex(16),
+        RAMPART_SLACK_WEBHOOK="",
+    )
+
+
+def start_rampart(root: Path, config_text: str, env: dict[str, str] | None = None) -> Serve:
+    """`rampart serve --workers 1` on a fresh state with the champion registered, ready and
+    its evaluator beating."""
+    from router.registry import Registry
+
+    state = root / "state"
+    registry = Registry(state)
+    try:
+        registry.register(model_path("champion"))
+    finally:
+        registry.close()
+    config = root / "rampart.toml"
+    config.write_text(config_text)
+    serve = Serve(state, config, free_port(), env or server_env())
+    serve.start()
+    serve.warm_up()
+    serve.wait_for_evaluator()
+    return serve
+
+
+class Bare:
+    """bench/bare_server.py on core 0."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        cmd = [sys.executable, "-m", "bench.bare_server", "--model", str(model_path("champion"))]
+        self.proc = subprocess.Popen(
+            [*pin(SERVER_CORE), *cmd, "--port", str(self.port)], start_new_session=True
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"bare server exited with {self.proc.returncode}")
+            with contextlib.suppress(httpx.HTTPError):
+                httpx.get(f"http://127.0.0.1:{self.port}/", timeout=1)
+                return
+            time.sleep(0.2)
+        raise RuntimeError("bare server did not come up")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, 15)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, 9)
+                self.proc.wait()
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (children of every thread: the evaluator is spawned by one)."""
+    out, frontier = [pid], [pid]
+    while frontier:
+        found = []
+        for p in frontier:
+            with contextlib.suppress(OSError):
+                for task in Path(f"/proc/{p}/task").iterdir():
+                    with contextlib.suppress(OSError):
+                        found += [int(x) for x in (task / "children").read_text().split()]
+        out += found
+        frontier = found
+    return out
+
+
+def sched_ns(pids: list[int]) -> tuple[int, int]:
+    """CPU time and time runnable but waiting for a CPU (ns) of every thread of `pids`, from
+    /proc/PID/task/TID/schedstat: on a shared machine the second says how disturbed a run was."""
+    cpu = wait = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                with contextlib.suppress(OSError, ValueError):
+                    c, w, _ = (int(x) for x in (task / "schedstat").read_text().split())
+                    cpu += c
+                    wait += w
+    return cpu, wait
+
+
+def port_of(serve: Serve) -> int:
+    return int(serve.url.rsplit(":", 1)[1])
+
+
+def phase_of(status: dict[str, Any]) -> int:
+    rollout = status.get("rollout") or {}
+    return int(rollout.get("phase") or status.get("phase") or 0)
+
+
+class Events:
+    """The ad-server simulator (harness.simulator) against rampart, on the client's core:
+    /predict and the impressions and clicks of its answers, until stopped."""
+
+    def __init__(self, url: str, rate: float, seconds: float = 3600.0) -> None:
+        cmd = [sys.executable, "-m", "harness.simulator", "--url", url, "--rate", str(rate)]
+        self.proc = subprocess.Popen(
+            [*pin(EVENTS_CORE), *cmd, "--seconds", str(seconds), "--seed", "3"],
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, 2)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, 9)
+                self.proc.wait()
+
+
+def hold_phase4(serve: Serve, climb_rate: float = 1500.0, timeout_s: float = 300.0) -> float:
+    """Register the better challenger, start its rollout with the simulator driving events
+    at `climb_rate`, and pause it as soon as it is in phase 4. Seconds it took."""
+    from router.registry import Registry
+
+    started = time.monotonic()
+    registry = Registry(Path(serve.cmd[serve.cmd.index("--state-dir") + 1]))
+    try:
+        version = registry.register(model_path("challenger_better")).version
+    finally:
+        registry.close()
+    events = Events(serve.url, climb_rate)
+    try:
+        serve.admin("start", {"version": str(version)})
+        while time.monotonic() - started < timeout_s:
+            status = serve.status()
+            if phase_of(status) >= 4:
+                serve.admin("pause")
+                return time.monotonic() - started
+            if not status.get("rollout"):
+                raise RuntimeError(f"the rollout ended before phase 4: {status}")
+            time.sleep(0.1)
+        raise RuntimeError(f"no phase 4 in {timeout_s:g} s: {serve.status()}")
+    finally:
+        events.stop()
