@@ -199,6 +199,23 @@ class SnapshotCollector(Collector):
             events.add_metric([*values, "impression"], t.impressions)
             events.add_metric([*values, "click"], t.clicks)
         yield events
+        yield self._per_arm(
+            "rampart_events_duplicates_total",
+            "Events accepted but not counted again: their token, candidate and type were "
+            "counted before.",
+            Counter.EVENT_DUPLICATES,
+        )
+        yield self._per_arm(
+            "rampart_events_orphan_clicks_total",
+            "Clicks refused (click_without_impression): their impression was never counted "
+            "on this host.",
+            Counter.ORPHAN_CLICKS,
+        )
+        yield self._per_arm(
+            "rampart_events_foreign_total",
+            "Events counted here for a token another host issued (exactly once only per host).",
+            Counter.FOREIGN_EVENTS,
+        )
 
     def _latency(self) -> HistogramMetricFamily:
         family = HistogramMetricFamily(

@@ -16,19 +16,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import xxhash
 
 from router import hashing, layout, recording
 from router import snapshot as snap
 from router.codec import Rejected, named_rows, positional_rows
 from router.config import Config, token_secret
 from router.control import ControlBlock, beat_ns, unpack
+from router.dedupe import Dedupe, Geometry
+from router.events import EventCounter
 from router.layout import Counter, Reject
 from router.mailbox import AdminMailbox
 from router.models import Model
 from router.registry import Registry
 from router.shared_memory import SharedMemory, SlabLock
 from router.status import IDLE, ArmCounts, ModelInfo, Status, StatusReader
-from router.tokens import TokenError, TokenSigner
+from router.tokens import TokenSigner
 
 _perf_ns = time.perf_counter_ns
 _sleep = time.sleep
@@ -63,19 +66,24 @@ class Worker:
         self.slab = self.shm.slabs[self.slab_index]
         self.slab["owner_pid"] = os.getpid()
         self.slot_addr = [self.shm.slot_address(self.slab_index, s) for s in range(layout.N_SLOTS)]
-        self.tables = layout.table_words(self.segments.n_cells, config.n_buckets)
-        self.n_buckets = config.n_buckets
-        self.bucket_width = config.bucket_width
         self.registry = Registry(state)
         self.mailbox = AdminMailbox(state)
-        self.signer = TokenSigner(token_secret(state), self.serve.token_ttl_s)
+        # The host marker in every token: this state file's creation time, the same for
+        # every worker and every restart of this host, different on another host.
+        created = int(self.shm.control["created_ns"])
+        host = xxhash.xxh3_64_intdigest(created.to_bytes(8, "little")) & 0xFFFFFFFF
+        self.signer = TokenSigner(token_secret(state), self.serve.token_ttl_s, host=host)
+        self.dedupe = Dedupe(
+            state,
+            Geometry(self.serve.token_ttl_s, self.signer.max_skew_s, self.serve.events_per_s),
+        )
+        self.event_counter = EventCounter(self.signer, self.dedupe, config)
         self.models: list[Model | None] = [None, None]
         self.version_slot: dict[int, int] = {}
         self.known_features: frozenset[str] = frozenset()
         self.columns: list[np.ndarray | None] = [None, None]  # or SAME_ORDER
         self.route = Route(-1, 0, 0, 1, True)
         self.hash_seed = 0
-        self.tokens: dict[tuple[int, int], tuple[int, str]] = {}
         self.timeout_ns = int(self.serve.challenger_timeout_ms * 1e6)
         # Fault injection ([faults]): added inside the timed challenger call.
         self.challenger_delay_s = config.faults.challenger_delay_ms / 1000
@@ -153,19 +161,9 @@ class Worker:
     def reject(self, reason: Reject) -> None:
         self.rejects[layout.REJECT_INDEX[reason]] += 1
 
-    def token(self, slot: int, arm: int, cell: int) -> str:
-        now = int(time.time())
-        key = (slot * 2 + arm, cell)
-        cached = self.tokens.get(key)
-        if cached is not None and cached[0] == now:
-            return cached[1]
-        model = self.models[slot]
-        assert model is not None
-        token = self.signer.sign(model.version, arm, cell, now)
-        if len(self.tokens) > 100_000:
-            self.tokens.clear()
-        self.tokens[key] = (now, token)
-        return token
+    def token(self, version: int, arm: int, cell: int, rows: int) -> str:
+        """This answer's own token: a fresh nonce, signed (~1.5 µs)."""
+        return self.signer.sign(version, arm, cell, int(time.time()), rows)
 
     # -- /predict ------------------------------------------------------------
     def predict(self, req: Any) -> tuple[dict[str, Any], int, int, int]:
@@ -222,9 +220,9 @@ class Worker:
             if fallback is None:
                 model = self.models[slot]
                 assert model is not None
-                return self._answer(model, out, slot, 1, cell), slot, cell, 0
+                return self._answer(model, out, 1, cell), slot, cell, 0
         out = self._champion(route.champion, x)
-        payload = self._answer(champion, out, route.champion, 0, cell)
+        payload = self._answer(champion, out, 0, cell)
         if fallback is not None:
             payload["fallback"] = fallback
             slot = route.challenger
@@ -279,68 +277,20 @@ class Worker:
             )
         return out
 
-    def _answer(
-        self, model: Model, out: np.ndarray, slot: int, arm: int, cell: int
-    ) -> dict[str, Any]:
+    def _answer(self, model: Model, out: np.ndarray, arm: int, cell: int) -> dict[str, Any]:
+        predictions = out.ravel().tolist()
         return {
             "arm": ARMS[arm],
             "model": model.label,
-            "predictions": out.ravel().tolist(),
-            "token": self.token(slot, arm, cell),
+            "predictions": predictions,
+            "token": self.token(model.version, arm, cell, len(predictions)),
         }
 
     # -- /events -------------------------------------------------------------
     def events(self, req: Any) -> dict[str, Any]:
-        if type(req) is not dict or type(req.get("events")) is not list:
-            raise Rejected(Reject.BAD_EVENT, "the body must be a map with an 'events' list")
-        events = req["events"]
-        if len(events) > self.serve.max_events:
-            raise Rejected(
-                Reject.TOO_MANY_EVENTS,
-                f"{len(events)} events; the limit is {self.serve.max_events}",
-                413,
-            )
-        now = int(time.time())
-        accepted = 0
-        errors: list[dict[str, Any]] = []
-        for i, ev in enumerate(events):
-            reason = self._event(ev, now)
-            if reason is None:
-                accepted += 1
-            else:
-                self.reject(reason)
-                if len(errors) < 100:
-                    errors.append({"index": i, "reason": reason.value})
-        return {"accepted": accepted, "rejected": len(events) - accepted, "errors": errors}
-
-    def _event(self, ev: Any, now: int) -> Reject | None:
-        if type(ev) is not dict:
-            return Reject.BAD_EVENT
-        kind = ev.get("type")
-        if kind == "impression":
-            click = 0
-        elif kind == "click":
-            click = 1
-        else:
-            return Reject.BAD_EVENT
-        p = ev.get("prediction")
-        if not (type(p) is float or type(p) is int) or not 0.0 <= p <= 1.0:
-            return Reject.BAD_PREDICTION
-        assert p is not None
-        token = ev.get("token")
-        try:
-            claims = self.signer.verify(token, now)
-        except TokenError as e:
-            return e.reason
-        slot = self.version_slot.get(claims.version)
-        if slot is None:
-            return Reject.UNKNOWN_MODEL_VERSION
-        if claims.cell >= self.segments.n_cells:
-            return Reject.BAD_TOKEN
-        bucket = min(int(p / self.bucket_width), self.n_buckets - 1)
-        addr = self.slot_addr[slot]
-        recording.record_event(addr, self.tables, claims.cell, bucket, click, float(p))
-        return None
+        return self.event_counter.count(
+            req, int(time.time()), self.version_slot, self.slot_addr, self.reject
+        )
 
     # -- GET /status -----------------------------------------------------------
     def status(self) -> Status:
