@@ -281,6 +281,7 @@ class App:
             stale=worker.route.stale,
             effective_split_bp=worker.route.split_bp,
             status=worker.evaluator_status.read(),
+            dedupe_load=worker.dedupe.load(int(time.time())),
         )
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 

@@ -127,8 +127,10 @@ class SnapshotCollector(Collector):
         stale: bool,
         effective_split_bp: int,
         status: Mapping[str, Any],
+        dedupe_load: tuple[float, float] | None = None,
     ) -> None:
         self.snapshot = snapshot
+        self.dedupe_load = dedupe_load
         self.stale = stale
         self.effective_split_bp = effective_split_bp
         self.status = status
@@ -216,6 +218,19 @@ class SnapshotCollector(Collector):
             "Events counted here for a token another host issued (exactly once only per host).",
             Counter.FOREIGN_EVENTS,
         )
+        if self.dedupe_load is not None:
+            fill, false_rate = self.dedupe_load
+            yield _gauge(
+                "rampart_events_dedupe_fill_ratio",
+                "Share of set bits in the exactly-once filter's bucket for tokens issued now.",
+                fill,
+            )
+            yield _gauge(
+                "rampart_events_dedupe_false_duplicate_ratio",
+                "Chance that a new event is now taken for a duplicate (from the fill); "
+                "raise [serve] events_per_s when it climbs past 0.001.",
+                false_rate,
+            )
 
     def _latency(self) -> HistogramMetricFamily:
         family = HistogramMetricFamily(
@@ -357,8 +372,10 @@ def render(
     stale: bool,
     effective_split_bp: int,
     status: Mapping[str, Any] | None = None,
+    dedupe_load: tuple[float, float] | None = None,
 ) -> str:
-    """The `/metrics` text. `status` is the evaluator's status file (None before it writes one)."""
+    """The `/metrics` text. `status` is the evaluator's status file (None before it writes one);
+    `dedupe_load` the exactly-once filter's (fill, false-duplicate rate) now."""
     registry = CollectorRegistry()
     registry.register(
         SnapshotCollector(
@@ -367,6 +384,7 @@ def render(
             stale=stale,
             effective_split_bp=effective_split_bp,
             status=status or {},
+            dedupe_load=dedupe_load,
         )
     )
     return generate_latest(registry).decode()

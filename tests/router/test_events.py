@@ -61,6 +61,8 @@ def test_events_same_impression_three_times_counts_once(server: Server) -> None:
     assert _events(server, "impression") == 1
     assert _events(server, "click") == 1
     assert server.metric("rampart_events_duplicates_total", **CHAMPION) == 4
+    assert 0 < server.metric("rampart_events_dedupe_fill_ratio") < 0.001
+    assert 0 <= server.metric("rampart_events_dedupe_false_duplicate_ratio") < 1e-9
 
 
 def test_events_each_predict_answer_has_its_own_token(server: Server) -> None:
