@@ -351,3 +351,38 @@ def _create(path: Path, geometry: Geometry) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
+
+
+def _micro_timing() -> None:
+    """A /events batch of 100 through the lock and the kernel, and the size table."""
+    import tempfile
+    import time
+    import timeit
+
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Dedupe(Path(tmp), Geometry(3600, 60, 2000))
+        now = int(time.time())
+        rng = np.random.default_rng(0)
+        tag = np.full(100, 7 << 32, np.uint64)
+        issued = np.full(100, now, np.int64)
+        click = np.zeros(100, np.int64)
+        n = 2000
+        batches = [rng.integers(0, 2**63, 100, dtype=np.uint64) for _ in range(n)]
+        it = iter(batches)
+        new = min(
+            timeit.repeat(lambda: d.check(next(it), tag, issued, click), number=n // 5, repeat=5)
+        ) / (n // 5)
+        again = batches[0]
+        dup = min(timeit.repeat(lambda: d.check(again, tag, issued, click), number=n, repeat=5)) / n
+        d.close()
+    print(f"batch of 100: new keys {new * 1e6:.1f} µs, duplicates {dup * 1e6:.1f} µs")
+    print("ttl_s events_per_s file_MiB false_dup@rate @2x @4x")
+    for ttl in (600, 3600, 86400):
+        for rate in (2000, 5000, 20000):
+            g = Geometry(ttl, 60, rate)
+            rates = [g.false_duplicate_rate(rate * m) for m in (1, 2, 4)]
+            print(ttl, rate, f"{g.file_bytes / 2**20:.1f}", *(f"{r:.3%}" for r in rates))
+
+
+if __name__ == "__main__":
+    _micro_timing()
