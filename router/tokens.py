@@ -100,8 +100,8 @@ class TokenSigner:
         if type(token) is not str or len(token) != TOKEN_CHARS:
             raise TokenError(Reject.BAD_TOKEN)
         try:
-            raw = base64.urlsafe_b64decode(token)
-        except ValueError:
+            raw = binascii.a2b_base64(token.encode().translate(_STANDARD), strict_mode=True)
+        except (ValueError, UnicodeEncodeError):
             raise TokenError(Reject.BAD_TOKEN) from None
         body, mac = raw[: _BODY.size], raw[_BODY.size :]
         if len(mac) != MAC_BYTES or not secrets.compare_digest(mac, self._mac(body)):
@@ -117,6 +117,7 @@ class TokenSigner:
 
 
 _URLSAFE = bytes.maketrans(b"+/", b"-_")
+_STANDARD = bytes.maketrans(b"-_", b"+/")
 
 
 def _micro_timing() -> None:

@@ -67,6 +67,8 @@ def _flip(token: str, index: int) -> str:
         ),
         pytest.param("short", "bad_token", id="wrong-length"),
         pytest.param("!" * TOKEN_CHARS, "bad_token", id="not-base64"),
+        pytest.param("\u00e9" * TOKEN_CHARS, "bad_token", id="not-ascii"),
+        pytest.param("\ud800" * TOKEN_CHARS, "bad_token", id="lone-surrogate"),
         pytest.param("A" * 32, "bad_token", id="old-format-length"),
         pytest.param(None, "bad_token", id="not-a-string"),
         pytest.param(SIGNER.sign(7, 1, 3, 900), "expired_token", id="expired"),
