@@ -29,6 +29,7 @@ runs under an `fcntl` lock on the file (the kernel releases it if its holder die
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import math
 import mmap
@@ -39,6 +40,10 @@ from pathlib import Path
 
 import numba
 import numpy as np
+
+from router.config import ServeConfig
+from router.shared_memory import StateDirFull
+from router.tokens import MAX_SKEW_S
 
 DEDUPE_FILE = "events.dedupe"
 MAGIC = 0x31505544_45444152  # "RADEDUP1"
@@ -87,6 +92,11 @@ class Geometry:
         """Chance that a new key is taken for a duplicate, in a bucket filled at this rate
         for its whole span (the worst moment: just before the next bucket starts)."""
         return false_positive_rate(events_per_s * self.span_s / self.n_blocks, PROBES)
+
+
+def geometry_of(serve: ServeConfig) -> Geometry:
+    """The filter that [serve] token_ttl_s and events_per_s call for."""
+    return Geometry(serve.token_ttl_s, MAX_SKEW_S, serve.events_per_s)
 
 
 def false_positive_rate(keys_per_block: float, probes: int) -> float:
@@ -252,12 +262,9 @@ class Dedupe:
     def __init__(self, state_dir: Path, geometry: Geometry) -> None:
         self.path = state_dir / DEDUPE_FILE
         self.geometry = geometry
-        lock_dir = state_dir / "locks"
-        lock_dir.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = os.open(lock_dir / "dedupe.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        self._lock_fd = _lock_fd(state_dir)
         with self.locked():
-            if not self._matches():
-                _create(self.path, geometry)
+            _ensure(self.path, geometry)
             fd = os.open(self.path, os.O_RDWR)
             try:
                 self._mmap = mmap.mmap(fd, geometry.file_bytes)
@@ -271,30 +278,11 @@ class Dedupe:
             buffer=self._mmap,
             offset=HEADER_BYTES,
         )
-        # Load the kernel now, at the worker's start, not on its first /events request.
+
+    def warm(self) -> None:
+        """Load the kernel now (a worker's start), not on the first /events request."""
         empty = np.empty(0, np.uint64)
         self.check(empty, empty, empty.view(np.int64), empty.view(np.int64))
-
-    def _matches(self) -> bool:
-        """The file on disk exists with this geometry. One that does not (a new TTL or
-        rate) is replaced: the keys it held are forgotten."""
-        try:
-            with open(self.path, "rb") as f:
-                head = np.frombuffer(f.read(HEADER_BYTES), dtype=HEADER_DTYPE)
-            size = self.path.stat().st_size
-        except FileNotFoundError:
-            return False
-        g = self.geometry
-        return bool(
-            head.size == 1
-            and int(head["magic"][0]) == MAGIC
-            and int(head["version"][0]) == VERSION
-            and int(head["n_buckets"][0]) == N_BUCKETS
-            and int(head["span_s"][0]) == g.span_s
-            and int(head["n_blocks"][0]) == g.n_blocks
-            and int(head["probes"][0]) == PROBES
-            and size >= g.file_bytes
-        )
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -334,6 +322,49 @@ class Dedupe:
         os.close(self._lock_fd)
 
 
+def prepare(state_dir: Path, geometry: Geometry) -> None:
+    """Make (or keep) the filter's file before any worker starts: a state directory with
+    no room for it is `StateDirFull` here, one line at start, not a worker's crash."""
+    fd = _lock_fd(state_dir)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _ensure(state_dir / DEDUPE_FILE, geometry)
+    finally:
+        os.close(fd)
+
+
+def _lock_fd(state_dir: Path) -> int:
+    lock_dir = state_dir / "locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    return os.open(lock_dir / "dedupe.lock", os.O_RDWR | os.O_CREAT, 0o600)
+
+
+def _ensure(path: Path, geometry: Geometry) -> None:
+    """The file with this geometry, created if missing. One of another geometry (a new TTL
+    or rate) is replaced: the keys it held are forgotten. The caller holds the lock."""
+    if not _matches(path, geometry):
+        _create(path, geometry)
+
+
+def _matches(path: Path, g: Geometry) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = np.frombuffer(f.read(HEADER_BYTES), dtype=HEADER_DTYPE)
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return False
+    return bool(
+        head.size == 1
+        and int(head["magic"][0]) == MAGIC
+        and int(head["version"][0]) == VERSION
+        and int(head["n_buckets"][0]) == N_BUCKETS
+        and int(head["span_s"][0]) == g.span_s
+        and int(head["n_blocks"][0]) == g.n_blocks
+        and int(head["probes"][0]) == PROBES
+        and size >= g.file_bytes
+    )
+
+
 def _create(path: Path, geometry: Geometry) -> None:
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -348,8 +379,17 @@ def _create(path: Path, geometry: Geometry) -> None:
         header["n_blocks"] = geometry.n_blocks
         header["probes"] = PROBES
         os.pwrite(fd, header.tobytes(), 0)
-    finally:
+    except OSError as e:
         os.close(fd)
+        tmp.unlink(missing_ok=True)
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise StateDirFull(
+            f"no room for the exactly-once event filter in {path.parent} "
+            f"({geometry.file_bytes / 2**20:.1f} MiB needed; [serve] events_per_s and "
+            f"token_ttl_s size it): {os.strerror(e.errno)}"
+        ) from None
+    os.close(fd)
     os.replace(tmp, path)
 
 
@@ -361,6 +401,7 @@ def _micro_timing() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         d = Dedupe(Path(tmp), Geometry(3600, 60, 2000))
+        d.warm()
         now = int(time.time())
         rng = np.random.default_rng(0)
         tag = np.full(100, 7 << 32, np.uint64)

@@ -30,6 +30,7 @@ FORMAT = 2
 _BODY = struct.Struct("<BBHIIIIQ")
 MAC_BYTES = 11
 TOKEN_CHARS = 52
+MAX_SKEW_S = 60  # a token issued this far in the future (another host's clock) is accepted
 MAX_ROWS = 0xFFFF  # a larger answer's candidates past this index have no events
 _COUNTER_WRAP = 1 << 32
 
@@ -59,7 +60,9 @@ def derive_key(secret: bytes) -> bytes:
 class TokenSigner:
     """Signs (one per process: the nonce prefix is this process's) and verifies tokens."""
 
-    def __init__(self, secret: bytes, ttl_s: int, max_skew_s: int = 60, host: int = 0) -> None:
+    def __init__(
+        self, secret: bytes, ttl_s: int, max_skew_s: int = MAX_SKEW_S, host: int = 0
+    ) -> None:
         if len(secret) < 16:
             raise ValueError("the token secret must be at least 16 bytes")
         self._key = derive_key(secret)

@@ -23,7 +23,7 @@ from router import snapshot as snap
 from router.codec import Rejected, named_rows, positional_rows
 from router.config import Config, token_secret
 from router.control import ControlBlock, beat_ns, unpack
-from router.dedupe import Dedupe, Geometry
+from router.dedupe import Dedupe, geometry_of
 from router.events import EventCounter
 from router.layout import Counter, Reject
 from router.mailbox import AdminMailbox
@@ -73,10 +73,8 @@ class Worker:
         created = int(self.shm.control["created_ns"])
         host = xxhash.xxh3_64_intdigest(created.to_bytes(8, "little")) & 0xFFFFFFFF
         self.signer = TokenSigner(token_secret(state), self.serve.token_ttl_s, host=host)
-        self.dedupe = Dedupe(
-            state,
-            Geometry(self.serve.token_ttl_s, self.signer.max_skew_s, self.serve.events_per_s),
-        )
+        self.dedupe = Dedupe(state, geometry_of(self.serve))
+        self.dedupe.warm()
         self.event_counter = EventCounter(self.signer, self.dedupe, config)
         self.models: list[Model | None] = [None, None]
         self.version_slot: dict[int, int] = {}

@@ -4,12 +4,15 @@ memory bound, and check-and-insert from several real processes over the real fil
 from __future__ import annotations
 
 import multiprocessing
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.disk import MiB, namespaces, small_fs
 
 from router.dedupe import (
     N_BUCKETS,
@@ -21,6 +24,9 @@ from router.dedupe import (
 )
 
 NOW = 1_700_000_000
+needs_mount = pytest.mark.skipif(
+    namespaces() is None, reason="cannot mount a tmpfs in a private mount namespace here"
+)
 
 
 def _batch(
@@ -197,3 +203,24 @@ def test_dedupe_concurrent_processes_never_count_a_key_twice(
         p.join(30)
         assert p.exitcode == 0
     assert sum(counts) == len(keys), counts
+
+
+@needs_mount
+def test_dedupe_serve_refuses_to_start_when_the_filter_does_not_fit(tmp_path: Path) -> None:
+    # 8 MiB: room for the state file (5.3 MiB), not for the default filter (15 MiB).
+    mount = tmp_path / "disk"
+    cmd = [sys.executable, "-m", "rampart.cli", "serve", "--state-dir", str(mount / "state")]
+    out = subprocess.run(
+        [*small_fs(mount, 8 * MiB), *cmd, "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith(
+        f"rampart: no room for the exactly-once event filter in {mount / 'state'} (15.0 MiB"
+    )
+    assert lines[0].endswith("No space left on device")
