@@ -23,7 +23,8 @@ rate `false_duplicate_rate` gives for the bucket's load. A click is counted only
 its impression's key is present (see `Verdict.ORPHAN`).
 
 numba has no atomics and every worker writes here: check-and-insert of a whole batch
-runs under an `fcntl` lock on the file (the kernel releases it if its holder dies).
+runs under an `fcntl` lock (`locks/dedupe.lock`; the kernel releases it if its holder
+dies), waited for at most `LOCK_WAIT_S` on a worker's event loop.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import fcntl
 import math
 import mmap
 import os
+import time
 from collections.abc import Iterator
 from enum import IntEnum
 from pathlib import Path
@@ -55,6 +57,8 @@ BLOCK_WORDS = BLOCK_BITS // 64
 BITS_PER_KEY = 16  # 0.08% false duplicates at the sized rate, at a bucket's fullest
 PROBES = 10  # the best probe count for 16 bits a key in 512-bit blocks
 CLOCK_SLACK_S = 2  # workers of one host read the clock up to this far apart
+LOCK_WAIT_S = 0.1  # a batch normally holds the lock ~10 µs
+LOCK_POLL_S = 0.0002
 
 HEADER_DTYPE = np.dtype(
     {
@@ -64,6 +68,10 @@ HEADER_DTYPE = np.dtype(
         "itemsize": HEADER_BYTES,
     }
 )
+
+
+class FilterBusy(RuntimeError):
+    """Another process held the filter's lock past `LOCK_WAIT_S`: nothing was decided."""
 
 
 class Verdict(IntEnum):
@@ -280,13 +288,41 @@ class Dedupe:
         )
 
     def warm(self) -> None:
-        """Load the kernel now (a worker's start), not on the first /events request."""
+        """Load the kernel now (a worker's start), on scratch arrays and outside the lock:
+        not on the first /events request, and never while other workers wait for it."""
         empty = np.empty(0, np.uint64)
-        self.check(empty, empty, empty.view(np.int64), empty.view(np.int64))
+        scratch = np.zeros((N_BUCKETS, 1, BLOCK_WORDS), np.uint64)
+        epochs = np.zeros(N_BUCKETS, np.int64)
+        check_insert(
+            epochs,
+            scratch,
+            1,
+            empty,
+            empty,
+            empty.view(np.int64),
+            empty.view(np.int64),
+            empty.view(np.int64),
+        )
 
     @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+    def locked(self, wait_s: float | None = None) -> Iterator[None]:
+        """The file's lock; with `wait_s`, `FilterBusy` if it is not free within that.
+
+        A worker takes it on its event loop: bounded, a holder that stalls (stopped, or
+        descheduled for long) delays another worker's /predict by at most `wait_s`."""
+        if wait_s is None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        else:
+            deadline = time.monotonic() + wait_s
+            while True:
+                try:
+                    fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        busy = f"the event filter stayed locked for {wait_s:g} s"
+                        raise FilterBusy(busy) from None
+                    time.sleep(LOCK_POLL_S)
         try:
             yield
         finally:
@@ -297,7 +333,7 @@ class Dedupe:
     ) -> np.ndarray:
         """A `Verdict` per event, the batch decided and inserted as one step."""
         out = np.empty(nonce.shape[0], np.int64)
-        with self.locked():
+        with self.locked(LOCK_WAIT_S):
             check_insert(
                 self.epochs, self.bits, self.geometry.span_s, nonce, tag, issued, click, out
             )
@@ -396,7 +432,6 @@ def _create(path: Path, geometry: Geometry) -> None:
 def _micro_timing() -> None:
     """A /events batch of 100 through the lock and the kernel, and the size table."""
     import tempfile
-    import time
     import timeit
 
     with tempfile.TemporaryDirectory() as tmp:

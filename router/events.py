@@ -24,7 +24,7 @@ import numpy as np
 from router import layout, recording
 from router.codec import Rejected
 from router.config import Config
-from router.dedupe import Dedupe, Verdict
+from router.dedupe import Dedupe, FilterBusy, Verdict
 from router.layout import Counter, Reject
 from router.tokens import Claims, TokenError, TokenSigner
 
@@ -131,7 +131,11 @@ class EventCounter:
             tag[j] = claims.host << 32 | candidate
             issued[j] = claims.issued
             click[j] = c
-        verdicts = self.dedupe.check(nonce, tag, issued, click).tolist()
+        try:
+            verdicts = self.dedupe.check(nonce, tag, issued, click).tolist()
+        except FilterBusy as e:
+            # Nothing of the batch was counted: the client posts it again.
+            raise Rejected(Reject.MODEL_UNAVAILABLE, f"{e}; post the batch again", 503) from None
         duplicates = 0
         host = self.signer.host
         for (i, claims, _, c, p), verdict in zip(valid, verdicts, strict=True):

@@ -3,6 +3,8 @@ the workers of a host, and what a token from another host gets."""
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -266,3 +268,28 @@ def test_events_from_another_host_count_once_per_host(
         # host, which is why a host's ad server posts every event of a token to that host.
         assert _post(client, a.url, [_impression(answer)])["duplicates"] == 0
         assert a.metric("rampart_events_foreign_total", **CHAMPION) == 0
+
+
+def test_events_refused_not_blocked_while_another_process_holds_the_filter(
+    server: Server,
+) -> None:
+    # A stalled holder of the filter's lock (here this test) costs /events a bounded wait
+    # and a 503 naming it, nothing counted; /predict keeps answering; the batch posted
+    # again once the lock is free counts.
+    with httpx.Client(timeout=10) as client:
+        answer = _predict(client, server.url, "busy")
+        fd = os.open(server.state / "locks" / "dedupe.lock", os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            started = time.monotonic()
+            r = client.post(f"{server.url}/events", json={"events": [_impression(answer)]})
+            waited = time.monotonic() - started
+            assert r.status_code == 503 and r.json()["error"] == "model_unavailable"
+            assert "post the batch again" in r.json()["detail"]
+            assert waited < 5  # bounded by LOCK_WAIT_S, not by the holder
+            assert _predict(client, server.url, "still-serving")["predictions"]
+        finally:
+            os.close(fd)
+        again = _post(client, server.url, [_impression(answer)])
+    assert again == {"accepted": 1, "rejected": 0, "duplicates": 0, "errors": []}
+    assert _events(server, "impression") == 1
