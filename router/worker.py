@@ -82,6 +82,8 @@ class Worker:
         self.dedupe = Dedupe(state, geometry_of(self.serve))
         self.dedupe.warm()
         self.event_counter = EventCounter(self.signer, self.dedupe, config)
+        self.n_buckets = config.n_buckets
+        self.tables = self.event_counter.tables
         self.models: list[Model | None] = [None, None]
         self.version_slot: dict[int, int] = {}
         self.known_features: frozenset[str] = frozenset()
