@@ -42,6 +42,9 @@ end
 local function events_request()
   local parts = {}
   local n = math.min(#queue, 50)
+  -- A click goes in the same post as its impression: /events counts a click only after its
+  -- impression, and two posts in flight may be handled in either order.
+  if n < #queue and queue[n + 1][2] == "click" then n = n + 1 end
   for i = 1, n do
     local e = table.remove(queue, 1)
     parts[i] = string.format('{"token":"%s","type":"%s","prediction":%s}', e[1], e[2], e[4])

@@ -26,6 +26,7 @@ from guardrails.policy import Action, Decision, Policy, decide
 from guardrails.release_train import ReleaseTrain
 from guardrails.rollouts import EventKind, Journal, Rollout, RolloutState
 from guardrails.serving import LocalServing, Mailbox, ModelRegistry, RolloutLog, Serving
+from router import dedupe
 from router.config import Config
 from router.mailbox import AdminMailbox, Command
 from router.registry import Status, open_registry
@@ -437,4 +438,6 @@ class Evaluator:
 def prepare(config: Config) -> SharedMemory:
     geometry = Geometry(config.serve.max_workers, config.segments.n_cells, config.n_buckets)
     Path(config.state_path).mkdir(parents=True, exist_ok=True)
-    return SharedMemory.open(config.state_path, geometry)
+    shm = SharedMemory.open(config.state_path, geometry)
+    dedupe.prepare(config.state_path, dedupe.geometry_of(config.serve))  # events, exactly once
+    return shm

@@ -191,15 +191,24 @@ class _Run:
         truth = float(batch.truth[j, best])
         shown.impressions += 1
         shown.true_ctr_sum += truth
-        self._event({"token": token, "type": "impression", "prediction": p})
+        # The shown candidate by its index in the answer: the token covers every candidate.
+        impression = {"token": token, "type": "impression", "prediction": p, "candidate": best}
         if batch.click_draw[j] < truth:
             shown.clicks += 1
-            click = {"token": token, "type": "click", "prediction": p}
+            click = {**impression, "type": "click"}
             if self.config.click_delay_s > 0:
+                self._event(impression)
                 self.pending_clicks += 1
                 self.loop.call_later(self.config.click_delay_s, self._delayed_click, click)
             else:
+                # In one post: a click is counted only after its impression, and two posts
+                # in flight may be handled in either order.
+                if len(self.events) + 2 > self.config.flush_events:
+                    self.flush()
+                self.events.append(impression)
                 self._event(click)
+        else:
+            self._event(impression)
 
     def _delayed_click(self, click: dict[str, Any]) -> None:
         self.pending_clicks -= 1

@@ -139,7 +139,7 @@ def _warm_up(worker: Worker) -> None:
                 out = np.full((1, 1), 0.5, np.float32)
             recording.record_predictions(addr, out)
     recording.record_request(addr, 1, 0, 0)
-    recording.bump(addr, layout.Counter.ERR_RAISED)
+    recording.bump(addr, int(layout.Counter.ERR_RAISED))  # as the callers pass it: an int
     recording.record_event(addr, worker.tables, 0, 0, 1, 0.5)
 
 
@@ -281,6 +281,7 @@ class App:
             stale=worker.route.stale,
             effective_split_bp=worker.route.split_bp,
             status=worker.evaluator_status.read(),
+            dedupe_load=worker.dedupe.load(int(time.time())),
         )
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 

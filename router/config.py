@@ -49,6 +49,7 @@ class ServeConfig:
     max_request_id_chars: int = 128
     max_events: int = 1000
     token_ttl_s: int = 3600
+    events_per_s: int = 2000  # the event rate the exactly-once filter is sized for (router.dedupe)
     challenger_timeout_ms: float = 50.0
     stale_after_s: float = 3.0
     ticker_s: float = 0.1
@@ -271,6 +272,7 @@ def _serve(values: dict[str, Any]) -> ServeConfig:
         "max_request_id_chars",
         "max_events",
         "token_ttl_s",
+        "events_per_s",
     ):
         if getattr(serve, name) <= 0:
             raise ConfigError(f"[serve] {name} must be positive, got {getattr(serve, name)}")

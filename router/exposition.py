@@ -127,8 +127,10 @@ class SnapshotCollector(Collector):
         stale: bool,
         effective_split_bp: int,
         status: Mapping[str, Any],
+        dedupe_load: tuple[float, float] | None = None,
     ) -> None:
         self.snapshot = snapshot
+        self.dedupe_load = dedupe_load
         self.stale = stale
         self.effective_split_bp = effective_split_bp
         self.status = status
@@ -199,6 +201,36 @@ class SnapshotCollector(Collector):
             events.add_metric([*values, "impression"], t.impressions)
             events.add_metric([*values, "click"], t.clicks)
         yield events
+        yield self._per_arm(
+            "rampart_events_duplicates_total",
+            "Events accepted but not counted again: their token, candidate and type were "
+            "counted before.",
+            Counter.EVENT_DUPLICATES,
+        )
+        yield self._per_arm(
+            "rampart_events_orphan_clicks_total",
+            "Clicks refused (click_without_impression): their impression was never counted "
+            "on this host.",
+            Counter.ORPHAN_CLICKS,
+        )
+        yield self._per_arm(
+            "rampart_events_foreign_total",
+            "Events counted here for a token another host issued (exactly once only per host).",
+            Counter.FOREIGN_EVENTS,
+        )
+        if self.dedupe_load is not None:
+            fill, false_rate = self.dedupe_load
+            yield _gauge(
+                "rampart_events_dedupe_fill_ratio",
+                "Share of set bits in the exactly-once filter's bucket for tokens issued now.",
+                fill,
+            )
+            yield _gauge(
+                "rampart_events_dedupe_false_duplicate_ratio",
+                "Chance that a new event is now taken for a duplicate (from the fill); "
+                "raise [serve] events_per_s when it climbs past 0.001.",
+                false_rate,
+            )
 
     def _latency(self) -> HistogramMetricFamily:
         family = HistogramMetricFamily(
@@ -340,8 +372,10 @@ def render(
     stale: bool,
     effective_split_bp: int,
     status: Mapping[str, Any] | None = None,
+    dedupe_load: tuple[float, float] | None = None,
 ) -> str:
-    """The `/metrics` text. `status` is the evaluator's status file (None before it writes one)."""
+    """The `/metrics` text. `status` is the evaluator's status file (None before it writes one);
+    `dedupe_load` the exactly-once filter's (fill, false-duplicate rate) now."""
     registry = CollectorRegistry()
     registry.register(
         SnapshotCollector(
@@ -350,6 +384,7 @@ def render(
             stale=stale,
             effective_split_bp=effective_split_bp,
             status=status or {},
+            dedupe_load=dedupe_load,
         )
     )
     return generate_latest(registry).decode()

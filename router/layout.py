@@ -47,6 +47,9 @@ class Counter(IntEnum):
     FALLBACKS = 7  # requests of this slot answered by the champion instead
     OUT_OF_RANGE_PREDICTIONS = 8  # individual predictions outside [0, 1] or NaN
     STALE_ROUTED = 9  # requests routed to the champion because the heartbeat was stale
+    EVENT_DUPLICATES = 10  # events accepted but not counted again (router.dedupe)
+    ORPHAN_CLICKS = 11  # clicks refused because their impression was never counted here
+    FOREIGN_EVENTS = 12  # events counted here for a token another host issued
 
 
 N_COUNTERS = 16
@@ -87,6 +90,8 @@ class Reject(StrEnum):
     UNAUTHORIZED = "unauthorized"
     UNKNOWN_COMMAND = "unknown_command"
     NOT_FOUND = "not_found"  # a path this listener does not serve
+    BAD_CANDIDATE = "bad_candidate"
+    CLICK_WITHOUT_IMPRESSION = "click_without_impression"
 
 
 N_REJECT_SLOTS = 32

@@ -16,23 +16,32 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import xxhash
 
 from router import hashing, layout, recording
 from router import snapshot as snap
 from router.codec import Rejected, named_rows, positional_rows
 from router.config import Config, token_secret
 from router.control import ControlBlock, beat_ns, unpack
+from router.dedupe import Dedupe, geometry_of
+from router.events import EventCounter
 from router.layout import Counter, Reject
 from router.mailbox import AdminMailbox
 from router.models import Model
 from router.registry import Registry
 from router.shared_memory import SharedMemory, SlabLock
 from router.status import IDLE, ArmCounts, ModelInfo, Status, StatusReader
-from router.tokens import TokenError, TokenSigner
+from router.tokens import TokenSigner
 
 _perf_ns = time.perf_counter_ns
 _sleep = time.sleep
 _is_challenger = hashing.is_challenger
+# Counters as plain ints: numba types an IntEnum argument on every call (~30 µs; an int ~0.2).
+_STALE_ROUTED = int(Counter.STALE_ROUTED)
+_FALLBACKS = int(Counter.FALLBACKS)
+_ERR_FEATURES = int(Counter.ERR_FEATURES)
+_ERR_RAISED = int(Counter.ERR_RAISED)
+_ERR_TIMEOUT = int(Counter.ERR_TIMEOUT)
 ARMS = ("champion", "challenger")
 SAME_ORDER = np.arange(0)  # sentinel: the challenger takes the champion's columns as they are
 
@@ -63,19 +72,24 @@ class Worker:
         self.slab = self.shm.slabs[self.slab_index]
         self.slab["owner_pid"] = os.getpid()
         self.slot_addr = [self.shm.slot_address(self.slab_index, s) for s in range(layout.N_SLOTS)]
-        self.tables = layout.table_words(self.segments.n_cells, config.n_buckets)
-        self.n_buckets = config.n_buckets
-        self.bucket_width = config.bucket_width
         self.registry = Registry(state)
         self.mailbox = AdminMailbox(state)
-        self.signer = TokenSigner(token_secret(state), self.serve.token_ttl_s)
+        # The host marker in every token: this state file's creation time, the same for
+        # every worker and every restart of this host, different on another host.
+        created = int(self.shm.control["created_ns"])
+        host = xxhash.xxh3_64_intdigest(created.to_bytes(8, "little")) & 0xFFFFFFFF
+        self.signer = TokenSigner(token_secret(state), self.serve.token_ttl_s, host=host)
+        self.dedupe = Dedupe(state, geometry_of(self.serve))
+        self.dedupe.warm()
+        self.event_counter = EventCounter(self.signer, self.dedupe, config)
+        self.n_buckets = config.n_buckets
+        self.tables = self.event_counter.tables
         self.models: list[Model | None] = [None, None]
         self.version_slot: dict[int, int] = {}
         self.known_features: frozenset[str] = frozenset()
         self.columns: list[np.ndarray | None] = [None, None]  # or SAME_ORDER
         self.route = Route(-1, 0, 0, 1, True)
         self.hash_seed = 0
-        self.tokens: dict[tuple[int, int], tuple[int, str]] = {}
         self.timeout_ns = int(self.serve.challenger_timeout_ms * 1e6)
         # Fault injection ([faults]): added inside the timed challenger call.
         self.challenger_delay_s = config.faults.challenger_delay_ms / 1000
@@ -153,19 +167,9 @@ class Worker:
     def reject(self, reason: Reject) -> None:
         self.rejects[layout.REJECT_INDEX[reason]] += 1
 
-    def token(self, slot: int, arm: int, cell: int) -> str:
-        now = int(time.time())
-        key = (slot * 2 + arm, cell)
-        cached = self.tokens.get(key)
-        if cached is not None and cached[0] == now:
-            return cached[1]
-        model = self.models[slot]
-        assert model is not None
-        token = self.signer.sign(model.version, arm, cell, now)
-        if len(self.tokens) > 100_000:
-            self.tokens.clear()
-        self.tokens[key] = (now, token)
-        return token
+    def token(self, version: int, arm: int, cell: int, rows: int) -> str:
+        """This answer's own token: a fresh nonce, signed (~1.5 µs)."""
+        return self.signer.sign(version, arm, cell, int(time.time()), rows)
 
     # -- /predict ------------------------------------------------------------
     def predict(self, req: Any) -> tuple[dict[str, Any], int, int, int]:
@@ -190,7 +194,7 @@ class Worker:
         route = self.route
         arm = 1 if _is_challenger(rid, route.split_bp, self.hash_seed) else 0
         if route.stale:  # kept out of the sample-ratio check: the split was not in force
-            recording.bump(self.slot_addr[route.champion], Counter.STALE_ROUTED)
+            recording.bump(self.slot_addr[route.champion], _STALE_ROUTED)
         features = req.get("features")
         champion = self.models[route.champion]
         if champion is None:
@@ -222,13 +226,13 @@ class Worker:
             if fallback is None:
                 model = self.models[slot]
                 assert model is not None
-                return self._answer(model, out, slot, 1, cell), slot, cell, 0
+                return self._answer(model, out, 1, cell), slot, cell, 0
         out = self._champion(route.champion, x)
-        payload = self._answer(champion, out, route.champion, 0, cell)
+        payload = self._answer(champion, out, 0, cell)
         if fallback is not None:
             payload["fallback"] = fallback
             slot = route.challenger
-            recording.bump(self.slot_addr[slot], Counter.FALLBACKS)
+            recording.bump(self.slot_addr[slot], _FALLBACKS)
         return payload, slot, cell, 1 if fallback else 0
 
     def _challenger(
@@ -241,12 +245,12 @@ class Worker:
             try:
                 inputs = named_rows(named, model.features, self.known_features, len(named))
             except Rejected:
-                recording.bump(addr, Counter.ERR_FEATURES)
+                recording.bump(addr, _ERR_FEATURES)
                 return x, "challenger_features"
         else:
             cols = self.columns[slot]
             if cols is None:
-                recording.bump(addr, Counter.ERR_FEATURES)
+                recording.bump(addr, _ERR_FEATURES)
                 return x, "challenger_features"
             inputs = x if cols is SAME_ORDER else x[:, cols]
         start = _perf_ns()
@@ -255,10 +259,10 @@ class Worker:
                 _sleep(self.challenger_delay_s)
             out = model.predict(inputs)
         except Exception:
-            recording.bump(addr, Counter.ERR_RAISED)
+            recording.bump(addr, _ERR_RAISED)
             return x, "challenger_error"
         if _perf_ns() - start > self.timeout_ns:
-            recording.bump(addr, Counter.ERR_TIMEOUT)
+            recording.bump(addr, _ERR_TIMEOUT)
             return x, "challenger_timeout"
         if out.size != x.shape[0] or recording.record_predictions(addr, out):
             return x, "challenger_invalid"
@@ -271,7 +275,7 @@ class Worker:
         try:
             out = model.predict(x)
         except Exception:
-            recording.bump(addr, Counter.ERR_RAISED)
+            recording.bump(addr, _ERR_RAISED)
             raise Rejected(Reject.MODEL_UNAVAILABLE, "the champion model failed", 503) from None
         if out.size != x.shape[0] or recording.record_predictions(addr, out):
             raise Rejected(
@@ -279,68 +283,20 @@ class Worker:
             )
         return out
 
-    def _answer(
-        self, model: Model, out: np.ndarray, slot: int, arm: int, cell: int
-    ) -> dict[str, Any]:
+    def _answer(self, model: Model, out: np.ndarray, arm: int, cell: int) -> dict[str, Any]:
+        predictions = out.ravel().tolist()
         return {
             "arm": ARMS[arm],
             "model": model.label,
-            "predictions": out.ravel().tolist(),
-            "token": self.token(slot, arm, cell),
+            "predictions": predictions,
+            "token": self.token(model.version, arm, cell, len(predictions)),
         }
 
     # -- /events -------------------------------------------------------------
     def events(self, req: Any) -> dict[str, Any]:
-        if type(req) is not dict or type(req.get("events")) is not list:
-            raise Rejected(Reject.BAD_EVENT, "the body must be a map with an 'events' list")
-        events = req["events"]
-        if len(events) > self.serve.max_events:
-            raise Rejected(
-                Reject.TOO_MANY_EVENTS,
-                f"{len(events)} events; the limit is {self.serve.max_events}",
-                413,
-            )
-        now = int(time.time())
-        accepted = 0
-        errors: list[dict[str, Any]] = []
-        for i, ev in enumerate(events):
-            reason = self._event(ev, now)
-            if reason is None:
-                accepted += 1
-            else:
-                self.reject(reason)
-                if len(errors) < 100:
-                    errors.append({"index": i, "reason": reason.value})
-        return {"accepted": accepted, "rejected": len(events) - accepted, "errors": errors}
-
-    def _event(self, ev: Any, now: int) -> Reject | None:
-        if type(ev) is not dict:
-            return Reject.BAD_EVENT
-        kind = ev.get("type")
-        if kind == "impression":
-            click = 0
-        elif kind == "click":
-            click = 1
-        else:
-            return Reject.BAD_EVENT
-        p = ev.get("prediction")
-        if not (type(p) is float or type(p) is int) or not 0.0 <= p <= 1.0:
-            return Reject.BAD_PREDICTION
-        assert p is not None
-        token = ev.get("token")
-        try:
-            claims = self.signer.verify(token, now)
-        except TokenError as e:
-            return e.reason
-        slot = self.version_slot.get(claims.version)
-        if slot is None:
-            return Reject.UNKNOWN_MODEL_VERSION
-        if claims.cell >= self.segments.n_cells:
-            return Reject.BAD_TOKEN
-        bucket = min(int(p / self.bucket_width), self.n_buckets - 1)
-        addr = self.slot_addr[slot]
-        recording.record_event(addr, self.tables, claims.cell, bucket, click, float(p))
-        return None
+        return self.event_counter.count(
+            req, int(time.time()), self.version_slot, self.slot_addr, self.reject
+        )
 
     # -- GET /status -----------------------------------------------------------
     def status(self) -> Status:
