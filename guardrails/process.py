@@ -33,17 +33,18 @@ def run(config: Config, tick_s: float = 1.0) -> None:
         control = ControlWriter(shm)
         control.claim(os.getpid())
         evaluator = Evaluator(config, shm)
+        publisher = status_file.Publisher(config.state_path, shm)
     except Exception as e:
         error_file.write_text(f"{type(e).__name__}: {e}".splitlines()[0] + "\n")
         raise
     error_file.unlink(missing_ok=True)
-    ticks(tick_s, lambda: _tick(config, control, evaluator), evaluator.close)
+    ticks(tick_s, lambda: _tick(control, evaluator, publisher), evaluator.close)
 
 
-def _tick(config: Config, control: ControlWriter, evaluator: Evaluator) -> None:
+def _tick(control: ControlWriter, evaluator: Evaluator, publisher: status_file.Publisher) -> None:
     control.beat()
     evaluator.tick()
-    status_file.write(config.state_path, evaluator.status(evaluator.clock()))
+    publisher.publish(lambda: evaluator.status(evaluator.clock()))  # only while someone reads
 
 
 def ticks(

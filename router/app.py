@@ -32,6 +32,7 @@ from router.dashboard import Dashboard
 from router.layout import Reject
 from router.mailbox import Command
 from router.models import Model
+from router.status import encode as encode_status
 from router.types import Receive, Scope, Send
 from router.worker import Worker
 
@@ -191,12 +192,14 @@ class App:
             worker.models,
             stale=worker.route.stale,
             effective_split_bp=worker.route.split_bp,
-            status=worker.evaluator_status.read(),
+            status=await worker.evaluator_status.fresh(),
         )
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     async def status(self, request: Request) -> Response:
-        return JSONResponse(self._worker().status())
+        worker = self._worker()
+        evaluator = await worker.evaluator_status.fresh() or {}
+        return Response(encode_status(worker.status(evaluator)), media_type="application/json")
 
     def _refused(self, reason: Reject, detail: str, status: int) -> JSONResponse:
         if self.worker is not None:
