@@ -18,11 +18,12 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
-from typing import Any, NamedTuple
-
-import httpx
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from router.config import ConfigError, typed_section
+
+if TYPE_CHECKING:
+    import httpx
 
 QUEUE_LIMIT = 1000  # per target; an alert storm this large is a bug, not news
 HISTORY_LIMIT = 50
@@ -275,6 +276,8 @@ class Alerter:
                 t.thread.join(max(0.0, deadline - time.monotonic()) + self.timeout_s)
 
     def _run(self, target: _Target) -> None:
+        import httpx  # here, not with the module: only a process that sends alerts pays for it
+
         with httpx.Client(timeout=self.timeout_s, headers={"user-agent": "rampart-alerts"}) as c:
             while True:
                 with self._cond:
@@ -303,6 +306,8 @@ class Alerter:
                     self._cond.notify_all()
 
     def _deliver(self, client: httpx.Client, target: _Target, alert: Alert) -> Delivery:
+        import httpx
+
         payload = target.payload(alert)
         outcome, error, attempt = Outcome.FAILED, None, 0
         while attempt < self.max_attempts and not self._stop.is_set():

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from guardrails.evaluator import Evaluator
+from router import residency
 from router import status as status_file
 from router.config import Config
 from router.control import ControlWriter
@@ -72,6 +73,7 @@ def ticks(
             # A tick that raises ends the process: its heartbeat stops, workers fail safe
             # to the champion, and the supervisor starts a fresh evaluator.
             tick()
+            residency.release_compiler()  # now and then: LLVM's pages, once kernels are loaded
             next_tick += tick_s
             delay = next_tick - time.monotonic()
             if delay < 0:  # fell behind (a slow disk): skip the missed ticks, don't burst

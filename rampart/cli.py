@@ -11,8 +11,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from rampart.status_table import status_text
 from rampart.supervisor import serve
 from router.config import Config, ConfigError
@@ -70,16 +68,26 @@ def _fleet_models(args: argparse.Namespace) -> int:
 
 
 def _admin(url: str, path: str, payload: dict[str, Any] | None = None) -> int:
+    import httpx  # the client commands only: `rampart serve` never loads it
+
     token = os.environ.get("RAMPART_ADMIN_TOKEN", "")
-    r = httpx.post(
-        f"{url}{path}", json=payload or {}, headers={"Authorization": f"Bearer {token}"}, timeout=10
-    )
+    try:
+        r = httpx.post(
+            f"{url}{path}",
+            json=payload or {},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
+    except httpx.HTTPError as e:
+        print(f"rampart: cannot reach the server: {e}", file=sys.stderr)
+        return 1
     print(json.dumps(r.json(), indent=2))
     return 0 if r.status_code == 200 else 1
 
 
 def _status(url: str, as_json: bool, watch: bool) -> int:
     """Print GET /status once, or every second with --watch until Ctrl-C."""
+    import httpx
     if watch:
         # Ctrl-C must end --watch even when the parent started it with SIGINT ignored or
         # blocked (a background job of a non-interactive shell, a process that spawned it
@@ -237,9 +245,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError, KeyError) as e:
         print(f"rampart: {e}", file=sys.stderr)
         return 2
-    except httpx.HTTPError as e:
-        print(f"rampart: cannot reach the server: {e}", file=sys.stderr)
-        return 1
     return 0
 
 

@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from router import exposition as prom
-from router import recording
+from router import recording, residency
 from router import snapshot as snap
 from router.codec import JSON, Rejected, decode, encode, media_type
 from router.config import Config
@@ -113,6 +113,8 @@ class App:
                         for slot, version, path in worker.pending_loads()
                     }
                     worker.sync(loaded)
+                    if residency.due():  # LLVM's pages out, once the kernels are loaded
+                        await asyncio.to_thread(residency.release_compiler)
                     failure = ""
                 except Exception as e:  # a bad model file must not stop the ticker
                     if str(e) != failure:
