@@ -3,7 +3,9 @@
 `run` ticks the single-host `Evaluator`; `run_fleet` ticks this host's fleet agent
 (`guardrails.fleet.HostAgent`). Either writes one line to START_ERROR_FILE when it cannot
 start, so the supervisor can tell a start that fails the same way every time (and stop)
-from a crash worth restarting.
+from a crash worth restarting. Either dies with the `rampart serve` that started it
+(`parent`), however that dies: an orphaned evaluator would keep deciding for a state
+directory nobody serves, and in fleet mode keep a lease for a host that is gone.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from guardrails.evaluator import Evaluator
-from router import residency
+from router import lifeline, residency
 from router import status as status_file
 from router.config import Config
 from router.control import ControlWriter
@@ -25,9 +27,10 @@ from router.shared_memory import SharedMemory
 START_ERROR_FILE = "evaluator.error"
 
 
-def run(config: Config, tick_s: float = 1.0) -> None:
+def run(config: Config, tick_s: float = 1.0, parent: int | None = None) -> None:
     """Single-host evaluator process: beat, decide, publish, once a tick, until SIGTERM.
     A failure before the first tick leaves one line in START_ERROR_FILE for the supervisor."""
+    parent = _die_with(parent)
     error_file = config.state_path / START_ERROR_FILE
     try:
         shm = SharedMemory.attach(config.state_path)
@@ -39,7 +42,15 @@ def run(config: Config, tick_s: float = 1.0) -> None:
         error_file.write_text(f"{type(e).__name__}: {e}".splitlines()[0] + "\n")
         raise
     error_file.unlink(missing_ok=True)
-    ticks(tick_s, lambda: _tick(control, evaluator, publisher), evaluator.close)
+    ticks(tick_s, lambda: _tick(control, evaluator, publisher), evaluator.close, parent=parent)
+
+
+def _die_with(parent: int | None) -> int:
+    """Die with `parent` (default: the current parent), before anything slow: the first
+    start compiles the numba kernels, a minute in which the parent may die."""
+    parent = os.getppid() if parent is None else parent
+    lifeline.die_with_parent(parent)
+    return parent
 
 
 def _tick(control: ControlWriter, evaluator: Evaluator, publisher: status_file.Publisher) -> None:
@@ -53,8 +64,10 @@ def ticks(
     tick: Callable[[], None],
     close: Callable[[], None],
     between: Callable[[float], bool] | None = None,
+    parent: int | None = None,
 ) -> None:
-    """Call `tick` every `tick_s` until SIGTERM or SIGINT, then `close`. `between(seconds)`
+    """Call `tick` every `tick_s` until SIGTERM or SIGINT, or until `parent` (default: the
+    current parent) is no longer this process's parent, then `close`. `between(seconds)`
     fills the wait instead of sleeping and may return True to tick early."""
     stop = False
 
@@ -64,11 +77,11 @@ def ticks(
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    parent = os.getppid()
+    parent = os.getppid() if parent is None else parent
     next_tick = time.monotonic()
     try:
-        # An orphan (its `rampart serve` died, however it died) stops: nobody supervises it,
-        # and in fleet mode it would keep a lease and publish for a host that is gone.
+        # The kernel kills an orphan at once (`lifeline`); this check is for platforms
+        # without PR_SET_PDEATHSIG, where an orphan stops within a tick.
         while not stop and os.getppid() == parent:
             # A tick that raises ends the process: its heartbeat stops, workers fail safe
             # to the champion, and the supervisor starts a fresh evaluator.
@@ -86,8 +99,9 @@ def ticks(
         close()
 
 
-def run_fleet(config: Config, tick_s: float = 1.0) -> None:
+def run_fleet(config: Config, tick_s: float = 1.0, parent: int | None = None) -> None:
     """Fleet-mode evaluator process: this host's `HostAgent` ticking until SIGTERM."""
+    parent = _die_with(parent)
     error_file = config.state_path / START_ERROR_FILE
     try:
         shm = SharedMemory.attach(config.state_path)
@@ -103,4 +117,4 @@ def run_fleet(config: Config, tick_s: float = 1.0) -> None:
         error_file.write_text(f"{type(e).__name__}: {e}".splitlines()[0] + "\n")
         raise
     error_file.unlink(missing_ok=True)
-    ticks(tick_s, agent.tick, agent.close, between=agent.between)
+    ticks(tick_s, agent.tick, agent.close, between=agent.between, parent=parent)

@@ -34,7 +34,7 @@ def verdict(
     if s.disturb == "freeze-evaluator":
         outcome, guardrail = "rolled_back", "evaluator_heartbeat"
         phase = extra["freeze"]["phase_before"]
-    passed = outcome == s.outcome and phase == s.phase and (guardrail or "") in s.guardrails
+    passed = outcome == s.outcome and s.phase_expected(phase) and (guardrail or "") in s.guardrails
     return {
         "scenario": s.name,
         "outcome": outcome,

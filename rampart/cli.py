@@ -11,11 +11,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from rampart.status_table import status_text
 from rampart.supervisor import serve
 from router.config import Config, ConfigError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+URL_HELP = "the server: http://host:port, or unix:/path/to.sock (its [serve] admin_listen)"
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -28,6 +31,7 @@ def _config(args: argparse.Namespace) -> Config:
         fleet_url=getattr(args, "fleet", None),
         fleet_name=getattr(args, "fleet_name", None),
         host_id=getattr(args, "host_id", None),
+        admin_listen=getattr(args, "admin_listen", None),
     )
 
 
@@ -67,27 +71,25 @@ def _fleet_models(args: argparse.Namespace) -> int:
         return 1
 
 
-def _admin(url: str, path: str, payload: dict[str, Any] | None = None) -> int:
-    import httpx  # the client commands only: `rampart serve` never loads it
+def _client(url: str, timeout: float) -> httpx.Client:
+    """A client for `--url`: http(s)://host:port, or unix:/path/to.sock for a server whose
+    admin listens on a unix socket (`[serve] admin_listen`)."""
+    if url.startswith("unix:"):
+        transport = httpx.HTTPTransport(uds=url[len("unix:") :])
+        return httpx.Client(transport=transport, base_url="http://rampart", timeout=timeout)
+    return httpx.Client(base_url=url, timeout=timeout)
 
+
+def _admin(url: str, path: str, payload: dict[str, Any] | None = None) -> int:
     token = os.environ.get("RAMPART_ADMIN_TOKEN", "")
-    try:
-        r = httpx.post(
-            f"{url}{path}",
-            json=payload or {},
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=10,
-        )
-    except httpx.HTTPError as e:
-        print(f"rampart: cannot reach the server: {e}", file=sys.stderr)
-        return 1
+    with _client(url, timeout=10) as client:
+        r = client.post(path, json=payload or {}, headers={"Authorization": f"Bearer {token}"})
     print(json.dumps(r.json(), indent=2))
     return 0 if r.status_code == 200 else 1
 
 
 def _status(url: str, as_json: bool, watch: bool) -> int:
     """Print GET /status once, or every second with --watch until Ctrl-C."""
-    import httpx
     if watch:
         # Ctrl-C must end --watch even when the parent started it with SIGINT ignored or
         # blocked (a background job of a non-interactive shell, a process that spawned it
@@ -99,7 +101,8 @@ def _status(url: str, as_json: bool, watch: bool) -> int:
     try:
         while True:
             try:
-                response = httpx.get(f"{url}/status", timeout=5)
+                with _client(url, timeout=5) as client:
+                    response = client.get("/status")
                 response.raise_for_status()
                 status = response.json()
             except (httpx.HTTPError, ValueError) as e:
@@ -167,6 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fleet", metavar="URL", help="fleet mode: redis://host:6379/0")
     p.add_argument("--fleet-name", help="the fleet's name in the store (default: default)")
     p.add_argument("--host-id", help="this host in the fleet (default: hostname:port)")
+    p.add_argument(
+        "--admin-listen",
+        metavar="ADDRESS",
+        help="serve /admin/... only here: host:port or unix:/path/to.sock ([serve] admin_listen)",
+    )
 
     p = sub.add_parser("demo", help="the whole story: a promotion and a rollback, live")
     p.add_argument("--rate", type=float, default=2000.0, help="simulated requests per second")
@@ -196,10 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("rollout", help="control the rollout (admin)")
     p.add_argument("action", choices=["start", "pause", "resume", "rollback", "promote"])
     p.add_argument("version", nargs="?")
-    p.add_argument("--url", default=DEFAULT_URL)
+    p.add_argument("--url", default=DEFAULT_URL, help=URL_HELP)
 
     p = sub.add_parser("status", help="the rollout's state")
-    p.add_argument("--url", default=DEFAULT_URL)
+    p.add_argument("--url", default=DEFAULT_URL, help=URL_HELP)
     p.add_argument("--json", action="store_true")
     p.add_argument("--watch", action="store_true")
 
@@ -245,6 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError, KeyError) as e:
         print(f"rampart: {e}", file=sys.stderr)
         return 2
+    except httpx.HTTPError as e:
+        print(f"rampart: cannot reach the server: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

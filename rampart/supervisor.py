@@ -7,6 +7,7 @@ import json
 import multiprocessing
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -14,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from guardrails.policy import Policy
-from router.config import Config, check_secrets
+from rampart import sockets, state_lock
+from router import lifeline
+from router.config import Address, Config, check_secrets
 from router.control import ControlBlock
 from router.shared_memory import SharedMemory
 
@@ -30,44 +33,78 @@ def check(config: Config) -> None:
 
 
 def serve(config: Config, config_path: str | None = None) -> int:
+    """Check the config, take the state directory, bind the listeners, then run the
+    evaluator (supervised) and the workers until SIGTERM or SIGINT."""
+    check(config)
+    lock = state_lock.own(config.state_path)  # refuses before binding or touching state
+    try:
+        main = Address(host=config.serve.host, port=config.serve.port)
+        listeners = [sockets.bind(main, "[serve] host/port")]
+        admin = config.serve.admin_address
+        try:
+            if admin is not None:
+                listeners.append(sockets.bind(admin, "[serve] admin_listen"))
+            return _run(config, config_path, listeners)
+        finally:
+            for sock in listeners:
+                sock.close()
+            if len(listeners) > 1:
+                sockets.remove_unix_socket(admin)
+    finally:
+        os.close(lock)
+
+
+def _run(config: Config, config_path: str | None, listeners: list[socket.socket]) -> int:
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
     from guardrails import evaluator
 
-    check(config)
     evaluator.prepare(config).close()
     supervisor = _EvaluatorSupervisor(config)
     supervisor.start()
-    # Workers are spawned processes: they re-read the same file plus the flags.
+    # Workers are spawned processes: they re-read the same file plus the flags, and die
+    # with this process (router.lifeline).
     os.environ["RAMPART_CONFIG"] = str(Path(config_path).resolve()) if config_path else ""
-    os.environ["RAMPART_SERVE_OVERRIDES"] = json.dumps(
-        {k: getattr(config.serve, k) for k in ("host", "port", "workers")}
-        | {"state_dir": str(config.state_path)}
-    )
+    overrides = {k: getattr(config.serve, k) for k in ("host", "port", "workers")}
+    overrides["state_dir"] = str(config.state_path)
+    if len(listeners) > 1:  # the address bound, as a worker sees it in scope["server"]
+        overrides["admin_listen"] = str(sockets.bound_address(listeners[1]))
+    os.environ["RAMPART_SERVE_OVERRIDES"] = json.dumps(overrides)
+    os.environ[lifeline.SERVE_PID_ENV] = str(os.getpid())
 
     # uvicorn hands a SIGTERM back to the handler it found once it has shut down: a
     # supervisor that gave up stopped the server that way, and that is exit 1, not death.
     def _terminated(signum: int, frame: Any) -> None:
         if supervisor.gave_up:
             raise SystemExit(1)
+        supervisor.stop()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
 
     previous = signal.signal(signal.SIGTERM, _terminated)
+    settings = uvicorn.Config(
+        "router.listeners:create_app",
+        factory=True,
+        host=config.serve.host,
+        port=config.serve.port,
+        workers=config.serve.workers,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level="warning",
+        timeout_graceful_shutdown=5,
+    )
+    started = True
     try:
-        uvicorn.run(
-            "router.app:create_app",
-            factory=True,
-            host=config.serve.host,
-            port=config.serve.port,
-            workers=config.serve.workers,
-            loop="uvloop",
-            http="httptools",
-            access_log=False,
-            log_level="warning",
-            timeout_graceful_shutdown=5,
-        )
-    except SystemExit:
+        if config.serve.workers > 1:
+            # Its workers are this process's children, started from this (the main) thread.
+            Multiprocess(settings, sockets=listeners).run()
+        else:
+            server = uvicorn.Server(settings)
+            server.run(sockets=listeners)
+            started = server.started
+    except (SystemExit, KeyboardInterrupt):
         pass
     finally:
         supervisor.stop()
@@ -75,7 +112,7 @@ def serve(config: Config, config_path: str | None = None) -> int:
     if supervisor.gave_up:
         print(f"rampart: {supervisor.gave_up}", file=sys.stderr)
         return 1
-    return 0
+    return 0 if started else 1
 
 
 GIVE_UP_GRACE_S = 15.0  # uvicorn's graceful shutdown (5 s) with room to spare
@@ -105,9 +142,12 @@ class _EvaluatorSupervisor(threading.Thread):
         from guardrails.process import run, run_fleet
 
         ctx = multiprocessing.get_context("spawn")
+        # Started from this thread: the evaluator's PR_SET_PDEATHSIG fires when this thread
+        # ends (after stop() terminated it) or the process dies.
         self.proc = ctx.Process(
             target=run_fleet if self.config.fleet.enabled else run,
             args=(self.config,),
+            kwargs={"parent": os.getpid()},
             name="rampart-evaluator",
             daemon=True,
         )
@@ -132,6 +172,9 @@ class _EvaluatorSupervisor(threading.Thread):
                     print("rampart: evaluator heartbeat stopped; replacing it", file=sys.stderr)
                     self.proc.kill()
             if self.stopping.is_set():
+                # Not before it has gone: its parent-death signal fires when this thread
+                # ends, and would cut its graceful stop short.
+                self.proc.join(self.STOP_S + 1)
                 return
             why = self._start_error()
             failures = [*failures, why] if why else []
@@ -176,8 +219,12 @@ class _EvaluatorSupervisor(threading.Thread):
         age = time.time() - beat
         return age > 2 * self.config.serve.stale_after_s
 
+    STOP_S = 5.0
+
     def stop(self) -> None:
         self.stopping.set()
         if self.proc is not None and self.proc.is_alive():
             self.proc.terminate()
-            self.proc.join(5)
+            self.proc.join(self.STOP_S)
+            if self.proc.is_alive():
+                self.proc.kill()

@@ -51,6 +51,44 @@ class ServeConfig:
     stale_after_s: float = 3.0
     ticker_s: float = 0.1
     evaluator_cpu: int = -1  # pin the evaluator to this CPU, away from the workers (-1: don't)
+    # Admin endpoints on their own listener, "host:port" or "unix:/path/to.sock"; the main
+    # port then answers /admin/... with 404. Empty: admin on the main port.
+    admin_listen: str = ""
+
+    @property
+    def admin_address(self) -> Address | None:
+        if not self.admin_listen:
+            return None
+        return parse_address(self.admin_listen, "[serve] admin_listen")
+
+
+@dataclass(frozen=True)
+class Address:
+    """Where a listener listens: a TCP host and port, or a unix socket's path."""
+
+    host: str = ""
+    port: int = 0
+    path: str = ""
+
+    def __str__(self) -> str:
+        if self.path:
+            return f"unix:{self.path}"
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_address(value: str, key: str) -> Address:
+    """`host:port`, `[v6 address]:port` or `unix:/path/to.sock`; a mistake names `key`."""
+    if value.startswith("unix:"):
+        if not value[len("unix:") :]:
+            raise ConfigError(f"{key} unix: needs a socket path, like unix:/run/rampart.sock")
+        return Address(path=value[len("unix:") :])
+    host, colon, port = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not colon or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(
+            f"{key} must be host:port (port 1-65535) or unix:/path/to.sock, got {value!r}"
+        )
+    return Address(host=host, port=int(port))
 
 
 @dataclass(frozen=True)
@@ -212,6 +250,9 @@ def _serve(values: dict[str, Any]) -> ServeConfig:
             raise ConfigError(f"[serve] {name} must be positive, got {getattr(serve, name)}")
     if serve.stale_after_s <= serve.ticker_s:
         raise ConfigError("[serve] stale_after_s must be longer than ticker_s")
+    admin = serve.admin_address
+    if admin is not None and (admin.host, admin.port) == (serve.host, serve.port):
+        raise ConfigError(f"[serve] admin_listen must differ from the main {admin}")
     return serve
 
 

