@@ -3,8 +3,10 @@
 A sidecar runs beside every ad-server pod, so its resident memory is paid once per pod.
 Memory is counted as PSS (proportional set size, /proc/PID/smaps_rollup): a page shared by
 k processes counts 1/k in each, so the processes' PSS add up to what the tree costs the
-machine. For each round a fresh `rampart serve` (champion and candidate registered) is
-measured
+machine. A library page that processes outside the tree map too (libpython, libc) is split
+with them as well, so PSS moves with what else runs on the machine (a bare server measured
+41 and 55 MB an hour apart here); private memory (USS) does not, and is reported beside it.
+For each round a fresh `rampart serve` (champion and candidate registered) is measured
 
 1. idle: a rollout in phase 1 (both models loaded in the worker), every path the load
    takes run once, then quiet for longer than the processes' periodic release of the
@@ -110,6 +112,8 @@ def measure_tree(root: int, evaluator_pid: int | None = None) -> dict[str, Any]:
     return {
         "processes": processes,
         "total_pss_mb": round(sum(p["pss_kb"] for p in processes) / 1024, 1),
+        # Private memory (USS) does not move with what other processes on the machine map.
+        "total_private_mb": round(sum(p["private_kb"] for p in processes) / 1024, 1),
         "by_role_pss_mb": {
             r: round(sum(p["pss_kb"] for p in processes if p["role"] == r) / 1024, 1)
             for r in sorted({p["role"] for p in processes})
@@ -295,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_seconds": args.seconds,
         "idle_total_pss_mb": statistics.median(r["idle"]["total_pss_mb"] for r in rounds),
         "idle_by_role_pss_mb": _median_by_role(rounds, "idle"),
+        "idle_total_private_mb": statistics.median(r["idle"]["total_private_mb"] for r in rounds),
         "load_total_pss_mb": statistics.median(r["load"]["total_pss_mb"] for r in rounds),
         "load_by_role_pss_mb": _median_by_role(rounds, "load"),
         "load_peak_pss_mb": statistics.median(r["load_peak_mb"] for r in rounds),
@@ -317,7 +322,8 @@ def summary_text(report: dict[str, Any]) -> str:
 
     lines = [
         f"rampart serve --workers 1, PSS (MB, median of {report['rounds']} rounds): "
-        f"idle {report['idle_total_pss_mb']:g} ({roles(report['idle_by_role_pss_mb'])}); "
+        f"idle {report['idle_total_pss_mb']:g} ({roles(report['idle_by_role_pss_mb'])}; "
+        f"private {report['idle_total_private_mb']:g}); "
         f"under load ({report['rate_rps']:g} req/s, {report['load_seconds']:g} s, a rollout "
         f"in phase 1, /status read each second) {report['load_total_pss_mb']:g} "
         f"({roles(report['load_by_role_pss_mb'])}), peak {report['load_peak_pss_mb']:g}"

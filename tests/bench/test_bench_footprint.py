@@ -20,6 +20,7 @@ def test_measure_tree_counts_every_process_below_the_root() -> None:
         assert pids[os.getpid()]["role"] == "serve" and pids[child.pid]["role"] == "other"
         total_kb = sum(p["pss_kb"] for p in tree["processes"])
         assert tree["total_pss_mb"] == round(total_kb / 1024, 1)
+        assert 0 < tree["total_private_mb"] <= tree["total_pss_mb"]
         assert sum(tree["by_role_pss_mb"].values()) > 0
     finally:
         child.kill()
@@ -38,9 +39,10 @@ def test_summary_text_names_each_role() -> None:
         "load_seconds": 20.0,
         "idle_total_pss_mb": 150.0,
         "idle_by_role_pss_mb": {"evaluator": 50.0, "serve": 100.0},
+        "idle_total_private_mb": 120.0,
         "load_total_pss_mb": 155.0,
         "load_by_role_pss_mb": {"evaluator": 50.0, "serve": 105.0},
         "load_peak_pss_mb": 156.0,
     }
     text = summary_text(report)
-    assert "idle 150 (evaluator 50, serve 100)" in text and "peak 156" in text
+    assert "idle 150 (evaluator 50, serve 100; private 120)" in text and "peak 156" in text
