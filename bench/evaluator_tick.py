@@ -31,6 +31,7 @@ from harness.scenario_models import model_path
 from router import snapshot
 from router import status as status_file
 from router.config import Config
+from router.control import beat_ns
 from router.mailbox import Command
 from router.registry import Registry
 from router.shared_memory import SharedMemory
@@ -141,7 +142,7 @@ def tick_time(
                 read = i % 2 == 0
                 # A worker served /status just now (the dashboard polls each second), or
                 # nobody has for longer than the lease.
-                wanted[0] = time.time_ns() if read else 0
+                wanted[0] = beat_ns() if read else 0
                 started = time.perf_counter()
                 snapshot.take(shm)
                 took = time.perf_counter() - started

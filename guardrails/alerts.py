@@ -2,13 +2,15 @@
 
 `Alerter.send` only enqueues; one daemon thread per target delivers with retries, so the
 evaluator's rollback flip never waits on the network and a Slack outage never delays the other
-webhook.
+webhook. Each attempt (connect, send, the whole answer) ends by `deadline_s`, and where alerts
+may go at all is `guardrails.egress`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import email.utils
+import json
 import math
 import os
 import random
@@ -18,12 +20,19 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
+import httpcore
+
+from guardrails.egress import (
+    AddressRefused,
+    Destinations,
+    GuardedBackend,
+    Resolver,
+    resolve,
+    valid_entry,
+)
 from router.config import ConfigError, typed_section
-
-if TYPE_CHECKING:
-    import httpx
 
 QUEUE_LIMIT = 1000  # per target; an alert storm this large is a bug, not news
 HISTORY_LIMIT = 50
@@ -35,10 +44,12 @@ class AlertsConfig:
 
     slack_webhook: str = ""
     webhook_url: str = ""
-    timeout_s: float = 2.0
+    timeout_s: float = 2.0  # any one connect, write or read
+    deadline_s: float = 10.0  # one attempt whole: connect, send and the entire answer
     max_attempts: int = 6
     backoff_s: float = 0.5
     max_backoff_s: float = 30.0
+    allow_hosts: list[str] = field(default_factory=list)  # private hosts or networks, or http
 
     @classmethod
     def from_section(cls, values: dict[str, Any]) -> AlertsConfig:
@@ -51,17 +62,37 @@ class AlertsConfig:
         webhook = self.webhook_url or os.environ.get("RAMPART_ALERT_WEBHOOK", "")
         return replace(self, slack_webhook=slack, webhook_url=webhook)
 
-    def check(self) -> None:
-        for key in ("slack_webhook", "webhook_url"):
+    def check(self, resolver: Resolver | None = resolve) -> None:
+        """Every key, and each URL against `guardrails.egress` (its host resolved now too)."""
+        for entry in self.allow_hosts:
+            if not isinstance(entry, str) or not entry or not valid_entry(entry):
+                raise ConfigError(
+                    f"[alerts] allow_hosts entries must be hosts or networks: {entry!r}"
+                )
+        for key, env in (
+            ("slack_webhook", "RAMPART_SLACK_WEBHOOK"),
+            ("webhook_url", "RAMPART_ALERT_WEBHOOK"),
+        ):
             url = getattr(self, key)
             if url and not url.startswith(("http://", "https://")):
                 raise ConfigError(f"[alerts] {key} must start with http(s)://: {url[:40]!r}")
+            name = env if url and os.environ.get(env) == url else f"[alerts] {key}"
+            try:
+                self.destinations.check_url(name, url, resolver) if url else None
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
         if self.timeout_s <= 0:
             raise ConfigError(f"[alerts] timeout_s must be > 0, got {self.timeout_s}")
+        if self.deadline_s <= 0:
+            raise ConfigError(f"[alerts] deadline_s must be > 0, got {self.deadline_s}")
         if self.max_attempts < 1:
             raise ConfigError(f"[alerts] max_attempts must be >= 1, got {self.max_attempts}")
         if not 0 <= self.backoff_s <= self.max_backoff_s:
             raise ConfigError("[alerts] backoff_s must be in [0, max_backoff_s]")
+
+    @property
+    def destinations(self) -> Destinations:
+        return Destinations(tuple(self.allow_hosts))
 
 
 # kind -> (emoji, verb); other kinds are shown as they are.
@@ -70,6 +101,7 @@ _WORDING = {
     "stopped": (":octagonal_sign:", "stopped"),
     "promoted": (":white_check_mark:", "promoted"),
     "paused": (":double_vertical_bar:", "paused"),
+    "held": (":warning:", "held at 100% champion"),
 }
 
 
@@ -77,6 +109,7 @@ class Outcome(StrEnum):
     DELIVERED = "delivered"
     FAILED = "failed"  # retries exhausted, or shut down first
     REJECTED = "rejected"  # a 4xx other than 429: retrying cannot help (bad URL or payload)
+    REFUSED = "refused"  # the host resolved to an address alerts may not go to (egress)
     NOT_CONFIGURED = "not_configured"
 
 
@@ -174,7 +207,8 @@ class _Target:
 
 
 class Alerter:
-    """Background delivery with counters (`delivered`, `failed`, `attempts`, `dropped`)."""
+    """Background delivery with counters (`delivered`, `failed`, `attempts`, `dropped`,
+    `refused`: deliveries stopped because the host resolved to a forbidden address)."""
 
     def __init__(
         self,
@@ -186,17 +220,30 @@ class Alerter:
         backoff_s: float = 0.5,
         max_backoff_s: float = 30.0,
         queue_limit: int = QUEUE_LIMIT,
+        deadline_s: float = 10.0,
+        allow_hosts: tuple[str, ...] = (),
+        resolver: Resolver = resolve,
     ) -> None:
+        self.destinations = Destinations(allow_hosts)
         for url in (slack_url, webhook_url):
-            if url and not url.startswith(("http://", "https://")):
-                raise ConfigError(f"[alerts] webhook URL must start with http(s)://: {url[:40]!r}")
-        if timeout_s <= 0 or max_attempts < 1 or not 0 <= backoff_s <= max_backoff_s:
+            try:  # names are resolved at delivery; AlertsConfig.check resolves them at start
+                self.destinations.check_url("[alerts] webhook URL", url, None) if url else None
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+        if (
+            timeout_s <= 0
+            or deadline_s <= 0
+            or max_attempts < 1
+            or not 0 <= backoff_s <= max_backoff_s
+        ):
             raise ConfigError(
-                "[alerts] need timeout_s > 0, max_attempts >= 1, 0 <= backoff_s <= max_backoff_s"
+                "[alerts] need timeout_s > 0, deadline_s > 0, max_attempts >= 1, "
+                "0 <= backoff_s <= max_backoff_s"
             )
-        self.timeout_s, self.max_attempts = timeout_s, max_attempts
+        self.timeout_s, self.deadline_s, self.max_attempts = timeout_s, deadline_s, max_attempts
         self.backoff_s, self.max_backoff_s, self.queue_limit = backoff_s, max_backoff_s, queue_limit
-        self.delivered = self.failed = self.attempts = self.dropped = 0
+        self.resolver = resolver
+        self.delivered = self.failed = self.attempts = self.dropped = self.refused = 0
         self._history: deque[Delivery] = deque(maxlen=HISTORY_LIMIT)
         self._callback: Callable[[Delivery], None] | None = None
         self._cond = threading.Condition()
@@ -225,6 +272,8 @@ class Alerter:
             max_attempts=a.max_attempts,
             backoff_s=a.backoff_s,
             max_backoff_s=a.max_backoff_s,
+            deadline_s=a.deadline_s,
+            allow_hosts=tuple(a.allow_hosts),
         )
 
     @classmethod
@@ -271,14 +320,14 @@ class Alerter:
                 self.dropped += len(t.queue)
                 t.queue.clear()
             self._cond.notify_all()
+        in_flight = min(self.timeout_s, self.deadline_s)
         for t in self._targets:
             if t.thread is not None:  # a request in flight may need its own timeout to end
-                t.thread.join(max(0.0, deadline - time.monotonic()) + self.timeout_s)
+                t.thread.join(max(0.0, deadline - time.monotonic()) + in_flight)
 
     def _run(self, target: _Target) -> None:
-        import httpx  # here, not with the module: only a process that sends alerts pays for it
-
-        with httpx.Client(timeout=self.timeout_s, headers={"user-agent": "rampart-alerts"}) as c:
+        backend = GuardedBackend(self.destinations, self.resolver)
+        with httpcore.ConnectionPool(network_backend=backend, retries=0) as pool:
             while True:
                 with self._cond:
                     self._cond.wait_for(lambda: bool(target.queue) or self._stop.is_set())
@@ -287,7 +336,7 @@ class Alerter:
                     alert = target.queue.popleft()
                     target.busy = True
                 try:
-                    delivery = self._deliver(c, target, alert)
+                    delivery = self._deliver(pool, backend, target, alert)
                 except Exception as e:  # a malformed alert must not kill the worker
                     delivery = Delivery(
                         alert.kind, alert.rollout_id, target.name, Outcome.FAILED, 0, repr(e)
@@ -297,6 +346,7 @@ class Alerter:
                         self.delivered += 1
                     else:
                         self.failed += 1
+                        self.refused += delivery.outcome is Outcome.REFUSED
                     self._history.append(delivery)
                 with contextlib.suppress(Exception):  # the evaluator's hook must not stop alerts
                     if self._callback is not None:
@@ -305,29 +355,49 @@ class Alerter:
                     target.busy = False
                     self._cond.notify_all()
 
-    def _deliver(self, client: httpx.Client, target: _Target, alert: Alert) -> Delivery:
-        import httpx
-
-        payload = target.payload(alert)
+    def _deliver(
+        self,
+        pool: httpcore.ConnectionPool,
+        backend: GuardedBackend,
+        target: _Target,
+        alert: Alert,
+    ) -> Delivery:
+        body = json.dumps(target.payload(alert)).encode()
         outcome, error, attempt = Outcome.FAILED, None, 0
+        t = self.timeout_s
+        timeouts = {"connect": t, "read": t, "write": t, "pool": t}
         while attempt < self.max_attempts and not self._stop.is_set():
             attempt += 1
             with self._cond:
                 self.attempts += 1
             wait = None
+            backend.deadline = time.monotonic() + self.deadline_s
             try:
-                r = client.post(target.url, json=payload)
-            except httpx.TransportError as e:  # refused, reset, timed out: worth another try
-                error = f"{type(e).__name__}: {e}"
+                r = pool.request(
+                    "POST",
+                    target.url,
+                    headers=_HEADERS,
+                    content=body,
+                    extensions={"timeout": timeouts},
+                )
+            except AddressRefused as e:  # the name now points somewhere forbidden: stop
+                outcome, error = Outcome.REFUSED, str(e)
+                break
+            except (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError) as e:
+                error = f"{type(e).__name__}: {e}"  # refused, reset, timed out: try again
+                if time.monotonic() >= backend.deadline:
+                    error = (
+                        f"{type(e).__name__}: the {self.deadline_s:g} s delivery deadline passed"
+                    )
             else:
-                if r.is_success:
+                if 200 <= r.status < 300:
                     outcome, error = Outcome.DELIVERED, None
                     break
-                error = f"HTTP {r.status_code}: {r.text[:200]}"
-                if r.status_code != 429 and r.status_code < 500:
+                error = f"HTTP {r.status}: {r.content[:200].decode('utf-8', 'replace')}"
+                if r.status != 429 and r.status < 500:
                     outcome = Outcome.REJECTED
                     break
-                wait = _retry_after(r.headers.get("retry-after"))
+                wait = _retry_after(_header(r.headers, b"retry-after"))
             if attempt < self.max_attempts:
                 if wait is None:  # exponential, jittered so sidecars that failed together spread
                     wait = self.backoff_s * 2 ** (attempt - 1) * random.uniform(0.5, 1.0)
@@ -335,6 +405,13 @@ class Alerter:
         if outcome is Outcome.FAILED and attempt < self.max_attempts:
             error = f"shut down after {attempt} attempt(s); last error: {error}"
         return Delivery(alert.kind, alert.rollout_id, target.name, outcome, attempt, error)
+
+
+_HEADERS = [(b"content-type", b"application/json"), (b"user-agent", b"rampart-alerts")]
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+    return next((v.decode("latin-1") for k, v in headers if k.lower() == name), None)
 
 
 def _retry_after(header: str | None) -> float | None:

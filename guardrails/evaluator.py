@@ -11,21 +11,24 @@ ticks it is `guardrails.process`.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from guardrails import checks, view
+from guardrails import checks, storage, view
 from guardrails.alerts import Alert, Alerter, Delivery
+from guardrails.clock import Durations
 from guardrails.measures import ArmMetrics, SegmentCodes, measure
 from guardrails.policy import Action, Decision, Policy, decide
+from guardrails.release_train import ReleaseTrain
 from guardrails.rollouts import EventKind, Journal, Rollout, RolloutState
 from guardrails.serving import LocalServing, Mailbox, ModelRegistry, RolloutLog, Serving
 from router.config import Config
 from router.mailbox import AdminMailbox, Command
-from router.registry import Registry, Status
+from router.registry import Status, open_registry
 from router.shared_memory import Geometry, SharedMemory
 from router.snapshot import SlotTotals
 from router.status import EvaluatorStatus
@@ -54,19 +57,29 @@ class Evaluator:
         journal: RolloutLog | None = None,
         clock: Clock = time.time,
         alerter: Alerter | None = None,
+        steady: Clock | None = None,
     ) -> None:
         """Single-host by default: this host's `shm`, and the registry, mailbox and journal
-        of its state directory. Fleet mode passes the fleet's own (guardrails.fleet)."""
+        of its state directory. Fleet mode passes the fleet's own (guardrails.fleet).
+        `clock` gives the times recorded; durations are read on `steady` (guardrails.clock;
+        time.monotonic by default, and a test's own `clock` if it passes only that)."""
         self.config = config
         if serving is None:
             assert shm is not None, "an evaluator serves either a state file or `serving`"
             serving = LocalServing(shm, config.serve.stale_after_s)
         self.serving = serving
         self.clock = clock
+        self.hold = storage.Hold()
+        self.durations = Durations(steady or (time.monotonic if clock is time.time else clock))
         self.policy = Policy.from_config(config)
         self.codes = SegmentCodes(config.segments)
         state = config.state_path
-        self.registry: ModelRegistry = registry or Registry(state)
+        # The release train runs on this host's registry (local or MLflow), not the fleet's.
+        self.train: ReleaseTrain | None = None
+        if registry is None:
+            local = open_registry(config)
+            self.train = ReleaseTrain(local)
+        self.registry: ModelRegistry = registry or local
         self.mailbox: Mailbox = mailbox or AdminMailbox(state)
         self.journal: RolloutLog = journal or Journal(state)
         self.alerter = alerter or Alerter.from_env_and_config(config.raw.get("alerts", {}))
@@ -77,7 +90,7 @@ class Evaluator:
         self.evidence: checks.Evidence | None = None
         self.recent: deque[tuple[float, SlotTotals]] = deque()
         self.series = view.Series()
-        self.last_journal = 0.0
+        self.last_journal = float("-inf")  # steady time of the last metrics record
         self.tick_seconds = 0.0
         self._events_cache: tuple[Any, list[dict[str, Any]]] = (None, [])
         self._adopt()
@@ -113,22 +126,39 @@ class Evaluator:
 
     # -- the tick ---------------------------------------------------------------------------------
     def tick(self) -> None:
-        """Decide and act. Publishing `status()` is the caller's (it is the slow part)."""
+        """Decide and act. Publishing `status()` is the caller's (it is the slow part).
+        A storage fault holds 100% champion and the tick ends normally (guardrails.storage)."""
         started = time.perf_counter()
+        now = self.clock()
+        self.durations.tick(now)
+        try:
+            if self.hold.reason is None or storage.resume(self):
+                self._tick(now)
+        except Exception as e:
+            if not storage.is_fault(e):
+                raise
+            storage.hold(self, e)
+        if self.rollout is not None:
+            self.durations.keep(self.rollout.started, self.rollout.phase_started)
+        self.tick_seconds = time.perf_counter() - started
+
+    def _tick(self, now: float) -> None:
         for command_id, kind, payload in self.mailbox.pending():
             try:
                 result = self.apply(kind, payload)
             except Exception as e:  # a bad command must not stop the evaluator
+                if storage.is_fault(e):
+                    raise  # not the command's fault: it stays queued, and the tick holds
                 result = {"ok": False, "error": "command_failed", "detail": str(e)}
             self.mailbox.finish(command_id, result)
-        now = self.clock()
         r = self.rollout
         if r is not None and r.state == RolloutState.LOADING:
             self._finish_loading(r, now)
         elif r is not None and r.state.active:
             self._judge(r, now)
+        elif self.train is not None and (version := self.train.due()) is not None:
+            self.train.started(version, self._start({"version": version}))
         self._drain_alerts(now)
-        self.tick_seconds = time.perf_counter() - started
 
     def _judge(self, r: Rollout, now: float) -> None:
         snap = self.serving.take()
@@ -136,7 +166,7 @@ class Evaluator:
         champion = measure(snap.champion - r.baseline, self.codes)
         challenger_totals = snap.challenger
         challenger = measure(challenger_totals, self.codes)
-        recent = self._recent(now, challenger_totals)
+        recent = self._recent(self.durations.steady_now, challenger_totals)
         phase_requests = (
             champion.requests - champion.stale_routed - r.phase_requests[0],
             challenger.requests - r.phase_requests[1],
@@ -148,8 +178,8 @@ class Evaluator:
             recent,
             phase_requests,
             snap.split_bp,
-            now - r.phase_started,
-            now - r.started,
+            self.durations.since(r.phase_started),
+            self.durations.since(r.started),
             r.phase,
         )
         self.evidence = e
@@ -167,12 +197,13 @@ class Evaluator:
             self._advance(r, now, champion, challenger)
         elif decision.action == Action.PROMOTE:
             self._promote(decision)
-        elif now - self.last_journal >= self.policy.journal_every_s:
-            self.last_journal = now
+        elif self.durations.steady_now - self.last_journal >= self.policy.journal_every_s:
+            self.last_journal = self.durations.steady_now
             self.journal.append(r.id, EventKind.METRICS, r.phase, view.metrics_record(e), now)
 
     def _recent(self, now: float, totals: SlotTotals) -> ArmMetrics | None:
-        """The challenger over the last window_s: the oldest kept total subtracted."""
+        """The challenger over the last window_s (`now` on the steady clock): the oldest
+        kept total subtracted."""
         self.recent.append((now, totals))
         while len(self.recent) > 2 and self.recent[1][0] <= now - self.policy.window_s:
             self.recent.popleft()
@@ -186,7 +217,7 @@ class Evaluator:
         """Raise the split only once every live worker has loaded the challenger."""
         champion_slot = self._champion_slot()
         if not self.serving.loaded_everywhere(1 - champion_slot):
-            if now - r.started > self.policy.load_timeout_s:
+            if self.durations.since(r.started) > self.policy.load_timeout_s:
                 self._end(
                     Decision(
                         Action.STOP,
@@ -225,21 +256,28 @@ class Evaluator:
         )
 
     def _promote(self, decision: Decision, manual: bool = False) -> None:
+        self._flip(0, 1 - self._champion_slot(), False)  # the new champion serves, in one flip
+        self._record_promotion(decision, manual)
+
+    def _record_promotion(self, decision: Decision, manual: bool) -> None:
         r = self.rollout
         assert r is not None
-        self._flip(0, 1 - self._champion_slot(), False)  # the new champion serves, in one flip
+        self.hold.unfinished = lambda: self._record_promotion(decision, manual)
         now = self.clock()
-        self.registry.set_status(r.challenger, Status.CHAMPION, "promoted")
-        self.registry.set_status(r.champion, Status.RETIRED, f"replaced by {r.challenger}")
+        self.registry.set_status(r.challenger, Status.CHAMPION, "promoted", r.id)
+        self.registry.set_status(r.champion, Status.RETIRED, f"replaced by {r.challenger}", r.id)
         self._close(r, RolloutState.PROMOTED, decision, now, manual)
+        self.hold.unfinished = None
 
     def _end(self, decision: Decision, outcome: RolloutState, manual: bool = False) -> None:
         r = self.rollout
         assert r is not None
         self._flip(0, self._champion_slot(), False)  # first, before anything slow
+        self.hold.unfinished = lambda: self._end(decision, outcome, manual)
         now = self.clock()
-        self.registry.set_status(r.challenger, Status.FAILED, decision.reason)
+        self.registry.set_status(r.challenger, Status.FAILED, decision.reason, r.id)
         self._close(r, outcome, decision, now, manual)
+        self.hold.unfinished = None
 
     def _close(
         self, r: Rollout, outcome: RolloutState, decision: Decision, now: float, manual: bool
@@ -264,8 +302,8 @@ class Evaluator:
                 kind="rollback" if outcome == RolloutState.ROLLED_BACK else outcome.value,
                 rollout_id=r.id,
                 phase=r.phase,
-                challenger=self._label(r.challenger),
-                champion=self._label(r.challenger if outcome == "promoted" else r.champion),
+                challenger=self.label(r.challenger),
+                champion=self.label(r.challenger if outcome == "promoted" else r.champion),
                 guardrail=decision.guardrail,
                 value=failed.value if failed else None,
                 threshold=failed.threshold if failed else None,
@@ -277,10 +315,10 @@ class Evaluator:
     def _metrics(self) -> dict[str, Any]:
         return view.metrics_record(self.evidence) if self.evidence else {}
 
-    def _label(self, version: int) -> str:
+    def label(self, version: int) -> str:
         try:
             return self.registry.get(version).label
-        except KeyError:
+        except (KeyError, sqlite3.Error, OSError):  # also when the registry cannot be read
             return str(version)
 
     def _drain_alerts(self, now: float) -> None:
@@ -329,18 +367,19 @@ class Evaluator:
             record = self.registry.get(version)
         except (KeyError, ValueError, TypeError):
             return {"ok": False, "error": "unknown_version", "detail": str(payload.get("version"))}
-        if record.status != Status.CANDIDATE:
+        if record.status not in (Status.CANDIDATE, Status.QUEUED):
             return {"ok": False, "error": "not_a_candidate", "detail": record.status.value}
         champions = self.registry.with_status(Status.CHAMPION)
         if not champions:
             return {"ok": False, "error": "no_champion"}
         now = self.clock()
         champion_slot = self._champion_slot()
-        self.registry.set_status(version, Status.CHALLENGER, "rollout started")
+        rollout_id = self.journal.new_id(version, now)
+        self.registry.set_status(version, Status.CHALLENGER, "rollout started", rollout_id)
         self.serving.load_slot(1 - champion_slot, version)
         self._flip(0, champion_slot, True)  # workers load it; the split rises once all have
         r = Rollout(
-            id=self.journal.new_id(version, now),
+            id=rollout_id,
             challenger=version,
             champion=champions[-1].version,
             state=RolloutState.LOADING,
@@ -356,7 +395,7 @@ class Evaluator:
             r.id,
             EventKind.STARTED,
             1,
-            {"challenger": record.label, "champion": self._label(r.champion)},
+            {"challenger": record.label, "champion": self.label(r.champion)},
             now,
         )
         return {"ok": True, "rollout": r.id, "challenger": str(version), "state": r.state.value}

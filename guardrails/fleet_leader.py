@@ -174,7 +174,9 @@ class FleetRegistry:
     def with_status(self, status: Status) -> list[ModelRecord]:
         return [r for r in self.all() if r.status == status]
 
-    def set_status(self, version: int, status: Status, reason: str = "") -> None:
+    def set_status(
+        self, version: int, status: Status, reason: str = "", rollout_id: str = ""
+    ) -> None:
         if not self.store.set_model_status(self.epoch, version, status.value, reason):
             raise Deposed(f"epoch {self.epoch} is no longer the fleet's")
 

@@ -105,7 +105,7 @@ class Policy:
     sequential_n_star: float = 4_000_000.0  # N* of the confidence sequence, total impressions
     promote_after_days: float = 12.0
     window_s: float = 60.0  # recent window for error rate and latency (wall seconds)
-    load_timeout_s: float = 30.0  # workers must load the challenger within this (wall)
+    load_timeout_s: float = 30.0  # workers must load the challenger within this
     journal_every_s: float = 60.0  # a metrics record in the event log this often (wall)
 
     def phase(self, number: int) -> Phase:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from guardrails import storage
 from guardrails.evaluator import Evaluator
 from router import lifeline, residency
 from router import status as status_file
@@ -56,7 +57,11 @@ def _die_with(parent: int | None) -> int:
 def _tick(control: ControlWriter, evaluator: Evaluator, publisher: status_file.Publisher) -> None:
     control.beat()
     evaluator.tick()
-    publisher.publish(lambda: evaluator.status(evaluator.clock()))  # only while someone reads
+    try:
+        publisher.publish(lambda: evaluator.status(evaluator.clock()))  # only while someone reads
+    except OSError as e:  # a full disk: workers serve the last status; the next tick retries
+        if not storage.is_fault(e):
+            raise
 
 
 def ticks(

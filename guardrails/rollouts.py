@@ -77,6 +77,7 @@ class EventKind(StrEnum):
     RESUMED = "resumed"
     METRICS = "metrics"  # a periodic look at the evidence, for the post-mortem's plots
     ALERT = "alert"  # a delivery settled
+    HELD = "held"  # storage failed: 100% champion until a write succeeded (data: held_s)
     ROLLED_BACK = "rolled_back"
     STOPPED = "stopped"
     PROMOTED = "promoted"

@@ -52,7 +52,13 @@ class ModelRegistry(Protocol):
 
     def with_status(self, status: Status) -> list[ModelRecord]: ...
 
-    def set_status(self, version: int, status: Status, reason: str = "") -> None: ...
+    def set_status(
+        self, version: int, status: Status, reason: str = "", rollout_id: str = ""
+    ) -> None:
+        """Record a status change; `rollout_id` names the rollout that made it. The local
+        registry, MLflow's (router/mlflow_registry.py: aliases and version tags) and the
+        fleet's implement it."""
+        ...
 
     def close(self) -> None: ...
 

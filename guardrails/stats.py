@@ -9,7 +9,8 @@ always-valid sequential bound used for continuous early rollback.
 One module per concept; this one gathers their names for the rest of the code:
 
     beta_comparison.py      BetaArm (mergeable counts), compare, literal_worse, the exact kernel
-    beta_log_ratio.py       log(p_c/p_b): exact cumulants, skewness-corrected normal CDF
+    beta_log_ratio.py       log(p_c/p_b): exact cumulants, skewness-corrected normal CDF, and the
+                            third-order tails P(better) uses above the exact sum's cut-off
     segment_degradation.py  segment_degradation, SegmentResult
     confidence_sequence.py  sequential_difference, sequential_rho, SequentialResult
 

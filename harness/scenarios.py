@@ -86,6 +86,13 @@ SCENARIOS = {
     )
 }
 
+# `rampart scenario train`: the release train. Both candidates are queued at once (as
+# `rampart models register FILE --start` does); the evaluator starts the first by itself, rolls
+# it back, then starts the second by itself and promotes it. Each leg is judged as its
+# scenario is.
+TRAIN = ("broken-constant", "promote")
+SCENARIO_NAMES = (*SCENARIOS, "train")
+
 # One config for every scenario and the demo. time_scale 1/7200: an hour of the policy is
 # half a second, so the 12-day promotion takes 144 s. Evidence minimums are lowered to what
 # ~2000 requests/s give in those seconds, and calibration buckets are 5% wide instead of 1%

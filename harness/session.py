@@ -2,7 +2,8 @@
 
 `Session` starts the server (pinned to core 0 when there are two), the simulator on its own
 thread (core 1) and a local Slack webhook; `Session.rollout` rolls out one scenario's
-challenger and returns the verdict when the rollout ends. `run_scenario` is one scenario on a
+challenger and returns the verdict when the rollout ends; `Session.train` queues several and
+lets the evaluator start them one after another. `run_scenario` is one scenario on a
 fresh session: `rampart scenario NAME`.
 """
 
@@ -27,7 +28,7 @@ import uvloop
 from harness import simulator
 from harness.redis_process import private_redis
 from harness.scenario_models import model_path
-from harness.scenarios import SCENARIOS, Scenario, server_config
+from harness.scenarios import SCENARIO_NAMES, SCENARIOS, TRAIN, Scenario, server_config
 from harness.serve_process import ADMIN_TOKEN, Serve, free_port, pin
 from harness.simulator_stats import SimStats
 from harness.slack_sink import slack_sink
@@ -239,6 +240,54 @@ class Session:
         seconds = time.monotonic() - began
         return verdict(s, final, watch.phases, stats, alert, extra, seconds, started_wall)
 
+    def train(self, legs: tuple[Scenario, ...], timeout_s: float = 420.0) -> dict[str, Any]:
+        """The release train: every leg's challenger registered and queued at once (as
+        `models register --start`), started by the evaluator one after another, never by an
+        admin command. One verdict per leg, and each version's status in the registry."""
+        from router.registry import Registry
+
+        began = time.monotonic()
+        versions = [self.register(s.challenger) for s in legs]
+        registry = Registry(self.state)
+        try:
+            for version in versions:
+                registry.queue(version)
+        finally:
+            registry.close()
+        watch = _Watch(self.serve, self.on_status)
+        verdicts = []
+        for s, version in zip(legs, versions, strict=True):
+            leg_began = time.monotonic()
+            alerts_before = len(self.alerts)
+
+            def running(st: Status, v: int = version) -> bool:
+                return str((st.get("rollout") or {}).get("challenger")) == str(v)
+
+            rollout_id = watch.until(running, began + timeout_s, any_state=True)["rollout"]["id"]
+            started_wall = time.time()
+            watch.phases.clear()
+
+            # The next leg starts on the tick after this one ends: /status shows this one
+            # ended for that whole tick.
+            def ended(st: Status, r: str = rollout_id) -> bool:
+                return not st.get("rollout") and (st.get("last_rollout") or {}).get("id") == r
+
+            final = watch.until(ended, began + timeout_s)
+            # Judged at once: the next leg's challenger answers must not reach this timeline.
+            stats = self.traffic.settle()
+            alert = self.alerts[-1] if len(self.alerts) > alerts_before else None
+            seconds = time.monotonic() - leg_began
+            verdicts.append(
+                verdict(s, final, list(watch.phases), stats, alert, {}, seconds, started_wall)
+            )
+        registry = Registry(self.state)
+        try:
+            statuses = {str(v): registry.get(v).status.value for v in versions}
+        finally:
+            registry.close()
+        passed = all(v["passed"] for v in verdicts)
+        return {"scenario": "train", "passed": passed, "legs": verdicts, "registry": statuses}
+
 
 def register_in_fleet(url: str, path: Path) -> int:
     """`rampart models register FILE --fleet URL`: validated as the local registry does."""
@@ -261,8 +310,18 @@ def run_scenario(
     keep_state: Path | None = None,
 ) -> dict[str, Any]:
     """Run one scenario on a fresh server and return its verdict (see harness.scenarios)."""
-    if name not in SCENARIOS:
-        raise ValueError(f"unknown scenario {name!r}; scenarios: {', '.join(SCENARIOS)}")
+    if name not in SCENARIO_NAMES:
+        raise ValueError(f"unknown scenario {name!r}; scenarios: {', '.join(SCENARIO_NAMES)}")
+    if name == "train":
+        with Session(
+            rate=rate,
+            seed=seed,
+            on_status=on_status,
+            keep_state=keep_state,
+            prefix="train-",
+            max_s=2 * timeout_s + 60,
+        ) as session:
+            return session.train(tuple(SCENARIOS[n] for n in TRAIN), 2 * timeout_s)
     scenario = SCENARIOS[name]
     session = Session(
         rate=rate,
@@ -290,7 +349,9 @@ class _Watch:
         self.phases: list[tuple[int, float]] = []
         self.t0 = time.monotonic()
 
-    def until(self, done: Callable[[Status], bool], deadline: float) -> Status:
+    def until(
+        self, done: Callable[[Status], bool], deadline: float, *, any_state: bool = False
+    ) -> Status:
         status: Status = {}
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError):
@@ -300,7 +361,8 @@ class _Watch:
                     self.phases.append((phase, round(time.monotonic() - self.t0, 2)))
                 if self.on_status:
                     self.on_status(status)
-                if status.get("state") not in (None, "loading") and done(status):
+                loading = status.get("state") in (None, "loading") and not any_state
+                if not loading and done(status):
                     return status
             time.sleep(0.25)
         raise TimeoutError(

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 from rampart.status_table import status_text
 from rampart.supervisor import serve
 from router.config import Config, ConfigError
+from router.registry import ModelRecord, Status
+from router.shared_memory import StateDirFull
 
 if TYPE_CHECKING:
     import httpx
@@ -33,22 +35,87 @@ def _config(args: argparse.Namespace) -> Config:
         fleet_name=getattr(args, "fleet_name", None),
         host_id=getattr(args, "host_id", None),
         admin_listen=getattr(args, "admin_listen", None),
+        registry_backend=getattr(args, "registry_backend", None),
+        tracking_uri=getattr(args, "tracking_uri", None),
+        model_name=getattr(args, "model_name", None),
     )
 
 
 def _models(args: argparse.Namespace) -> int:
-    """`models register|list`, on the local registry or, with --fleet, the fleet's."""
+    """`models register|list`, on the local registry, MLflow's ([registry] backend), or with
+    --fleet the fleet's. `register --start` queues the new version for a rollout (it starts
+    at once when none runs); `--replace` takes the place of the queued ones."""
+    start = getattr(args, "start", False)
+    if getattr(args, "replace", False) and not start:
+        raise ConfigError("--replace goes with --start")
     if args.fleet:
+        if start:
+            raise ConfigError("--start: the release train is single-host (not with --fleet)")
         return _fleet_models(args)
+    from guardrails.release_train import enqueue
     from router.registry import Registry
 
+    config = _config(args)
+    if config.registry.backend == "mlflow":
+        return _mlflow_models(args, config)
     registry = Registry(Path(args.state_dir))
-    if args.models_command == "register":
-        print(registry.register(Path(args.file)).version)
+    err = sys.stderr
+    try:
+        if args.models_command == "register":
+            record = registry.register(Path(args.file))
+            print(record.version)
+            if start and record.status == Status.CHAMPION:
+                print(f"model {record.version} is the champion: nothing to roll out", file=err)
+            elif start:
+                print(enqueue(registry, record.version, replace=args.replace), file=err)
+            return 0
+        _list(registry.all(), registry.queued())
         return 0
-    for rec in registry.all():
-        print(f"{rec.version:>4}  {rec.label:<28} {rec.status.value:<10} {rec.reason}")
+    finally:
+        registry.close()
+
+
+def _mlflow_models(args: argparse.Namespace, config: Config) -> int:
+    from router.mlflow_registry import MlflowRegistry, client, status_of
+
+    if args.models_command == "register":
+        registry = MlflowRegistry(config.registry, config.state_path, sync=False)
+        try:
+            print(registry.register(Path(args.file), start=args.start, replace=args.replace))
+        finally:
+            registry.close()
+        return 0
+    # What MLflow says, without downloading anything.
+    mlflow = client(config.registry.tracking_uri)
+    name = config.registry.model_name
+    aliases = mlflow.get_registered_model(name).aliases or {}
+    champion = int(aliases.get("champion", 0) or 0)
+    versions = sorted(
+        mlflow.search_model_versions(f"name = '{name}'"), key=lambda mv: int(mv.version)
+    )
+    queued = sorted(
+        (float(mv.tags.get("rampart.queued_at", "0") or 0), int(mv.version))
+        for mv in versions
+        if status_of(mv.tags, int(mv.version) == champion) == Status.QUEUED
+    )
+    order = {v: i + 1 for i, (_, v) in enumerate(queued)}
+    for mv in versions:
+        version = int(mv.version)
+        status = status_of(mv.tags, version == champion).value
+        here = [a for a, v in aliases.items() if int(v) == version]
+        where = f"position {order[version]}" if version in order else ""
+        reason = mv.tags.get("rampart.reason", "")
+        label = f"{name}:{version}" + "".join(f" @{a}" for a in here)
+        print(f"{version:>4}  {label:<28} {status:<10} {where:<11} {reason}".rstrip())
     return 0
+
+
+def _list(records: list[ModelRecord], queued: list[ModelRecord]) -> None:
+    order = {r.version: i + 1 for i, r in enumerate(queued)}
+    for rec in records:
+        where = f"position {order[rec.version]}" if rec.version in order else ""
+        line = f"{rec.version:>4}  {rec.label:<28} {rec.status.value:<10} {where:<11} {rec.reason}"
+        print(line.rstrip())
 
 
 def _fleet_models(args: argparse.Namespace) -> int:
@@ -162,6 +229,12 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _registry_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--registry-backend", choices=["local", "mlflow"], help="[registry] backend")
+    p.add_argument("--tracking-uri", help="[registry] tracking_uri (MLflow)")
+    p.add_argument("--model-name", help="[registry] model_name (MLflow)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rampart", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -180,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="ADDRESS",
         help="serve /admin/... only here: host:port or unix:/path/to.sock ([serve] admin_listen)",
     )
+    _registry_flags(p)
 
     p = sub.add_parser("demo", help="the whole story: a promotion and a rollback, live")
     p.add_argument("--rate", type=float, default=2000.0, help="simulated requests per second")
@@ -200,11 +274,19 @@ def main(argv: list[str] | None = None) -> int:
     msub = p.add_subparsers(dest="models_command", required=True)
     r = msub.add_parser("register")
     r.add_argument("file")
+    r.add_argument(
+        "--start", action="store_true", help="roll it out: now, or queued behind the running one"
+    )
+    r.add_argument(
+        "--replace", action="store_true", help="with --start: replace the queued candidates"
+    )
     ls = msub.add_parser("list")
     for q in (r, ls):
         q.add_argument("--state-dir", default="state")
+        q.add_argument("--config")
         q.add_argument("--fleet", metavar="URL", help="the fleet's registry: redis://host:6379/0")
         q.add_argument("--fleet-name", default="default")
+        _registry_flags(q)
 
     p = sub.add_parser("rollout", help="control the rollout (admin)")
     p.add_argument("action", choices=["start", "pause", "resume", "rollback", "promote"])
@@ -263,6 +345,9 @@ def main(argv: list[str] | None = None) -> int:
         if httpx is None or not isinstance(e, httpx.HTTPError):
             raise
         print(f"rampart: cannot reach the server: {e}", file=sys.stderr)
+        return 1
+    except StateDirFull as e:  # a full disk at start: one line, not a traceback
+        print(f"rampart: {e}", file=sys.stderr)
         return 1
     return 0
 

@@ -18,7 +18,7 @@ from rampart import sockets, state_lock
 from rampart.child import Child
 from router import lifeline
 from router.config import Address, Config, check_secrets
-from router.control import ControlBlock
+from router.control import ControlBlock, beat_ns
 from router.shared_memory import SharedMemory
 
 
@@ -161,7 +161,7 @@ class _EvaluatorSupervisor(threading.Thread):
         failures: list[str] = []
         while not self.stopping.is_set():
             self._spawn()
-            started, self.spawned_at = time.monotonic(), time.time()
+            started, self.spawned_at = time.monotonic(), beat_ns() / 1e9
             assert self.proc is not None
             while self.proc.is_alive() and not self.stopping.is_set():
                 self.proc.join(0.5)
@@ -213,7 +213,7 @@ class _EvaluatorSupervisor(threading.Thread):
         beat = self.control.heartbeat_ns() / 1e9
         if beat < self.spawned_at:
             return time.monotonic() - started > self.STARTUP_GRACE_S
-        age = time.time() - beat
+        age = beat_ns() / 1e9 - beat
         return age > 2 * self.config.serve.stale_after_s
 
     STOP_S = 5.0

@@ -5,6 +5,11 @@ everything else to Starlette: Starlette's routing and request objects cost more
 per request than the hot path's whole budget (measured: a request/response
 Route served 0.63x the throughput of a bare ASGI callable; this dispatch ~0.9x).
 The serving logic itself is `router.worker.Worker`.
+
+Every request gets an answer, and a keep-alive connection is closed only when the
+answer says so (`Connection: close`): a body over the limit that was not read to its
+end, or a 500 (a bug; Starlette answers it and then re-raises, and uvicorn closes the
+connection under a client that was told nothing and sends its next request into it).
 """
 
 from __future__ import annotations
@@ -14,33 +19,73 @@ import contextlib
 import hmac
 import json
 import os
+import sqlite3
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+import warnings
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
+import numpy as np
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from router import exposition as prom
-from router import recording, residency
+from router import layout, recording, residency
 from router import snapshot as snap
-from router.codec import JSON, Rejected, decode, encode, media_type
+from router.codec import JSON, Rejected, all_finite, decode, encode, kind_of, media_type
 from router.config import Config
 from router.dashboard import Dashboard
 from router.layout import Reject
-from router.mailbox import Command
+from router.mailbox import Command, MailboxUnavailable
 from router.models import Model
+from router.openapi import SCHEMA
 from router.status import encode as encode_status
-from router.types import Receive, Scope, Send
+from router.types import Message, Receive, Scope, Send
 from router.worker import Worker
 
 _perf_ns = time.perf_counter_ns
 ADMIN_DEADLINE_S = 5.0
+ADMIN_MAX_BODY = 64 * 1024  # {"version": "..."}: anything near this is not a command
+CLOSE = (b"connection", b"close")
+T = TypeVar("T")
 
 
-async def _read_body(receive: Receive, limit: int) -> bytes:
+class BodyNotRead(Rejected):
+    """A body refused before it was read to its end: the answer closes the connection
+    (else uvicorn reads and drops the rest, however long, before the next request)."""
+
+
+def _framing(headers: list[tuple[bytes, bytes]]) -> tuple[bytes | None, bytes | None]:
+    """Content-Type and Content-Length of a request, in one pass over its headers."""
+    content_type = length = None
+    for name, value in headers:
+        if name == b"content-type":
+            if content_type is None:
+                content_type = value
+        elif name == b"content-length":
+            length = value
+    return content_type, length
+
+
+def _over(declared: bytes | None, limit: int) -> bool:
+    # Fewer digits than the limit cannot be over it: the usual case costs no int().
+    if declared is None or len(declared) < len(str(limit)):
+        return False
+    try:
+        return int(declared) > limit
+    except ValueError:  # the HTTP parser refuses these first
+        return False
+
+
+async def _read_body(receive: Receive, limit: int, declared: bytes | None) -> bytes:
+    too_large = f"body is over {limit} bytes"
+    if _over(declared, limit):
+        # Refused before reading (and before uvicorn's `100 Continue`, so a client
+        # that asked first sends nothing); a client already sending sees the close.
+        raise BodyNotRead(Reject.BODY_TOO_LARGE, too_large, 413)
     chunks = []
     size = 0
     while True:
@@ -49,22 +94,54 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
             raise Rejected(Reject.MALFORMED_BODY, "client disconnected")
         chunk = message.get("body", b"")
         size += len(chunk)
-        if size > limit:
-            raise Rejected(Reject.BODY_TOO_LARGE, f"body is over {limit} bytes", 413)
+        if size > limit:  # chunked: no length was declared
+            raise BodyNotRead(Reject.BODY_TOO_LARGE, too_large, 413)
         chunks.append(chunk)
         if not message.get("more_body"):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def _send(send: Send, status: int, body: bytes, kind: bytes) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", kind), (b"content-length", str(len(body)).encode())],
-        }
-    )
+async def _send(send: Send, status: int, body: bytes, kind: bytes, close: bool = False) -> None:
+    headers = [(b"content-type", kind), (b"content-length", str(len(body)).encode())]
+    if close:
+        headers.append(CLOSE)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def _closing_500s(send: Send) -> Send:
+    """`send` that adds `Connection: close` to a 500. Starlette's error middleware answers
+    an unhandled exception with a 500 and re-raises it; uvicorn then closes the connection
+    at once, and a keep-alive client that was not told so sends its next request into the
+    closing socket (seen as a reset with no answer)."""
+
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start" and message["status"] == 500:
+            message = {**message, "headers": [*message.get("headers", ()), CLOSE]}
+        await send(message)
+
+    return wrapped
+
+
+def _warm_up(worker: Worker) -> None:
+    """Load the hot path's numba kernels before the first request: loading them from the
+    cache (or compiling) takes over a second, which the first /predict would otherwise
+    spend blocking the loop, and record as its model's latency. They run on a scratch
+    slot with the real argument types, so no counter changes."""
+    scratch = np.zeros(1, layout.slot_dtype(worker.segments.n_cells, worker.n_buckets))
+    addr = scratch.ctypes.data
+    x = np.full((1, 1), 0.5, np.float32)
+    all_finite(x)
+    for model in worker.models:
+        if model is not None:
+            try:  # a model that fails here is the request path's to count, not the start's
+                out = model.predict(np.zeros((1, model.width), np.float32))
+            except Exception:
+                out = np.full((1, 1), 0.5, np.float32)
+            recording.record_predictions(addr, out)
+    recording.record_request(addr, 1, 0, 0)
+    recording.bump(addr, layout.Counter.ERR_RAISED)
+    recording.record_event(addr, worker.tables, 0, 0, 1, 0.5)
 
 
 def _error_body(e: Rejected, kind: bytes) -> bytes:
@@ -76,12 +153,17 @@ class App:
         self.config = config
         self.worker: Worker | None = None
         self._ticker: asyncio.Task[None] | None = None
+        # The admin mailbox is SQLite: its calls run on this one thread, never on the event
+        # loop, and a flood of admin requests cannot take the threads model loading uses.
+        self._admin_thread = ThreadPoolExecutor(1, thread_name_prefix="rampart-admin")
+        self._openapi = json.dumps(SCHEMA).encode()
         self.starlette = Starlette(
             routes=[
                 Route("/healthz", self.healthz),
                 Route("/readyz", self.readyz),
                 Route("/metrics", self.metrics),
                 Route("/status", self.status),
+                Route("/openapi.json", self.openapi),
                 Route("/admin/rollout/{command}", self.admin, methods=["POST"]),
                 *Dashboard().routes(),
             ],
@@ -90,12 +172,15 @@ class App:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        self.worker = Worker(self.config)
+        worker = Worker(self.config)
+        _warm_up(worker)
+        self.worker = worker
         self._ticker = asyncio.create_task(self._tick())
         try:
             yield
         finally:
             self._ticker.cancel()
+            self._admin_thread.shutdown(wait=False, cancel_futures=True)
             self.worker.lock.release()
 
     async def _tick(self) -> None:
@@ -128,18 +213,20 @@ class App:
                 return await self._predict(scope, receive, send)
             if path == "/events":
                 return await self._events(scope, receive, send)
+            return await self.starlette(scope, receive, _closing_500s(send))
         await self.starlette(scope, receive, send)
 
-    async def _body(self, scope: Scope, receive: Receive) -> tuple[Worker, bytes, Any]:
-        """The worker, the media type and the decoded body of a hot-path request."""
+    async def _body(self, scope: Scope, receive: Receive) -> tuple[Worker, bytes, bytes]:
+        """The worker, the media type and the body of a hot-path request. The body is read
+        (or refused as too large) before any other refusal, so the connection stays usable."""
         worker = self.worker
+        content_type, declared = _framing(scope["headers"])
+        body = await _read_body(receive, self.config.serve.max_body_bytes, declared)
         if worker is None:
             raise Rejected(Reject.MODEL_UNAVAILABLE, "the worker is starting", 503)
         if scope["method"] != "POST":
             raise Rejected(Reject.METHOD_NOT_ALLOWED, "use POST", 405)
-        kind = media_type(scope["headers"])
-        body = await _read_body(receive, worker.serve.max_body_bytes)
-        return worker, kind, decode(body, kind)
+        return worker, kind_of(content_type), body
 
     async def _refuse(self, send: Send, e: Rejected, scope: Scope) -> None:
         if self.worker is not None:
@@ -149,13 +236,15 @@ class App:
             kind = media_type(scope["headers"])
         except Rejected:
             kind = JSON
-        await _send(send, e.status, _error_body(e, kind), kind)
+        await _send(send, e.status, _error_body(e, kind), kind, isinstance(e, BodyNotRead))
 
     async def _predict(self, scope: Scope, receive: Receive, send: Send) -> None:
-        t0 = _perf_ns()
         try:
-            worker, kind, request = await self._body(scope, receive)
-            payload, slot, cell, error = worker.predict(request)
+            worker, kind, body = await self._body(scope, receive)
+            # Time in the handler: from the whole body, so a slow client or network is
+            # not counted as the model's latency (the latency_p99 guardrail reads it).
+            t0 = _perf_ns()
+            payload, slot, cell, error = worker.predict(decode(body, kind))
         except Rejected as e:
             return await self._refuse(send, e, scope)
         out = encode(payload, kind)
@@ -164,8 +253,8 @@ class App:
 
     async def _events(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            worker, kind, request = await self._body(scope, receive)
-            result = worker.events(request)
+            worker, kind, body = await self._body(scope, receive)
+            result = worker.events(decode(body, kind))
         except Rejected as e:
             return await self._refuse(send, e, scope)
         await _send(send, 200, encode(result, kind), kind)
@@ -203,44 +292,65 @@ class App:
         evaluator = await worker.evaluator_status.fresh() or {}
         return Response(encode_status(worker.status(evaluator)), media_type="application/json")
 
-    def _refused(self, reason: Reject, detail: str, status: int) -> JSONResponse:
+    async def openapi(self, request: Request) -> Response:
+        return Response(self._openapi, media_type="application/json")
+
+    def _refused(self, e: Rejected) -> JSONResponse:
         if self.worker is not None:
-            self.worker.reject(reason)
-        return JSONResponse({"error": reason.value, "detail": detail}, status_code=status)
+            self.worker.reject(e.reason)
+        close = {"connection": "close"} if isinstance(e, BodyNotRead) else None
+        body = {"error": e.reason.value, "detail": e.detail}
+        return JSONResponse(body, status_code=e.status, headers=close)
+
+    async def _on_admin_thread(self, call: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._admin_thread, call, *args)
 
     async def admin(self, request: Request) -> Response:
-        """Queue a rollout command for the evaluator and wait for its answer. The
-        mailbox is SQLite: every call runs on a thread, never on the event loop."""
+        """Queue a rollout command for the evaluator and wait for its answer, at most
+        ADMIN_DEADLINE_S in all. The mailbox is SQLite: every call runs on the admin
+        thread, never on the event loop."""
+        try:  # read first (bounded), so that any refusal leaves the connection usable
+            declared = _framing(request.scope["headers"])[1]
+            body = await _read_body(request.receive, ADMIN_MAX_BODY, declared)
+        except Rejected as e:
+            return self._refused(e)
         expected = os.environ.get("RAMPART_ADMIN_TOKEN", "")
         given = request.headers.get("authorization", "")
         if not expected or not hmac.compare_digest(given.encode(), f"Bearer {expected}".encode()):
             detail = "admin needs Authorization: Bearer <RAMPART_ADMIN_TOKEN>"
-            return self._refused(Reject.UNAUTHORIZED, detail, 401)
+            return self._refused(Rejected(Reject.UNAUTHORIZED, detail, 401))
         try:
             command = Command(request.path_params["command"])
         except ValueError:
             known = ", ".join(c.value for c in Command)
-            return self._refused(Reject.UNKNOWN_COMMAND, f"commands: {known}", 404)
+            return self._refused(Rejected(Reject.UNKNOWN_COMMAND, f"commands: {known}", 404))
         try:
-            payload = json.loads(await request.body() or b"{}")
-        except ValueError:  # not JSON, or not UTF-8 at all
-            return self._refused(Reject.MALFORMED_BODY, "body is not JSON", 400)
+            payload = json.loads(body or b"{}")
+        except ValueError:  # not JSON, or not UTF-8 at all (UnicodeDecodeError)
+            return self._refused(Rejected(Reject.MALFORMED_BODY, "body is not JSON"))
         if not isinstance(payload, dict):
-            return self._refused(Reject.MALFORMED_BODY, "body must be a map", 400)
+            return self._refused(Rejected(Reject.MALFORMED_BODY, "body must be a map"))
         mailbox = self._worker().mailbox
-        command_id = await asyncio.to_thread(mailbox.submit, command, payload)
-        deadline = time.monotonic() + ADMIN_DEADLINE_S
-        while time.monotonic() < deadline:
-            result = await asyncio.to_thread(mailbox.result, command_id)
-            if result is not None:
-                code = 200 if result.get("ok") else 409
-                return JSONResponse(result, status_code=code)
-            await asyncio.sleep(0.05)
+        command_id = None
+        try:
+            async with asyncio.timeout(ADMIN_DEADLINE_S):
+                command_id = await self._on_admin_thread(mailbox.submit, command, payload)
+                while True:
+                    result = await self._on_admin_thread(mailbox.result, command_id)
+                    if result is not None:
+                        return JSONResponse(result, status_code=200 if result.get("ok") else 409)
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            pass
+        except (MailboxUnavailable, sqlite3.Error) as e:  # the state directory, not the caller
+            failed = {"ok": False, "error": "mailbox_unavailable", "detail": str(e)}
+            return JSONResponse(failed, status_code=503)
+        queued = "queued" if command_id is not None else "not confirmed queued (mailbox busy)"
         return JSONResponse(
             {
                 "ok": False,
                 "error": "evaluator_timeout",
-                "detail": f"queued; no evaluator answered in {ADMIN_DEADLINE_S:g} s",
+                "detail": f"{queued}; no evaluator answered in {ADMIN_DEADLINE_S:g} s",
                 "command": command_id,
             },
             status_code=202,
@@ -249,6 +359,9 @@ class App:
 
 def create_app() -> App:
     """uvicorn factory: the config path comes from RAMPART_CONFIG, overrides as JSON."""
+    # A feature too large for float32 is refused as non_finite_feature; numpy's warning
+    # would fill the log once per such request (np.seterr is per asyncio task: a filter).
+    warnings.filterwarnings("ignore", "overflow encountered", RuntimeWarning, "router.codec")
     config = Config.load(os.environ.get("RAMPART_CONFIG") or None)
     overrides = json.loads(os.environ.get("RAMPART_SERVE_OVERRIDES", "{}"))
     return App(config.with_overrides(**overrides))

@@ -28,19 +28,26 @@ class Rejected(Exception):
 def media_type(headers: list[tuple[bytes, bytes]]) -> bytes:
     for name, value in headers:
         if name == b"content-type":
-            kind = value.split(b";", 1)[0].strip().lower()
-            if kind in (MSGPACK, JSON):
-                return kind
-            if kind in (b"application/x-msgpack", b"application/vnd.msgpack"):
-                return MSGPACK
-            raise Rejected(
-                Reject.UNSUPPORTED_MEDIA_TYPE,
-                f"content type {value.decode(errors='replace')!r} is not "
-                "application/msgpack or application/json",
-                415,
-            )
+            return kind_of(value)
+    return kind_of(None)
+
+
+def kind_of(content_type: bytes | None) -> bytes:
+    """MSGPACK or JSON for a Content-Type header's value (None: there was none)."""
+    if content_type is None:
+        raise Rejected(
+            Reject.UNSUPPORTED_MEDIA_TYPE, "no content type; send application/msgpack or JSON", 415
+        )
+    kind = content_type.split(b";", 1)[0].strip().lower()
+    if kind in (MSGPACK, JSON):
+        return kind
+    if kind in (b"application/x-msgpack", b"application/vnd.msgpack"):
+        return MSGPACK
     raise Rejected(
-        Reject.UNSUPPORTED_MEDIA_TYPE, "no content type; send application/msgpack or JSON", 415
+        Reject.UNSUPPORTED_MEDIA_TYPE,
+        f"content type {content_type.decode(errors='replace')!r} is not "
+        "application/msgpack or application/json",
+        415,
     )
 
 
@@ -100,7 +107,8 @@ def named_rows(
         except KeyError as e:
             raise Rejected(Reject.MISSING_FEATURE, f"feature {e.args[0]!r} is missing") from None
         if len(row) != width:
-            unknown = sorted(k for k in row if k not in known)
+            # str() first: msgpack map keys may be bytes as well as str.
+            unknown = sorted(str(k) for k in row if k not in known)
             if unknown:
                 raise Rejected(Reject.UNKNOWN_FEATURE, f"unknown feature(s) {unknown[:5]}")
     try:

@@ -6,6 +6,7 @@ exact key and what it should be.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import secrets
@@ -24,6 +25,7 @@ KNOWN_SECTIONS = (
     "calibration",
     "faults",
     "fleet",
+    "registry",
     "rollout",
     "phases",
     "guardrails",
@@ -115,6 +117,17 @@ class FleetConfig:
 
 
 @dataclass(frozen=True)
+class RegistryConfig:
+    """Where models come from: the local registry (files + SQLite in the state directory),
+    or an MLflow model registry (`backend = "mlflow"`), whose versions are copied there."""
+
+    backend: str = "local"  # or "mlflow"
+    tracking_uri: str = ""  # mlflow: http(s)://..., sqlite:///..., file:///...
+    model_name: str = ""  # mlflow: the registered model
+    poll_s: float = 10.0  # mlflow: how often the @challenger alias is read (off the tick)
+
+
+@dataclass(frozen=True)
 class Config:
     serve: ServeConfig = field(default_factory=ServeConfig)
     segments: SegmentSpace = field(default_factory=lambda: SegmentSpace.from_config({}))
@@ -122,6 +135,7 @@ class Config:
     faults: FaultsConfig = field(default_factory=FaultsConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)
     raw: dict[str, Any] = field(default_factory=dict)  # every section, for the evaluator
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
 
     @property
     def n_buckets(self) -> int:
@@ -133,17 +147,28 @@ class Config:
 
     def with_overrides(self, **overrides: Any) -> Config:
         """`rampart serve` flags over the file: [serve] keys, and `fleet_url`,
-        `fleet_name`, `host_id` for [fleet]."""
+        `fleet_name`, `host_id` for [fleet], `registry_backend`, `tracking_uri`, `model_name`
+        for [registry]."""
         given = {k: v for k, v in overrides.items() if v is not None}
         fleet = {
             key: given.pop(flag)
             for flag, key in (("fleet_url", "url"), ("fleet_name", "name"), ("host_id", "host_id"))
             if flag in given
         }
+        registry = {
+            key: given.pop(flag)
+            for flag, key in (
+                ("registry_backend", "backend"),
+                ("tracking_uri", "tracking_uri"),
+                ("model_name", "model_name"),
+            )
+            if flag in given
+        }
         return replace(
             self,
             serve=_serve(dict(_asdict(self.serve), **given)),
             fleet=_fleet(dict(_asdict(self.fleet), **fleet)),
+            registry=_registry(dict(_asdict(self.registry), **registry)),
         )
 
     @classmethod
@@ -179,7 +204,8 @@ class Config:
         if not 0 <= faults.challenger_delay_ms <= 60_000:
             raise ConfigError("[faults] challenger_delay_ms must be in [0, 60000]")
         fleet = _fleet(data.get("fleet", {}))
-        return cls(_serve(data.get("serve", {})), segments, width, faults, fleet, data)
+        registry = _registry(data.get("registry", {}))
+        return cls(_serve(data.get("serve", {})), segments, width, faults, fleet, data, registry)
 
 
 def _asdict(section: Any) -> dict[str, Any]:
@@ -267,6 +293,25 @@ def _fleet(values: dict[str, Any]) -> FleetConfig:
     if not 1.0 <= fleet.lease_s <= 60.0:
         raise ConfigError(f"[fleet] lease_s must be in [1, 60], got {fleet.lease_s}")
     return fleet
+
+
+def _registry(values: dict[str, Any]) -> RegistryConfig:
+    registry: RegistryConfig = typed_section(RegistryConfig, "registry", values)
+    if registry.backend not in ("local", "mlflow"):
+        raise ConfigError(
+            f"[registry] backend must be 'local' or 'mlflow', got {registry.backend!r}"
+        )
+    if registry.backend == "mlflow":
+        for key in ("tracking_uri", "model_name"):
+            if not getattr(registry, key):
+                raise ConfigError(f"[registry] {key} is required with backend = 'mlflow'")
+        if importlib.util.find_spec("mlflow") is None:
+            raise ConfigError(
+                "[registry] backend = 'mlflow' needs mlflow-skinny: pip install 'rampart[mlflow]'"
+            )
+    if not 0.1 <= registry.poll_s <= 3600:
+        raise ConfigError(f"[registry] poll_s must be in [0.1, 3600], got {registry.poll_s}")
+    return registry
 
 
 def check_secrets(fleet: bool) -> None:

@@ -5,6 +5,10 @@ challenger is present and a generation counter into one aligned 64-bit word, so 
 worker reads all of it with one load and every request sees either the old or the
 new split. `ControlBlock` reads it (workers, views); `ControlWriter` is the one
 writer (the evaluator): it flips the word, fills model slots and beats the heart.
+
+Heartbeats (the evaluator's here, each worker's in its slab) are on `beat_ns`, the
+machine's monotonic clock: setting the wall clock back an hour must not make a dead
+evaluator look alive for that hour, nor setting it forward make every worker stale.
 """
 
 from __future__ import annotations
@@ -22,6 +26,12 @@ _SPLIT_MASK = 0xFFFF
 _CHAMPION_BIT = 16
 _CHALLENGER_BIT = 17
 _GENERATION_SHIFT = 32
+
+
+def beat_ns() -> int:
+    """The heartbeat clock: CLOCK_MONOTONIC, one clock for every process of the machine
+    (after a reboot it restarts, and a heartbeat left from before reads as stale)."""
+    return time.monotonic_ns()
 
 
 class ControlWord(NamedTuple):
@@ -79,7 +89,8 @@ class ControlBlock:
         return int(self._fields["heartbeat_ns"])
 
     def heartbeat_age_s(self) -> float:
-        return (time.time_ns() - self.heartbeat_ns()) / 1e9
+        age = beat_ns() - self.heartbeat_ns()
+        return age / 1e9 if age >= 0 else float("inf")  # from before a reboot: stale
 
     @property
     def hash_seed(self) -> int:
@@ -99,7 +110,7 @@ class ControlBlock:
     def loaded_everywhere(self, slot: int, stale_after_s: float) -> bool:
         """Has every live worker acknowledged the model now in `slot`?"""
         slabs = self.shm.slabs
-        live = slabs["heartbeat_ns"] > time.time_ns() - int(stale_after_s * 1e9)
+        live = slabs["heartbeat_ns"] > beat_ns() - int(stale_after_s * 1e9)
         acked = slabs["slot_seq"][:, slot] == self._fields["slot_seq"][slot]
         return bool((acked | ~live).all())
 
@@ -118,7 +129,7 @@ class ControlWriter(ControlBlock):
         self._fields["slot_seq"][slot] = self.slot_seq(slot) + 1
 
     def beat(self) -> None:
-        self._fields["heartbeat_ns"] = time.time_ns()
+        self._fields["heartbeat_ns"] = beat_ns()
 
     def set_hash_seed(self, seed: int) -> None:
         """Fleet mode: every host hashes with the fleet's seed, so a request ID lands in

@@ -17,7 +17,11 @@ _digest = xxhash.xxh3_64_intdigest
 
 
 def bucket(request_id: str, seed: int = 0) -> int:
-    return _digest(request_id.encode(), seed) % BASIS_POINTS
+    try:
+        data = request_id.encode()
+    except UnicodeEncodeError:  # a lone surrogate (JSON "\ud800"): hashed as given
+        data = request_id.encode("utf-8", "surrogatepass")
+    return _digest(data, seed) % BASIS_POINTS
 
 
 def is_challenger(request_id: str, split_bp: int, seed: int = 0) -> bool:

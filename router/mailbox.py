@@ -38,6 +38,11 @@ CREATE TABLE IF NOT EXISTS commands (
 """
 
 
+class MailboxUnavailable(RuntimeError):
+    """A command could not be queued: the state directory cannot be written (full,
+    read-only, failing) or stayed locked. The caller answers 503; nothing was queued."""
+
+
 class AdminMailbox:
     def __init__(self, state_dir: Path) -> None:
         # Workers call it from a thread (never on the event loop): one connection, one lock.
@@ -52,11 +57,14 @@ class AdminMailbox:
         self._db.close()
 
     def submit(self, kind: Command, payload: dict[str, Any]) -> int:
-        with self._lock:
-            cur = self._db.execute(
-                "INSERT INTO commands (kind, payload, created_at) VALUES (?, ?, ?)",
-                (kind.value, json.dumps(payload), time.time()),
-            )
+        try:
+            with self._lock:
+                cur = self._db.execute(
+                    "INSERT INTO commands (kind, payload, created_at) VALUES (?, ?, ?)",
+                    (kind.value, json.dumps(payload), time.time()),
+                )
+        except sqlite3.OperationalError as e:
+            raise MailboxUnavailable(f"cannot queue the command: {e}") from e
         return int(cur.lastrowid or 0)
 
     def result(self, command_id: int) -> dict[str, Any] | None:

@@ -2,7 +2,11 @@
 
 Registering validates the model (it must load and pass the probe), copies it
 into the registry directory under its version, and records it; the first model
-of an empty registry becomes the champion.
+of an empty registry becomes the champion. Candidates waiting for a rollout are
+`queued`, in the order they were queued (the release train: the evaluator starts
+the first when no rollout runs). `open_registry` picks the backend `[registry]`
+names: this one, or MLflow's (router/mlflow_registry.py), which keeps its local
+copies here.
 """
 
 from __future__ import annotations
@@ -15,9 +19,13 @@ import time
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from router.models import Model, ModelError
+
+if TYPE_CHECKING:
+    from router.config import Config
+    from router.mlflow_registry import MlflowRegistry
 
 
 class Status(StrEnum):
@@ -26,6 +34,7 @@ class Status(StrEnum):
     CHAMPION = "champion"
     FAILED = "failed"
     RETIRED = "retired"
+    QUEUED = "queued"  # a candidate waiting for the running rollout to end
 
 
 @dataclass(frozen=True)
@@ -38,6 +47,8 @@ class ModelRecord:
     status: Status
     reason: str
     registered_at: float
+    rollout_id: str = ""  # the rollout that gave it its status (challenger, failed, champion)
+    queue_seq: int = 0  # queued: its place in the queue (smaller goes first)
 
     @property
     def label(self) -> str:
@@ -54,9 +65,19 @@ CREATE TABLE IF NOT EXISTS models (
     status TEXT NOT NULL,
     reason TEXT NOT NULL DEFAULT '',
     registered_at REAL NOT NULL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    rollout_id TEXT NOT NULL DEFAULT '',
+    queue_seq INTEGER NOT NULL DEFAULT 0
 );
 """
+# Columns added since the first schema: a registry made before them gains them on open.
+_ADDED = (
+    ("rollout_id", "TEXT NOT NULL DEFAULT ''"),
+    ("queue_seq", "INTEGER NOT NULL DEFAULT 0"),
+)
+_COLUMNS = (
+    "version, name, file, sha256, features, status, reason, registered_at, rollout_id, queue_seq"
+)
 
 
 class Registry:
@@ -66,6 +87,10 @@ class Registry:
         self._db = sqlite3.connect(state_dir / "registry.db", timeout=10, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(models)")}
+        for column, kind in _ADDED:
+            if column not in have:
+                self._db.execute(f"ALTER TABLE models ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         self._db.close()
@@ -133,29 +158,74 @@ class Registry:
 
     def get(self, version: int) -> ModelRecord:
         row = self._db.execute(
-            "SELECT version, name, file, sha256, features, status, reason, registered_at"
-            " FROM models WHERE version = ?",
-            (version,),
+            f"SELECT {_COLUMNS} FROM models WHERE version = ?", (version,)
         ).fetchone()
         if row is None:
             raise KeyError(f"no model version {version} in the registry")
         return _record(row)
 
     def all(self) -> list[ModelRecord]:
-        rows = self._db.execute(
-            "SELECT version, name, file, sha256, features, status, reason, registered_at"
-            " FROM models ORDER BY version"
-        ).fetchall()
+        rows = self._db.execute(f"SELECT {_COLUMNS} FROM models ORDER BY version").fetchall()
         return [_record(r) for r in rows]
 
     def with_status(self, status: Status) -> list[ModelRecord]:
         return [r for r in self.all() if r.status == status]
 
-    def set_status(self, version: int, status: Status, reason: str = "") -> None:
+    def set_status(
+        self, version: int, status: Status, reason: str = "", rollout_id: str = ""
+    ) -> None:
         self._db.execute(
-            "UPDATE models SET status = ?, reason = ?, updated_at = ? WHERE version = ?",
-            (status.value, reason, time.time(), version),
+            "UPDATE models SET status = ?, reason = ?, rollout_id = ?, queue_seq = 0,"
+            " updated_at = ? WHERE version = ?",
+            (status.value, reason, rollout_id, time.time(), version),
         )
+
+    # -- the queue --------------------------------------------------------------------------------
+    def queue(self, version: int, *, replace: bool = False, reason: str = "") -> list[int]:
+        """Queue a candidate behind the others (or, with `replace`, in place of every queued
+        one, which go back to candidates). Returns the versions it replaced. A version that
+        is not a candidate (or already queued) raises ValueError."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            record = self.get(version)
+            if record.status not in (Status.CANDIDATE, Status.QUEUED):
+                raise ValueError(
+                    f"model {version} is {record.status.value}: only a candidate can be queued"
+                )
+            replaced: list[int] = []
+            if replace:
+                replaced = [r.version for r in self.queued() if r.version != version]
+                self._db.execute(
+                    "UPDATE models SET status = ?, reason = ?, queue_seq = 0, updated_at = ?"
+                    " WHERE status = ? AND version != ?",
+                    (
+                        Status.CANDIDATE.value,
+                        f"replaced in the queue by {version}",
+                        time.time(),
+                        Status.QUEUED.value,
+                        version,
+                    ),
+                )
+            if record.status != Status.QUEUED:
+                (last,) = self._db.execute("SELECT MAX(queue_seq) FROM models").fetchone()
+                self._db.execute(
+                    "UPDATE models SET status = ?, reason = ?, queue_seq = ?, updated_at = ?"
+                    " WHERE version = ?",
+                    (Status.QUEUED.value, reason, int(last or 0) + 1, time.time(), version),
+                )
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return replaced
+
+    def queued(self) -> list[ModelRecord]:
+        """The queue, first to start first."""
+        rows = self._db.execute(
+            f"SELECT {_COLUMNS} FROM models WHERE status = ? ORDER BY queue_seq, version",
+            (Status.QUEUED.value,),
+        ).fetchall()
+        return [_record(r) for r in rows]
 
     def path_of(self, record: ModelRecord) -> Path:
         """The model file, refusing anything that resolves outside the registry."""
@@ -170,7 +240,7 @@ class Registry:
 
 
 def _record(row: tuple[Any, ...]) -> ModelRecord:
-    version, name, file, sha, features, status, reason, registered = row
+    version, name, file, sha, features, status, reason, registered, rollout_id, seq = row
     return ModelRecord(
         int(version),
         name,
@@ -180,4 +250,15 @@ def _record(row: tuple[Any, ...]) -> ModelRecord:
         Status(status),
         reason,
         registered,
+        rollout_id,
+        int(seq),
     )
+
+
+def open_registry(config: Config) -> Registry | MlflowRegistry:
+    """The registry `[registry] backend` names, over the state directory's local copies."""
+    if config.registry.backend == "mlflow":
+        from router.mlflow_registry import MlflowRegistry
+
+        return MlflowRegistry(config.registry, config.state_path)
+    return Registry(config.state_path)

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import mmap
 import os
@@ -23,6 +24,10 @@ STATE_FILE = "rampart.shm"
 
 class LayoutMismatch(RuntimeError):
     """The state file on disk was written with a different layout or config."""
+
+
+class StateDirFull(OSError):
+    """The state directory has no room for the state file's blocks."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,7 @@ class SharedMemory:
         if not path.exists():
             _create(path, geometry)
         on_disk = _read_geometry(path)
+        _reserve(path, on_disk.file_bytes)
         if on_disk.n_cells != geometry.n_cells or on_disk.n_buckets != geometry.n_buckets:
             raise LayoutMismatch(
                 f"{path} holds counters for {on_disk.n_cells} segment cells and "
@@ -149,8 +155,7 @@ def _create(path: Path, geometry: Geometry) -> None:
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        # Reserve the blocks: a sparse file would SIGBUS a writer on a full disk.
-        os.posix_fallocate(fd, 0, geometry.file_bytes)
+        _fallocate(fd, tmp, geometry.file_bytes)
         header = np.zeros((), dtype=layout.CONTROL_DTYPE)
         header["magic"] = layout.MAGIC
         header["layout_version"] = layout.LAYOUT_VERSION
@@ -161,10 +166,37 @@ def _create(path: Path, geometry: Geometry) -> None:
         header["control"] = 0  # split 0, champion in slot 0, no challenger, generation 0
         os.pwrite(fd, header.tobytes(), 0)
         os.fsync(fd)
-    finally:
+    except BaseException:
         os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
     # Readers never see a half-written header: the file appears whole or not at all.
     os.replace(tmp, path)
+
+
+def _reserve(path: Path, size: int) -> None:
+    """Reserve the blocks of an existing file too: one made sparse by an older Rampart (or
+    copied sparsely) would otherwise still SIGBUS a worker on a full disk."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        _fallocate(fd, path, size)
+    finally:
+        os.close(fd)
+
+
+def _fallocate(fd: int, path: Path, size: int) -> None:
+    # A write through the mapping to a page the file system has no block for kills the
+    # writer with SIGBUS; reserved blocks turn a full disk into this error, at start.
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise StateDirFull(
+            f"no room for the state file in {path.parent} ({size / 2**20:.1f} MiB needed): "
+            f"{os.strerror(e.errno)}",
+        ) from None
 
 
 class SlabLock:

@@ -8,13 +8,12 @@ slot never mix with the one that replaced it.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from router import layout
-from router.control import unpack
+from router.control import beat_ns, unpack
 from router.shared_memory import SharedMemory
 
 _SLOT_FIELDS = (
@@ -105,7 +104,7 @@ def take(shm: SharedMemory, live_after_ns: int | None = None) -> Snapshot:
         acked = slabs["slot_seq"][:, s] == slot_seq[s]
         records = slabs["slots"][acked, s]
         slots.append(SlotTotals(*(records[f].sum(axis=0) for f in _SLOT_FIELDS)))
-    now = time.time_ns()
+    now = beat_ns()  # heartbeats are on the monotonic clock
     horizon = live_after_ns if live_after_ns is not None else now - 5_000_000_000
     return Snapshot(
         taken_ns=now,

@@ -7,7 +7,7 @@ re-read the file only when the sequence moved. Building and writing it costs mor
 deciding the tick, and most ticks nobody reads it, so it is published on demand:
 
 - a worker that serves `/status` or `/metrics` stamps `status_wanted_ns` in its own slab
-  (`StatusReader.want`);
+  (`StatusReader.want`; every stamp is on the heartbeat's clock, `router.control.beat_ns`);
 - each tick the evaluator's `Publisher` writes the document only while some worker
   wanted it within the last `LEASE_S`, then stamps `status_ns` (when) and `status_word`
   (the control word in force) in the control block;
@@ -35,6 +35,7 @@ from typing import Any, Literal, TypedDict
 
 import orjson
 
+from router.control import beat_ns
 from router.shared_memory import SharedMemory
 
 FILENAME = "status.json"
@@ -190,7 +191,7 @@ class Publisher:
     def wanted(self) -> bool:
         """Whether a worker read the status within the last LEASE_S."""
         last = int(self.shm.slabs["status_wanted_ns"].max())
-        return time.time_ns() - last < LEASE_S * 1e9
+        return beat_ns() - last < LEASE_S * 1e9
 
     def publish(self, build: Callable[[], EvaluatorStatus], force: bool = False) -> bool:
         """Build and write the document if it is wanted (or `force`); True if written.
@@ -212,7 +213,7 @@ class Publisher:
         finally:
             os.close(fd)
         ctrl["status_word"] = word
-        ctrl["status_ns"] = time.time_ns()
+        ctrl["status_ns"] = beat_ns()
         ctrl["status_seq"] = writing + 1
         return True
 
@@ -229,13 +230,13 @@ class StatusReader:
         self._status: EvaluatorStatus | None = None
 
     def want(self) -> None:
-        self.shm.slabs[self.slab]["status_wanted_ns"] = time.time_ns()
+        self.shm.slabs[self.slab]["status_wanted_ns"] = beat_ns()
 
     def is_fresh(self) -> bool:
         """Published within one tick under the control word in force, or no evaluator
         beating (nothing fresher will come)."""
         ctrl = self.shm.control
-        now = time.time_ns()
+        now = beat_ns()
         if now - int(ctrl["heartbeat_ns"]) > 2 * TICK_S * 1e9:
             return True
         return (

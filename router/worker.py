@@ -21,7 +21,7 @@ from router import hashing, layout, recording
 from router import snapshot as snap
 from router.codec import Rejected, named_rows, positional_rows
 from router.config import Config, token_secret
-from router.control import ControlBlock, unpack
+from router.control import ControlBlock, beat_ns, unpack
 from router.layout import Counter, Reject
 from router.mailbox import AdminMailbox
 from router.models import Model
@@ -123,7 +123,7 @@ class Worker:
                 names.update(m.features)
         self.known_features = frozenset(names)
         self.hash_seed = ctrl.hash_seed
-        self.slab["heartbeat_ns"] = time.time_ns()
+        self.slab["heartbeat_ns"] = beat_ns()
         self._reroute(ctrl.word())
 
     def _reroute(self, word: int) -> None:

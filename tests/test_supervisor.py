@@ -44,8 +44,9 @@ def _serve(
     [
         pytest.param(
             '[alerts]\nslack_webhok = "https://hooks.example/x"\n',
-            "rampart: unknown key(s) in [alerts]: ['slack_webhok']; known: ['backoff_s', "
-            "'max_attempts', 'max_backoff_s', 'slack_webhook', 'timeout_s', 'webhook_url']",
+            "rampart: unknown key(s) in [alerts]: ['slack_webhok']; known: ['allow_hosts', "
+            "'backoff_s', 'deadline_s', 'max_attempts', 'max_backoff_s', 'slack_webhook', "
+            "'timeout_s', 'webhook_url']",
             id="alerts-misspelled",
         ),
         pytest.param(
@@ -77,8 +78,14 @@ def _serve(
         pytest.param(
             "[servee]\nport = 1\n",
             "rampart: unknown config section(s) ['servee']; known: ['serve', 'segments', "
-            "'calibration', 'faults', 'fleet', 'rollout', 'phases', 'guardrails', 'alerts']",
+            "'calibration', 'faults', 'fleet', 'registry', 'rollout', 'phases', 'guardrails', "
+            "'alerts']",
             id="section",
+        ),
+        pytest.param(
+            '[registry]\nbackend = "mlflow"\nmodel_name = "ctr"\n',
+            "rampart: [registry] tracking_uri is required with backend = 'mlflow'",
+            id="registry-mlflow-without-uri",
         ),
     ],
 )

@@ -234,7 +234,7 @@ def test_alerter_from_env_and_config_prefers_env_slack_url(
     [
         pytest.param(
             {"slak_webhook": "http://x"},
-            r"unknown key(s) in [alerts]: ['slak_webhook']; known: ['backoff_s', ",
+            r"unknown key(s) in [alerts]: ['slak_webhook']; known: ['allow_hosts', 'backoff_s', ",
             id="unknown-key",
         ),
         pytest.param({"timeout_s": "2"}, "[alerts] timeout_s must be a float, got '2'", id="type"),

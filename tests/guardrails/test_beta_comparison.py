@@ -1,10 +1,12 @@
 """Bayesian A/B on CTR (guardrails/beta_comparison.py): BetaArm, the exact kernel against its
-reference and quadrature, compare against Monte Carlo and gbstats, literal_worse."""
+reference and quadrature, the expansion above the cut-off against an exact log-space sum (mpmath
+log-gamma terms), compare against Monte Carlo and gbstats, literal_worse."""
 
 from __future__ import annotations
 
 import math
 
+import mpmath
 import numpy as np
 import pytest
 from scipy import integrate, stats
@@ -42,6 +44,51 @@ def _p_greater_quadrature(a1: float, b1: float, a2: float, b2: float) -> float:
         limit=500,
     )
     return float(value)
+
+
+def _p_greater_exact(
+    a_a: float, b_a: float, a_b: float, b_b: float, anchor_every: int = 4096
+) -> float:
+    """P(X_B > X_A), X_A ~ Beta(a_a, b_a), X_B ~ Beta(a_b, b_b), whole a_b: the closed-form sum
+    sum_{i<a_b} B(a_a+i, b_a+b_b) / ((b_b+i) B(1+i, b_b) B(a_a, b_a)) in log space.
+
+    Every `anchor_every`-th term's log is taken from mpmath's loggamma at 40 digits; the logs of
+    the terms between add the log term ratios (a_a+i)(b_b+i)/((a_a+b_a+b_b+i)(1+i)) to their anchor
+    (float64: drifts ~1e-12 relative over a chunk). The production sum instead runs one product from
+    term 0, whose log-gamma differences near 1e8 round to ~1e-8.
+    """
+
+    def log_term(i: int) -> float:
+        def lbeta(x: object, y: object) -> object:
+            return mpmath.loggamma(x) + mpmath.loggamma(y) - mpmath.loggamma(x + y)
+
+        with mpmath.workdps(40):
+            value = lbeta(a_a + i, b_a + b_b) - mpmath.log(b_b + i) - lbeta(1 + i, b_b)
+            return float(value - lbeta(a_a, b_a))
+
+    n = int(a_b)
+    s = a_a + b_a + b_b
+    chunks = []
+    for start in range(0, n, anchor_every):
+        i = np.arange(start, min(start + anchor_every, n) - 1, dtype=np.float64)
+        steps = np.log((a_a + i) * (b_b + i) / ((s + i) * (1.0 + i)))
+        chunks.append(log_term(start) + np.concatenate(([0.0], np.cumsum(steps))))
+    logs = np.concatenate(chunks)
+    top = float(logs.max())
+    return math.exp(top) * math.fsum(np.exp(logs - top))
+
+
+def _exact_tail(a1: float, b1: float, a2: float, b2: float) -> tuple[float, bool]:
+    """One tail of X2 vs X1, summed directly by `_p_greater_exact` over the smallest parameter,
+    and whether that tail is P(X2 > X1) (else it is P(X2 < X1))."""
+    form = int(np.argmin([a2, a1, b1, b2]))
+    if form == 0:
+        return _p_greater_exact(a1, b1, a2, b2), True
+    if form == 1:
+        return _p_greater_exact(a2, b2, a1, b1), False
+    if form == 2:
+        return _p_greater_exact(b2, a2, b1, a1), True  # P(1 - X1 > 1 - X2)
+    return _p_greater_exact(b1, a1, b2, a2), False
 
 
 # --- BetaArm ------------------------------------------------------------------------------------
@@ -106,7 +153,9 @@ def test_lgamma_diff_matches_product_identity(x: float, h: int) -> None:
         pytest.param(9.0, 2.0, 7.0, 3.0, id="sum-over-champion-b"),
         pytest.param(40.0, 5.0, 60.0, 4.0, id="sum-over-challenger-b"),
         pytest.param(2.0, 1e6, 3.0, 1e6, id="sum-over-champion-a"),
-        pytest.param(1500.0, 5e4, 1450.0, 5e4, id="near-cutoff"),
+        pytest.param(950.0, 5e4, 990.0, 5e4, id="near-cutoff"),
+        # The terms peak early and the sum stops past the mode (before they reach subnormals).
+        pytest.param(20_001.0, 980_001.0, 998.0, 49_005.0, id="stops-past-the-mode"),
     ],
 )
 def test_beta_compare_kernel_exact_matches_quadrature(
@@ -163,39 +212,88 @@ def test_compare_uplift_and_interval_match_monte_carlo(
     assert np.mean(lift > result.uplift_high) == pytest.approx(0.05, abs=0.005)
 
 
+def _posteriors(champion: BetaArm, challenger: BetaArm) -> tuple[float, float, float, float]:
+    a1, b1 = champion.posterior()
+    a2, b2 = challenger.posterior()
+    return a1, b1, a2, b2
+
+
+def test_p_greater_exact_reference_matches_per_term_mpmath() -> None:
+    # The anchored reference against every term's log taken from mpmath (no ratios at all).
+    args = _posteriors(BetaArm(100_000, 2_000), BetaArm(100_000, 2_050))
+    assert _p_greater_exact(*args) == pytest.approx(
+        _p_greater_exact(*args, anchor_every=1), abs=1e-11
+    )
+
+
 @pytest.mark.parametrize(
     ("champion", "challenger"),
     [
-        pytest.param(BetaArm(10**7, 2_000), BetaArm(10**7, 2_050), id="smallest-a-near-2000"),
-        pytest.param(BetaArm(10**5, 2_300), BetaArm(10**5, 2_100), id="both-a-above-2000"),
-        pytest.param(BetaArm(4 * 10**5, 8_000), BetaArm(10**5, 1_990), id="unequal-arms"),
-        pytest.param(BetaArm(2_500, 2_499 - 2_000), BetaArm(2_400, 2_400 - 2_000), id="high-ctr"),
+        pytest.param(BetaArm(100_000, 2_000), BetaArm(100_000, 2_050), id="2000-vs-2050-of-100k"),
+        pytest.param(BetaArm(50_000, 1_000), BetaArm(50_000, 1_030), id="just-above-cutoff"),
+        pytest.param(BetaArm(50_000, 1_130), BetaArm(50_000, 1_001), id="cutoff-z-minus-3"),
+        pytest.param(BetaArm(1_000_000, 20_000), BetaArm(50_000, 1_010), id="arms-20-to-1"),
+        pytest.param(BetaArm(4_000, 2_999), BetaArm(4_000, 2_950), id="ctr-75pct-b-smallest"),
+        pytest.param(BetaArm(501_000, 500_000), BetaArm(501_000, 499_950), id="ctr-99.8pct"),
+        pytest.param(BetaArm(10**6, 2_000), BetaArm(10**6, 2_200), id="ctr-0.2pct-z-3"),
+        pytest.param(BetaArm(10**8, 200_000), BetaArm(10**8, 200_300), id="1e8-ctr-0.2pct"),
+        pytest.param(BetaArm(10**8, 2_000_000), BetaArm(10**8, 2_000_500), id="1e8-ctr-2pct"),
+        pytest.param(BetaArm(10**8, 2_000_000), BetaArm(10**7, 200_700), id="1e8-vs-1e7"),
+        pytest.param(BetaArm(10**7, 5 * 10**6), BetaArm(10**7, 5 * 10**6 + 1_000), id="1e7-50pct"),
     ],
 )
-def test_compare_exact_and_normal_paths_agree_near_cutoff(
+def test_beta_compare_kernel_within_1e6_of_exact_sum_above_cutoff(
     champion: BetaArm, challenger: BetaArm
 ) -> None:
-    a1, b1 = champion.posterior()
-    a2, b2 = challenger.posterior()
-    exact = beta_compare_kernel(a1, b1, a2, b2, 1e12)
-    normal = beta_compare_kernel(a1, b1, a2, b2, 0.0)
-    assert (exact[2], normal[2]) == (1, 0)
-    # Measured worst case over CTR 0.2%..50%, arm ratio 1..20, |z| <= 6: 4.2e-5 at a = 2000
-    # (the Cornish-Fisher-corrected normal errs by ~0.09/a); 1e-4 leaves room and still fails for
-    # a plain normal (3e-3 there).
-    assert normal[0] == pytest.approx(exact[0], abs=1e-4)
-    assert normal[1] == pytest.approx(exact[1], abs=1e-4)
+    a1, b1, a2, b2 = _posteriors(champion, challenger)
+    assert min(a1, b1, a2, b2) > EXACT_CUTOFF
+    p_better, p_worse, exact = beta_compare_kernel(a1, b1, a2, b2, float(EXACT_CUTOFF))
+    tail, is_better = _exact_tail(a1, b1, a2, b2)
+    assert exact == 0
+    # The contract is 1e-6; the third-order expansion measured <= 1.5e-7 just above the cut-off
+    # (a skewness-corrected normal alone was 1.2e-5 off at 2,000 vs 2,050 clicks).
+    assert (p_better if is_better else p_worse) == pytest.approx(tail, abs=1e-6)
+    assert p_better + p_worse == pytest.approx(1.0, abs=1e-12)
 
 
-def test_compare_switches_to_normal_above_cutoff() -> None:
+def test_beta_compare_kernel_expansion_error_shrinks_as_one_over_a_squared() -> None:
+    # Same CTRs and z, smallest parameter 250 -> 1000 -> 4000: a third-order series' error falls
+    # ~16x per 4x; a second-order one only ~8x, a first-order one 4x.
+    errors = []
+    for clicks in (250, 1_000, 4_000):
+        a1, b1, a2, b2 = _posteriors(
+            BetaArm(clicks * 50, clicks), BetaArm(clicks * 50, round(clicks * 1.04))
+        )
+        tail, is_better = _exact_tail(a1, b1, a2, b2)
+        p_better, p_worse, _ = beta_compare_kernel(a1, b1, a2, b2, 0.0)
+        errors.append(abs((p_better if is_better else p_worse) - tail))
+    assert errors[0] > 1e-8  # the error is measurable, not lost in rounding
+    assert errors[0] / errors[1] > 10 and errors[1] / errors[2] > 10
+
+
+@pytest.mark.parametrize(
+    ("champion", "challenger"),
+    [
+        pytest.param(BetaArm(100_000, 2_000), BetaArm(100_000, 2_050), id="2000-vs-2050"),
+        pytest.param(BetaArm(400_000, 4_800), BetaArm(100_000, 1_250), id="unequal-arms"),
+    ],
+)
+def test_compare_expansion_path_matches_monte_carlo(champion: BetaArm, challenger: BetaArm) -> None:
+    rng = np.random.default_rng(5)
+    mc = float(np.mean(_beta_draws(challenger, rng) > _beta_draws(champion, rng)))
+    result = compare(champion, challenger)
+    assert result.method == "normal"
+    assert result.p_better == pytest.approx(mc, abs=5 * math.sqrt(mc * (1 - mc) / MC_DRAWS))
+
+
+def test_compare_switches_to_expansion_above_cutoff() -> None:
     # With the Beta(1, 1) prior the smallest parameter is clicks + 1.
     challenger = BetaArm(10**6, EXACT_CUTOFF + 50)
     at = compare(BetaArm(10**6, EXACT_CUTOFF - 1), challenger)
     above = compare(BetaArm(10**6, EXACT_CUTOFF), challenger)
     assert (at.method, above.method) == ("exact", "normal")
-    a1, b1 = BetaArm(10**6, EXACT_CUTOFF).posterior()
-    a2, b2 = challenger.posterior()
-    assert above.p_better == pytest.approx(beta_compare_kernel(a1, b1, a2, b2, 1e12)[0], abs=1e-4)
+    a1, b1, a2, b2 = _posteriors(BetaArm(10**6, EXACT_CUTOFF), challenger)
+    assert above.p_better == pytest.approx(beta_compare_kernel(a1, b1, a2, b2, 1e12)[0], abs=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -273,16 +371,15 @@ def test_compare_computes_tiny_tail_directly(challenger_ahead: bool) -> None:
     assert 0.5 * tail < tiny < 2 * tail
 
 
-def test_compare_exact_path_at_1e8_matches_normal_path() -> None:
-    # Smallest parameter ~1000 with b ~ 1e8: the exact sum's log-space term 0 must not lose
-    # precision; the normal path (error ~1e-4 at a = 1000) is an independent check.
-    a1, b1 = BetaArm(10**8, 1_000).posterior()
-    a2, b2 = BetaArm(10**8, 1_080).posterior()
-    exact = beta_compare_kernel(a1, b1, a2, b2, float(EXACT_CUTOFF))
-    normal = beta_compare_kernel(a1, b1, a2, b2, 0.0)
-    assert exact[2] == 1
-    assert exact[0] == pytest.approx(normal[0], abs=2e-4)
-    assert 0.9 < exact[0] < 0.999
+def test_compare_exact_path_at_1e8_matches_exact_reference() -> None:
+    # Smallest parameter ~900 with b ~ 1e8: the exact sum's log-space term 0 must not lose
+    # precision (its log-gamma differences round to ~1e-8 there).
+    a1, b1, a2, b2 = _posteriors(BetaArm(10**8, 900), BetaArm(10**8, 980))
+    p_better, p_worse, exact = beta_compare_kernel(a1, b1, a2, b2, float(EXACT_CUTOFF))
+    tail, is_better = _exact_tail(a1, b1, a2, b2)
+    assert exact == 1
+    assert (p_better if is_better else p_worse) == pytest.approx(tail, abs=1e-7)
+    assert 0.9 < p_better < 0.999
 
 
 @pytest.mark.parametrize(

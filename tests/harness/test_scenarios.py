@@ -3,9 +3,11 @@ and events, the production guardrails on a scaled clock. Each asserts its verdic
 phase and the guardrail named (harness/scenarios.py holds the expectations).
 
 The scenarios share one server and one simulator (a rollout after another, as a team rolls
-out model after model), which saves a server start per scenario. `promote` runs after the
-scenarios it would change the champion for; scenarios with a server fault run last, so the
-server is restarted once, with their `[faults]` config.
+out model after model), which saves a server start per scenario. `promote` and
+`broken-constant` run as the release train's two legs, queued at once and started by the
+evaluator; the train runs after the scenarios its promotion would change the champion for;
+scenarios with a server fault run last, so the server is restarted once, with their `[faults]`
+config.
 """
 
 from __future__ import annotations
@@ -19,11 +21,17 @@ import pytest
 
 from guardrails.policy import Policy
 from harness.scenario_models import VARIANTS
-from harness.scenarios import SCENARIOS, server_config
+from harness.scenarios import SCENARIOS, TRAIN, server_config
 from harness.session import Session
 from router.config import Config
 
-ORDER = sorted(SCENARIOS, key=lambda n: (SCENARIOS[n].challenger_delay_ms > 0, n == "promote"))
+# The release train's legs (a broken candidate, then a good one queued behind it) are the
+# `broken-constant` and `promote` scenarios, run by the evaluator from the queue: "train" takes
+# their place. It promotes, so it runs after the scenarios it would change the champion for.
+ORDER = sorted(
+    [n for n in SCENARIOS if n not in TRAIN] + ["train"],
+    key=lambda n: (n != "train" and SCENARIOS[n].challenger_delay_ms > 0, n == "train"),
+)
 
 
 @pytest.mark.parametrize(
@@ -66,8 +74,29 @@ def session() -> Iterator[Session]:
         yield s
 
 
+def test_scenarios_cover_every_scenario_once() -> None:
+    assert len(ORDER) == len(set(ORDER)) and set(ORDER) == (set(SCENARIOS) - set(TRAIN)) | {"train"}
+    assert ORDER.index("train") == len(ORDER) - 2 and SCENARIOS[ORDER[-1]].challenger_delay_ms
+
+
+def _train(session: Session) -> None:
+    """Two candidates queued at once; the evaluator starts the first by itself and rolls it
+    back, then starts the second by itself and promotes it; the registry holds both outcomes."""
+    verdict = session.train(tuple(SCENARIOS[n] for n in TRAIN))
+    first, second = verdict["legs"]
+    for leg, name in zip((first, second), TRAIN, strict=True):
+        expected = SCENARIOS[name]
+        assert leg["outcome"] == expected.outcome and expected.phase_expected(leg["phase"]), leg
+        assert (leg["guardrail"] or "") in expected.guardrails, leg
+    assert verdict["passed"]
+    assert list(verdict["registry"].values()) == ["failed", "champion"]
+
+
 @pytest.mark.parametrize("name", [pytest.param(n, id=n) for n in ORDER])
 def test_scenario_ends_as_expected(session: Session, name: str) -> None:
+    if name == "train":
+        _train(session)
+        return
     verdict = session.rollout(SCENARIOS[name])
     expected = SCENARIOS[name]
     assert verdict["outcome"] == expected.outcome, verdict

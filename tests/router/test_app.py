@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -139,16 +140,25 @@ BAD = [
 ]
 
 
+@pytest.fixture(scope="module")
+def refusing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server for every bad-input case: each case counts its own refusal from before."""
+    with serving(register_pair(tmp_path_factory.mktemp("refusing") / "state")) as s:
+        yield s
+
+
 @pytest.mark.parametrize(("body", "content_type", "status", "reason"), BAD)
 def test_predict_rejects_bad_input_with_reason(
-    server: Server, body: bytes, content_type: str, status: int, reason: str
+    refusing: Server, body: bytes, content_type: str, status: int, reason: str
 ) -> None:
+    server = refusing
     before = server.metric("rampart_requests_total", arm="champion", model_version="1")
+    refused = server.metric("rampart_rejected_total", reason=reason)
     r = _predict(server, body, content_type)
     assert r.status_code == status
     answer = msgpack.unpackb(r.content) if content_type == "application/msgpack" else r.json()
     assert answer["error"] == reason
-    assert server.metric("rampart_rejected_total", reason=reason) == 1
+    assert server.metric("rampart_rejected_total", reason=reason) == refused + 1
     assert server.metric("rampart_requests_total", arm="champion", model_version="1") == before
     # The worker still serves.
     ok = _predict(server, json.dumps({"request_id": "after", "features": [ROW]}).encode())

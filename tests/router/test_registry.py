@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -174,3 +175,64 @@ def test_registry_reopened_keeps_records_and_loads_models(tmp_path: Path) -> Non
         assert model.features == ("x", "y")
     finally:
         again.close()
+
+
+# --- the queue ------------------------------------------------------------------------------------
+
+
+def _four(tmp_path: Path) -> Registry:
+    registry = Registry(tmp_path / "state")
+    for i in range(4):  # 1 champion, 2..4 candidates
+        registry.register(write_model(tmp_path / f"m{i}.onnx", weights=[0.1 * (i + 1)] * 4))
+    return registry
+
+
+def test_registry_queue_keeps_the_order_queued(tmp_path: Path) -> None:
+    registry = _four(tmp_path)
+    assert registry.queue(4) == [] and registry.queue(2) == []
+    assert [r.version for r in registry.queued()] == [4, 2]
+    assert registry.get(4).status == Status.QUEUED
+    registry.set_status(4, Status.CHALLENGER, "rollout started", "r-1")
+    registry.queue(3)
+    assert [r.version for r in registry.queued()] == [2, 3]
+
+
+def test_registry_queue_replace_takes_the_place_of_the_queued(tmp_path: Path) -> None:
+    registry = _four(tmp_path)
+    registry.queue(2)
+    registry.queue(3)
+    assert registry.queue(4, replace=True) == [2, 3]
+    assert [r.version for r in registry.queued()] == [4]
+    assert registry.get(2).status == Status.CANDIDATE
+    assert registry.get(2).reason == "replaced in the queue by 4"
+
+
+@pytest.mark.parametrize(
+    "status",
+    [pytest.param(Status.CHALLENGER, id="running"), pytest.param(Status.FAILED, id="failed")],
+)
+def test_registry_queue_refuses_what_is_not_a_candidate(tmp_path: Path, status: Status) -> None:
+    registry = _four(tmp_path)
+    registry.set_status(2, status)
+    with pytest.raises(ValueError, match="only a candidate can be queued"):
+        registry.queue(2)
+    with pytest.raises(ValueError, match="only a candidate"):
+        registry.queue(1)  # the champion
+
+
+def test_registry_opens_a_registry_made_before_the_queue(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    old = sqlite3.connect(state / "registry.db")
+    old.executescript(
+        "CREATE TABLE models (version INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL,"
+        " file TEXT NOT NULL, sha256 TEXT NOT NULL, features TEXT NOT NULL, status TEXT NOT NULL,"
+        " reason TEXT NOT NULL DEFAULT '', registered_at REAL NOT NULL, updated_at REAL NOT NULL);"
+        " INSERT INTO models (name, file, sha256, features, status, registered_at, updated_at)"
+        " VALUES ('m', '1-x.onnx', 'x', '[\"f0\"]', 'champion', 1.0, 1.0);"
+    )
+    old.commit()
+    old.close()
+    registry = Registry(state)
+    assert registry.get(1).status == Status.CHAMPION
+    assert (registry.get(1).rollout_id, registry.get(1).queue_seq) == ("", 0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import numpy as np
 import pytest
 
 from router import layout, recording, snapshot
-from router.control import ControlWriter, pack
+from router.control import ControlWriter, beat_ns, pack
 from router.layout import Counter
 from router.shared_memory import Geometry, SharedMemory
 from router.snapshot import SlotTotals
@@ -143,7 +142,7 @@ def test_snapshot_take_sums_rejects_by_reason(shm: SharedMemory) -> None:
 
 
 def test_snapshot_live_workers_counts_fresh_heartbeats(shm: SharedMemory) -> None:
-    now = time.time_ns()
+    now = beat_ns()
     shm.slabs["heartbeat_ns"][:] = [now, now - 2 * 10**9, now - 60 * 10**9]
     assert snapshot.take(shm).live_workers == 2  # heard from in the last 5 s
     assert snapshot.take(shm, live_after_ns=now - 10**9).live_workers == 1

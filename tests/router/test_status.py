@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from guardrails.evaluator import prepare
 from router import layout
 from router import status as status_file
 from router.config import Config
-from router.control import ControlWriter
+from router.control import ControlWriter, beat_ns
 from router.registry import Registry
 from router.shared_memory import SharedMemory
 from router.status import IDLE, Status, StatusReader, WorkerStatus
@@ -113,7 +112,7 @@ def test_status_is_published_only_while_a_worker_wants_it(pipe: Pipe) -> None:
     pipe.reader.want()
     assert publish(lambda: DOCUMENT)
     assert pipe.reader.read() == DOCUMENT
-    lapsed = time.time_ns() - int(status_file.LEASE_S * 1e9) - 1
+    lapsed = beat_ns() - int(status_file.LEASE_S * 1e9) - 1
     pipe.shm.slabs[0]["status_wanted_ns"] = lapsed  # the last reader left
     assert not publish(lambda: IDLE)
     assert pipe.reader.read() == DOCUMENT
@@ -127,11 +126,11 @@ def test_status_is_fresh_within_a_tick_and_under_the_control_word_in_force(pipe:
     assert not pipe.reader.is_fresh()
     pipe.publish(IDLE)
     assert pipe.reader.is_fresh()
-    old = time.time_ns() - int(status_file.TICK_S * 1e9) - 1
+    old = beat_ns() - int(status_file.TICK_S * 1e9) - 1
     pipe.shm.control["status_ns"] = old
     assert not pipe.reader.is_fresh()
     # No evaluator beating: nothing fresher will come, so the last document is fresh enough.
-    pipe.shm.control["heartbeat_ns"] = time.time_ns() - 60 * 10**9
+    pipe.shm.control["heartbeat_ns"] = beat_ns() - 60 * 10**9
     assert pipe.reader.is_fresh()
 
 
@@ -232,7 +231,7 @@ def test_worker_status_adds_its_view_to_the_evaluators_document(rig: Rig) -> Non
 def test_worker_status_effective_split_is_zero_while_the_heartbeat_is_stale(rig: Rig) -> None:
     rig.control.load_slot(1, 2)
     rig.control.flip(300, 0, True)
-    rig.shm.control["heartbeat_ns"] = time.time_ns() - 60 * 10**9  # a minute old
+    rig.shm.control["heartbeat_ns"] = beat_ns() - 60 * 10**9  # a minute old
     doc = rig.worker.status()
     assert (doc["split_bp"], doc["effective_split_bp"], doc["stale"]) == (300, 0, True)
 

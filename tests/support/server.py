@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -209,15 +209,31 @@ def start_server(
     *,
     workers: int = 1,
     config: Path | None = None,
+    prefix: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
 ) -> Server:
-    """Start `rampart serve` on a free port; return once it is ready and its evaluator ticks."""
+    """Start `rampart serve` on a free port; return once it is ready and its evaluator ticks.
+    `prefix` runs it through another command (which must exec it, keeping its pid); `env` is
+    added to the environment; `log` takes the server's stdout and stderr."""
     port = free_port()
-    cmd = [sys.executable, "-m", "rampart.cli", "serve", "--state-dir", str(state)]
+    cmd = [*prefix, sys.executable, "-m", "rampart.cli", "serve", "--state-dir", str(state)]
     cmd += ["--port", str(port), "--workers", str(workers)]
     if config is not None:
         cmd += ["--config", str(config)]
-    env = dict(os.environ, RAMPART_ADMIN_TOKEN=ADMIN_TOKEN)
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    environ = dict(os.environ, RAMPART_ADMIN_TOKEN=ADMIN_TOKEN, **(env or {}))
+    out = None if log is None else log.open("ab")
+    try:
+        proc = subprocess.Popen(
+            cmd,
+            env=environ,
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+            start_new_session=True,
+        )
+    finally:
+        if out is not None:
+            out.close()
     server = Server(state, port, proc)
 
     def ready() -> bool:

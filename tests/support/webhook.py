@@ -28,6 +28,7 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
     hold: threading.Event | None = None  # answer only once the test sets it
+    drip_s: float = 0.0  # send the answer one byte every `drip_s` (a webhook that drips)
 
 
 @dataclass
@@ -69,6 +70,9 @@ class _Handler(BaseHTTPRequestHandler):
             reply.hold.wait(10)
         time.sleep(reply.delay_s)
         try:  # the client may have timed out and gone
+            if reply.drip_s:
+                self._drip(reply)
+                return
             self.send_response(reply.status)
             for name, value in reply.headers.items():
                 self.send_header(name, value)
@@ -78,12 +82,24 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
+    def _drip(self, reply: Reply) -> None:
+        """The whole answer, status line first, one byte at a time until the client leaves
+        (or the receiver shuts down)."""
+        answer = f"HTTP/1.1 {reply.status} OK\r\ncontent-length: 2\r\n\r\nok".encode()
+        self.close_connection = True
+        for i in range(len(answer)):
+            if self.server.stopping.wait(reply.drip_s):
+                return
+            self.wfile.write(answer[i : i + 1])
+            self.wfile.flush()
+
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
 class _Server(ThreadingHTTPServer):
     hook: Hook
+    stopping: threading.Event
 
 
 @contextlib.contextmanager
@@ -91,10 +107,12 @@ def webhook() -> Iterator[Hook]:
     """A receiver on a free loopback port, shut down when the block ends."""
     server = _Server(("127.0.0.1", 0), _Handler)
     server.hook = Hook(f"http://127.0.0.1:{server.server_address[1]}")
+    server.stopping = threading.Event()
     thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
     thread.start()
     try:
         yield server.hook
     finally:
+        server.stopping.set()
         server.shutdown()
         server.server_close()
