@@ -340,14 +340,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError, KeyError) as e:
         print(f"rampart: {e}", file=sys.stderr)
         return 2
+    except StateDirFull as e:  # a full disk at start: one line, not a traceback
+        print(f"rampart: {e}", file=sys.stderr)
+        return 1
     except Exception as e:
         httpx = sys.modules.get("httpx")  # loaded by the client commands; none, no such error
         if httpx is None or not isinstance(e, httpx.HTTPError):
             raise
         print(f"rampart: cannot reach the server: {e}", file=sys.stderr)
-        return 1
-    except StateDirFull as e:  # a full disk at start: one line, not a traceback
-        print(f"rampart: {e}", file=sys.stderr)
         return 1
     return 0
 
