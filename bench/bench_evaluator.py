@@ -68,12 +68,15 @@ def summary_text(report: dict[str, Any]) -> str:
         lines.append("SMOKE MODE (--quick): not figures to publish")
     for t in report.get("tick", []):
         d, f, s = t["decision_ms"], t["full_tick_ms"], t["snapshot_take_ms"]
+        u, p = t["unread_tick_ms"], t["publish_ms"]
         lines.append(
-            f"tick, {t['cells']} cells, {t['workers']} slabs, phase 4, {t['ticks']} ticks: "
+            f"tick, {t['cells']} cells, {t['workers']} slabs, phase 4, {t['ticks']} ticks each: "
             f"decision median {d['median']:.3f} / p90 {d['p90']:.3f} / p99 {d['p99']:.3f} / "
             f"max {d['max']:.3f} ms (target {t['target_ms']:g} ms, p99 "
-            f"{t['ratio_to_target']['p99']:.2f}x); with status.json median {f['median']:.3f} / "
-            f"p99 {f['p99']:.3f} ms; snapshot.take alone median {s['median']:.3f} ms"
+            f"{t['ratio_to_target']['p99']:.2f}x); whole tick with a /status reader "
+            f"median {f['median']:.3f} / p99 {f['p99']:.3f} ms (publishing alone median "
+            f"{p['median']:.3f} / p99 {p['p99']:.3f}); unread median {u['median']:.3f} / "
+            f"p99 {u['p99']:.3f} ms; snapshot.take alone median {s['median']:.3f} ms"
         )
     r = report.get("rollback")
     if r:

@@ -3,10 +3,13 @@
 An in-process `Evaluator` on a fake clock over a real state file whose slabs (4 workers) hold
 hours of synthetic traffic (`bench.slab_traffic`) in every segment cell and bucket, with a
 rollout walked by the real policy to phase 4 (every guardrail active). Each tick adds one more
-second of traffic (untimed), then times `Evaluator.tick()`: the decision (`tick_seconds`:
-snapshot.take + measure + checks + decide + act) and the full tick (plus publishing
-status.json); `snapshot.take` alone is timed for context. For the default segment space
-(512 cells) and a 10,000-cell one; targets 2 ms / 20 ms. Run by `python -m bench.bench_evaluator`.
+second of traffic (untimed), then times what `guardrails.process` does in a tick: the decision
+(`tick_seconds`: snapshot.take + measure + checks + decide + act) and the whole tick (plus
+publishing status.json). Ticks alternate between a worker reading /status (the dashboard open:
+the document is built and written every tick, `full_tick_ms`) and nobody reading (only the
+check that nobody asked, `unread_tick_ms`); `snapshot.take` alone is timed for context. For the
+default segment space (512 cells) and a 10,000-cell one; targets 2 ms / 20 ms. Run by
+`python -m bench.bench_evaluator`.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from harness.scenario_models import model_path
 from router import snapshot
 from router import status as status_file
 from router.config import Config
+from router.control import beat_ns
 from router.mailbox import Command
 from router.registry import Registry
 from router.shared_memory import SharedMemory
@@ -122,27 +126,41 @@ def tick_time(
     workers: int = 4,
     cpu: int | None = None,
 ) -> dict[str, Any]:
-    """Time `ticks` evaluator ticks of a phase-4 rollout over the segment space `space`
-    (a key of SPACES), after `warmup` untimed ones (numba, caches)."""
+    """Time `ticks` evaluator ticks with a reader and `ticks` without, alternating, of a
+    phase-4 rollout over the segment space `space` (a key of SPACES), after `warmup`
+    untimed ones (numba, caches)."""
     with tempfile.TemporaryDirectory(prefix="rampart-bench-") as tmp, pinned(cpu) as on:
         rig = tick_rig(Path(tmp) / "state", SPACES[space], workers=workers)
         try:
             ev, shm = rig.evaluator, rig.shm
-            decision, full, take = [], [], []
-            for i in range(warmup + ticks):
+            publisher = status_file.Publisher(ev.config.state_path, shm)
+            wanted = shm.slabs["status_wanted_ns"]
+            decision, full, unread, publish, take = [], [], [], [], []
+            for i in range(warmup + 2 * ticks):
                 rig.workers.add(1.0)
                 rig.clock.now += 1.0
+                read = i % 2 == 0
+                # A worker served /status just now (the dashboard polls each second), or
+                # nobody has for longer than the lease.
+                wanted[0] = beat_ns() if read else 0
                 started = time.perf_counter()
                 snapshot.take(shm)
                 took = time.perf_counter() - started
                 started = time.perf_counter()
                 ev.tick()  # then what guardrails.process does after it: publish the status
-                status_file.write(ev.config.state_path, ev.status(rig.clock.now))
-                elapsed = time.perf_counter() - started
+                decided = time.perf_counter()
+                written = publisher.publish(lambda: ev.status(rig.clock.now))
+                ended = time.perf_counter()
+                if written != read:
+                    raise RuntimeError(f"status published {written}, wanted {read}")
                 if i >= warmup:
                     decision.append(ev.tick_seconds)
-                    full.append(elapsed)
                     take.append(took)
+                    if read:
+                        full.append(ended - started)
+                        publish.append(ended - decided)
+                    else:
+                        unread.append(ended - started)
             _expect_phase(ev, 4)
             target = TICK_TARGET_MS[space]
             decision_ms = summary_ms(decision)
@@ -160,6 +178,8 @@ def tick_time(
                 "cells_with_clicks_share": rig.workers.clicked_share(),
                 "decision_ms": decision_ms,
                 "full_tick_ms": summary_ms(full),
+                "unread_tick_ms": summary_ms(unread),
+                "publish_ms": summary_ms(publish),
                 "snapshot_take_ms": summary_ms(take),
                 "target_ms": target,
                 "ratio_to_target": {k: round(v / target, 4) for k, v in decision_ms.items()},

@@ -76,6 +76,7 @@ class HostAgent:
         self.config = config
         self.state = config.state_path
         self.shm = shm
+        self.publisher = status_file.Publisher(self.state, shm)
         self.control = control
         self.store = store
         self.host_id = host_id
@@ -393,7 +394,7 @@ class HostAgent:
         if self.leader is not None:
             mine = self.leader.status(now)
             mine["fleet"] = self._fleet_info()
-            blob = zlib.compress(json.dumps(mine).encode(), 1)
+            blob = zlib.compress(status_file.encode(mine), 1)
             if not self.store.save_state(self.epoch, "status", blob):
                 self._step_down()
             self.status, self.status_at = mine, now
@@ -421,7 +422,7 @@ class HostAgent:
         if self.decision is not None:  # the fleet's split; this host's is effective_split_bp
             d = self.decision
             doc["split_bp"] = int(d["split_bp"]) if d["has_challenger"] else 0
-        status_file.write(self.state, doc)
+        self.publisher.publish(lambda: doc)  # only while a worker reads it
 
     def _fleet_info(self, hosts: bool = True) -> FleetInfo:
         leader = self.store.leader() if hosts else None

@@ -19,7 +19,7 @@ from typing import Any
 
 from guardrails import storage
 from guardrails.evaluator import Evaluator
-from router import lifeline
+from router import lifeline, residency
 from router import status as status_file
 from router.config import Config
 from router.control import ControlWriter
@@ -38,11 +38,12 @@ def run(config: Config, tick_s: float = 1.0, parent: int | None = None) -> None:
         control = ControlWriter(shm)
         control.claim(os.getpid())
         evaluator = Evaluator(config, shm)
+        publisher = status_file.Publisher(config.state_path, shm)
     except Exception as e:
         error_file.write_text(f"{type(e).__name__}: {e}".splitlines()[0] + "\n")
         raise
     error_file.unlink(missing_ok=True)
-    ticks(tick_s, lambda: _tick(config, control, evaluator), evaluator.close, parent=parent)
+    ticks(tick_s, lambda: _tick(control, evaluator, publisher), evaluator.close, parent=parent)
 
 
 def _die_with(parent: int | None) -> int:
@@ -53,11 +54,11 @@ def _die_with(parent: int | None) -> int:
     return parent
 
 
-def _tick(config: Config, control: ControlWriter, evaluator: Evaluator) -> None:
+def _tick(control: ControlWriter, evaluator: Evaluator, publisher: status_file.Publisher) -> None:
     control.beat()
     evaluator.tick()
     try:
-        status_file.write(config.state_path, evaluator.status(evaluator.clock()))
+        publisher.publish(lambda: evaluator.status(evaluator.clock()))  # only while someone reads
     except OSError as e:  # a full disk: workers serve the last status; the next tick retries
         if not storage.is_fault(e):
             raise
@@ -90,6 +91,7 @@ def ticks(
             # A tick that raises ends the process: its heartbeat stops, workers fail safe
             # to the champion, and the supervisor starts a fresh evaluator.
             tick()
+            residency.release_compiler()  # now and then: LLVM's pages, once kernels are loaded
             next_tick += tick_s
             delay = next_tick - time.monotonic()
             if delay < 0:  # fell behind (a slow disk): skip the missed ticks, don't burst

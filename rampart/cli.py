@@ -9,15 +9,16 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from rampart.status_table import status_text
 from rampart.supervisor import serve
 from router.config import Config, ConfigError
 from router.registry import ModelRecord, Status
 from router.shared_memory import StateDirFull
+
+if TYPE_CHECKING:
+    import httpx
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 URL_HELP = "the server: http://host:port, or unix:/path/to.sock (its [serve] admin_listen)"
@@ -141,6 +142,8 @@ def _fleet_models(args: argparse.Namespace) -> int:
 def _client(url: str, timeout: float) -> httpx.Client:
     """A client for `--url`: http(s)://host:port, or unix:/path/to.sock for a server whose
     admin listens on a unix socket (`[serve] admin_listen`)."""
+    import httpx  # the client commands only: `rampart serve` never loads it
+
     if url.startswith("unix:"):
         transport = httpx.HTTPTransport(uds=url[len("unix:") :])
         return httpx.Client(transport=transport, base_url="http://rampart", timeout=timeout)
@@ -157,6 +160,8 @@ def _admin(url: str, path: str, payload: dict[str, Any] | None = None) -> int:
 
 def _status(url: str, as_json: bool, watch: bool) -> int:
     """Print GET /status once, or every second with --watch until Ctrl-C."""
+    import httpx
+
     if watch:
         # Ctrl-C must end --watch even when the parent started it with SIGINT ignored or
         # blocked (a background job of a non-interactive shell, a process that spawned it
@@ -335,11 +340,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError, KeyError) as e:
         print(f"rampart: {e}", file=sys.stderr)
         return 2
-    except httpx.HTTPError as e:
-        print(f"rampart: cannot reach the server: {e}", file=sys.stderr)
-        return 1
     except StateDirFull as e:  # a full disk at start: one line, not a traceback
         print(f"rampart: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:
+        httpx = sys.modules.get("httpx")  # loaded by the client commands; none, no such error
+        if httpx is None or not isinstance(e, httpx.HTTPError):
+            raise
+        print(f"rampart: cannot reach the server: {e}", file=sys.stderr)
         return 1
     return 0
 

@@ -4,7 +4,6 @@ an evaluator process it keeps alive (single-host, or this host's fleet agent).""
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import signal
 import socket
@@ -16,6 +15,7 @@ from typing import Any
 
 from guardrails.policy import Policy
 from rampart import sockets, state_lock
+from rampart.child import Child
 from router import lifeline
 from router.config import Address, Config, check_secrets
 from router.control import ControlBlock, beat_ns
@@ -127,7 +127,7 @@ class _EvaluatorSupervisor(threading.Thread):
         super().__init__(name="rampart-evaluator-supervisor", daemon=True)
         self.config = config
         self.stopping = threading.Event()
-        self.proc: multiprocessing.process.BaseProcess | None = None
+        self.proc: Child | None = None
         self.restarts = 0
         self.control: ControlBlock | None = None
         self.spawned_at = 0.0
@@ -139,17 +139,14 @@ class _EvaluatorSupervisor(threading.Thread):
     MAX_START_FAILURES = 3
 
     def _spawn(self) -> None:
-        from guardrails.process import run, run_fleet
-
-        ctx = multiprocessing.get_context("spawn")
-        # Started from this thread: the evaluator's PR_SET_PDEATHSIG fires when this thread
-        # ends (after stop() terminated it) or the process dies.
-        self.proc = ctx.Process(
-            target=run_fleet if self.config.fleet.enabled else run,
-            args=(self.config,),
-            kwargs={"parent": os.getpid()},
-            name="rampart-evaluator",
-            daemon=True,
+        # A fresh interpreter (no resource tracker: rampart.child), started from this
+        # thread: the evaluator's PR_SET_PDEATHSIG fires when this thread ends (after
+        # stop() terminated it) or the process dies.
+        self.proc = Child(
+            "guardrails.process",
+            "run_fleet" if self.config.fleet.enabled else "run",
+            (self.config,),
+            {"parent": os.getpid()},
         )
         self.proc.start()
         cpu = self.config.serve.evaluator_cpu

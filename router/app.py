@@ -33,7 +33,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from router import exposition as prom
-from router import layout, recording
+from router import layout, recording, residency
 from router import snapshot as snap
 from router.codec import JSON, Rejected, all_finite, decode, encode, kind_of, media_type
 from router.config import Config
@@ -42,6 +42,7 @@ from router.layout import Reject
 from router.mailbox import Command, MailboxUnavailable
 from router.models import Model
 from router.openapi import SCHEMA
+from router.status import encode as encode_status
 from router.types import Message, Receive, Scope, Send
 from router.worker import Worker
 
@@ -197,6 +198,8 @@ class App:
                         for slot, version, path in worker.pending_loads()
                     }
                     worker.sync(loaded)
+                    if residency.due():  # LLVM's pages out, once the kernels are loaded
+                        await asyncio.to_thread(residency.release_compiler)
                     failure = ""
                 except Exception as e:  # a bad model file must not stop the ticker
                     if str(e) != failure:
@@ -280,13 +283,15 @@ class App:
             worker.models,
             stale=worker.route.stale,
             effective_split_bp=worker.route.split_bp,
-            status=worker.evaluator_status.read(),
+            status=await worker.evaluator_status.fresh(),
             dedupe_load=worker.dedupe.load(int(time.time())),
         )
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     async def status(self, request: Request) -> Response:
-        return JSONResponse(self._worker().status())
+        worker = self._worker()
+        evaluator = await worker.evaluator_status.fresh() or {}
+        return Response(encode_status(worker.status(evaluator)), media_type="application/json")
 
     async def openapi(self, request: Request) -> Response:
         return Response(self._openapi, media_type="application/json")

@@ -114,6 +114,9 @@ CONTROL_DTYPE = np.dtype(
             "slot_model",
             "slot_seq",
             "created_ns",
+            "status_seq",
+            "status_ns",
+            "status_word",
         ],
         "formats": [
             "<u8",
@@ -128,11 +131,17 @@ CONTROL_DTYPE = np.dtype(
             "(2,)<i8",
             "(2,)<u8",
             "<i8",
+            "<u8",
+            "<i8",
+            "<u8",
         ],
         # The control word sits alone at the start of its own cache line.
         # created_ns (when the file was made; 0 in files older than it) names this file's
         # counts: fleet mode publishes them as one incarnation.
-        "offsets": [0, 8, 16, 24, 32, 64, 128, 136, 144, 192, 208, 256],
+        # status_seq / status_ns / status_word: status.json's seqlock (odd while it is
+        # written), when it was last published and the control word in force then
+        # (router.status); 0 in files older than them.
+        "offsets": [0, 8, 16, 24, 32, 64, 128, 136, 144, 192, 208, 256, 320, 328, 336],
         "itemsize": CONTROL_BYTES,
     }
 )
@@ -162,9 +171,24 @@ def slab_dtype(n_cells: int, n_buckets: int) -> np.dtype:
     itemsize = -(-body // PAGE) * PAGE
     return np.dtype(
         {
-            "names": ["owner_pid", "heartbeat_ns", "slot_seq", "rejects", "slots"],
-            "formats": ["<i8", "<i8", "(2,)<u8", f"({N_REJECT_SLOTS},)<i8", (slot, (N_SLOTS,))],
-            "offsets": [0, 8, 16, 64, header],
+            # status_wanted_ns: when this worker last served /status (router.status).
+            "names": [
+                "owner_pid",
+                "heartbeat_ns",
+                "slot_seq",
+                "status_wanted_ns",
+                "rejects",
+                "slots",
+            ],
+            "formats": [
+                "<i8",
+                "<i8",
+                "(2,)<u8",
+                "<i8",
+                f"({N_REJECT_SLOTS},)<i8",
+                (slot, (N_SLOTS,)),
+            ],
+            "offsets": [0, 8, 16, 32, 64, header],
             "itemsize": itemsize,
         }
     )

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnxruntime as ort
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 PROBE_ROWS = 8
 
@@ -16,6 +19,11 @@ class ModelError(ValueError):
 
 
 def session_options() -> ort.SessionOptions:
+    # Imported here, not with the module: the evaluator reads the registry (whose records
+    # this module's Model validates) but never runs a model, and onnxruntime is ~12 MB
+    # resident in each process that imports it.
+    import onnxruntime as ort
+
     opts = ort.SessionOptions()
     # One intra-op thread: no thread pool, no spinning threads stealing the
     # event loop's core. Spinning is also turned off explicitly.
@@ -37,6 +45,8 @@ class Model:
         self.version = version
         if not path.is_file():
             raise ModelError(f"{path}: model file does not exist")
+        import onnxruntime as ort
+
         try:
             self._session = ort.InferenceSession(
                 str(path), session_options(), providers=["CPUExecutionProvider"]

@@ -1,12 +1,24 @@
 """The status document: its schema, and how it travels from the evaluator to the workers.
 
-The evaluator builds an `EvaluatorStatus` once a tick (`guardrails.view.status`)
-and writes it to `status.json` in the state directory (a temporary file, then a
-rename: readers see the old or the new document, never half of one). Workers add
-what only they know (`WorkerStatus`: the models each arm runs, live counters,
-rejects) and serve the whole `Status` at `GET /status`; `/metrics` and the
-dashboard read the same fields. Readers cache by modification time, so a poll
-costs one `stat` when nothing changed.
+The evaluator builds an `EvaluatorStatus` (`guardrails.view.status`) and writes it to
+`status.json` in the state directory, in place under a seqlock in the control block
+(`status_seq`, odd while writing): readers see a whole document, never half of one, and
+re-read the file only when the sequence moved. Building and writing it costs more than
+deciding the tick, and most ticks nobody reads it, so it is published on demand:
+
+- a worker that serves `/status` or `/metrics` stamps `status_wanted_ns` in its own slab
+  (`StatusReader.want`; every stamp is on the heartbeat's clock, `router.control.beat_ns`);
+- each tick the evaluator's `Publisher` writes the document only while some worker
+  wanted it within the last `LEASE_S`, then stamps `status_ns` (when) and `status_word`
+  (the control word in force) in the control block;
+- the worker answers once the document is fresh: published within one tick and under
+  the control word in force (a split flip, a rollback, shows on the next GET). The first
+  read after a quiet spell waits for the next tick; a poller keeps the lease and waits
+  for nothing. With no evaluator beating, it answers the last document at once.
+
+Workers add what only they know (`WorkerStatus`: the models each arm runs, live
+counters, rejects) and serve the whole `Status` at `GET /status`; `/metrics` and the
+dashboard read the same fields.
 
 The fields named in DESIGN.md's interface list (`phase`, `split_bp`, `models`,
 `guardrails`, `rollout`, `fleet`) are a contract; the rest may grow.
@@ -14,12 +26,24 @@ The fields named in DESIGN.md's interface list (`phase`, `split_bp`, `models`,
 
 from __future__ import annotations
 
-import json
+import asyncio
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TypedDict
 
+import orjson
+
+from router.control import beat_ns
+from router.shared_memory import SharedMemory
+
 FILENAME = "status.json"
+TICK_S = 1.0  # the evaluator's tick (guardrails.process): how old a fresh document may be
+# How long one read keeps the evaluator publishing every tick: the dashboard and
+# `rampart status --watch` poll each second and so never wait.
+LEASE_S = 5.0
+POLL_S = 0.01  # how often a waiting reader looks at the control block
 
 GuardrailState = Literal["pass", "fail", "waiting"]
 
@@ -152,34 +176,95 @@ class Status(EvaluatorStatus, WorkerStatus):
 IDLE: EvaluatorStatus = {"phase": 0, "state": "idle", "guardrails": [], "rollout": None}
 
 
-def write(state_dir: Path, status: EvaluatorStatus) -> None:
-    path = state_dir / FILENAME
-    tmp = path.with_name(f".{FILENAME}.{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(status, separators=(",", ":"), allow_nan=False))
-    except OSError:  # a full disk: leave no half-written file holding blocks
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
+def encode(status: EvaluatorStatus) -> bytes:
+    """JSON without NaN or infinity (those become null)."""
+    return orjson.dumps(status, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+class Publisher:
+    """The evaluator's side: writes the document while someone reads it."""
+
+    def __init__(self, state_dir: Path, shm: SharedMemory) -> None:
+        self.path = state_dir / FILENAME
+        self.shm = shm
+
+    def wanted(self) -> bool:
+        """Whether a worker read the status within the last LEASE_S."""
+        last = int(self.shm.slabs["status_wanted_ns"].max())
+        return beat_ns() - last < LEASE_S * 1e9
+
+    def publish(self, build: Callable[[], EvaluatorStatus], force: bool = False) -> bool:
+        """Build and write the document if it is wanted (or `force`); True if written.
+
+        Written in place under a seqlock, not to a temporary file renamed over the old
+        one: on ext4 that rename flushes the new file's data to disk (auto_da_alloc),
+        milliseconds a tick on a busy disk. Readers check `status_seq` around their read."""
+        if not (force or self.wanted()):
+            return False
+        ctrl = self.shm.control
+        word = self.shm.control_word()  # before building: the document shows at least this
+        data = encode(build())
+        writing = (int(ctrl["status_seq"]) + 1) | 1  # odd (a writer killed mid-write left odd)
+        ctrl["status_seq"] = writing
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            os.pwrite(fd, data, 0)
+            os.ftruncate(fd, len(data))
+        finally:
+            os.close(fd)
+        ctrl["status_word"] = word
+        ctrl["status_ns"] = beat_ns()
+        ctrl["status_seq"] = writing + 1
+        return True
 
 
 class StatusReader:
-    """Reads the evaluator's status file, re-parsing only when it changed."""
+    """The worker's side: the evaluator's latest document, re-read only when a new one
+    was published; `fresh()` first asks for a fresh one and waits for it."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, shm: SharedMemory, slab: int) -> None:
         self.path = state_dir / FILENAME
-        self._mtime_ns = -1
+        self.shm = shm
+        self.slab = slab
+        self._seq = -1
         self._status: EvaluatorStatus | None = None
 
+    def want(self) -> None:
+        self.shm.slabs[self.slab]["status_wanted_ns"] = beat_ns()
+
+    def is_fresh(self) -> bool:
+        """Published within one tick under the control word in force, or no evaluator
+        beating (nothing fresher will come)."""
+        ctrl = self.shm.control
+        now = beat_ns()
+        if now - int(ctrl["heartbeat_ns"]) > 2 * TICK_S * 1e9:
+            return True
+        return (
+            now - int(ctrl["status_ns"]) <= TICK_S * 1e9
+            and int(ctrl["status_word"]) == self.shm.control_word()
+        )
+
+    async def fresh(self, timeout_s: float = 2 * TICK_S) -> EvaluatorStatus | None:
+        """The document once fresh (at most `timeout_s` of waiting), read off the event loop."""
+        self.want()
+        deadline = time.monotonic() + timeout_s
+        while not self.is_fresh() and time.monotonic() < deadline:
+            await asyncio.sleep(POLL_S)
+        return await asyncio.to_thread(self.read)
+
     def read(self) -> EvaluatorStatus | None:
+        """The latest whole document (None before the first); while one is being written,
+        the previous."""
+        ctrl = self.shm.control
+        seq = int(ctrl["status_seq"])
+        if seq == self._seq or seq & 1:
+            return self._status
         try:
-            mtime = os.stat(self.path).st_mtime_ns
-        except FileNotFoundError:
-            return None
-        if mtime != self._mtime_ns:
-            try:
-                self._status = json.loads(self.path.read_text())
-            except (OSError, ValueError):
-                return self._status  # replaced while reading: keep the previous view
-            self._mtime_ns = mtime
+            data = self.path.read_bytes()
+            if int(ctrl["status_seq"]) != seq:  # rewritten while we read
+                return self._status
+            self._status = orjson.loads(data)
+        except (OSError, ValueError):
+            return self._status
+        self._seq = seq
         return self._status

@@ -30,7 +30,7 @@ from router.mailbox import AdminMailbox
 from router.models import Model
 from router.registry import Registry
 from router.shared_memory import SharedMemory, SlabLock
-from router.status import IDLE, ArmCounts, ModelInfo, Status, StatusReader
+from router.status import IDLE, ArmCounts, EvaluatorStatus, ModelInfo, Status, StatusReader
 from router.tokens import TokenSigner
 
 _perf_ns = time.perf_counter_ns
@@ -94,7 +94,7 @@ class Worker:
         # Fault injection ([faults]): added inside the timed challenger call.
         self.challenger_delay_s = config.faults.challenger_delay_ms / 1000
         self.rejects = self.slab["rejects"]
-        self.evaluator_status = StatusReader(state)
+        self.evaluator_status = StatusReader(state, self.shm, self.slab_index)
         # A feature too large for float32 becomes inf and is refused as non_finite_feature:
         # numpy's overflow warning on the request path would only fill the log.
         np.seterr(over="ignore")
@@ -299,8 +299,9 @@ class Worker:
         )
 
     # -- GET /status -----------------------------------------------------------
-    def status(self) -> Status:
-        """The evaluator's latest document plus what this worker sees."""
+    def status(self, evaluator: EvaluatorStatus | None = None) -> Status:
+        """The evaluator's document (by default the latest one written) plus what this
+        worker sees."""
         snapshot = snap.take(self.shm)
         route = self.route
         models: dict[str, ModelInfo | None] = {}
@@ -326,7 +327,8 @@ class Worker:
                 "impressions": totals.impressions,
                 "clicks": totals.clicks,
             }
-        evaluator = self.evaluator_status.read() or {}
+        if evaluator is None:
+            evaluator = self.evaluator_status.read() or {}
         out: Status = {
             **IDLE,
             **evaluator,

@@ -72,7 +72,7 @@ def _install(out: str) -> None:
 
     Worker.pending_loads = timed("worker_pending_loads", Worker.pending_loads)  # type: ignore[method-assign]
     Worker.sync = timed("worker_sync", Worker.sync)  # type: ignore[method-assign]
-    status.write = timed("eval_status_write", status.write)
+    status.Publisher.publish = timed("eval_status_write", status.Publisher.publish)  # type: ignore[method-assign]
 
     import guardrails.process
     from guardrails.evaluator import Evaluator

@@ -3,6 +3,7 @@ serves at /status (the evaluator's document plus its own view)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 from support.models import write_model
+from support.server import STATE_S, register_pair, serving, wait_for
 
 from guardrails.evaluator import prepare
 from router import layout
@@ -18,6 +20,7 @@ from router import status as status_file
 from router.config import Config
 from router.control import ControlWriter, beat_ns
 from router.registry import Registry
+from router.shared_memory import SharedMemory
 from router.status import IDLE, Status, StatusReader, WorkerStatus
 from router.worker import Worker
 
@@ -31,58 +34,119 @@ DOCUMENT: dict[str, Any] = {
 }
 
 
-def _touch(path: Path, ns: int) -> None:
-    """Give the file its own modification time: two writes within one tick of the
-    filesystem's clock can share one, and the reader caches by it."""
-    os.utime(path, ns=(ns, ns))
+class Pipe:
+    """A state file with the evaluator's publisher and a worker's reader (slab 0)."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        config = Config.from_dict({"serve": {"state_dir": str(tmp_path / "state")}})
+        self.state = config.state_path
+        self.shm = prepare(config)
+        self.control = ControlWriter(self.shm)
+        self.control.claim(os.getpid())
+        self.control.beat()
+        self.publisher = status_file.Publisher(self.state, self.shm)
+        self.reader = StatusReader(self.state, self.shm, 0)
+
+    def publish(self, doc: Any) -> bool:
+        return self.publisher.publish(lambda: doc, force=True)
+
+
+@pytest.fixture
+def pipe(tmp_path: Path) -> Iterator[Pipe]:
+    p = Pipe(tmp_path)
+    yield p
+    p.shm.close()
 
 
 # -- the file ---------------------------------------------------------------------------------
-def test_status_write_then_read_returns_the_document(tmp_path: Path) -> None:
-    status_file.write(tmp_path, DOCUMENT)  # type: ignore[arg-type]
-    assert StatusReader(tmp_path).read() == DOCUMENT
+def test_status_publish_then_read_returns_the_document(pipe: Pipe) -> None:
+    pipe.publish(DOCUMENT)
+    assert pipe.reader.read() == DOCUMENT
+    assert json.loads((pipe.state / status_file.FILENAME).read_text()) == DOCUMENT
 
 
-def test_status_write_leaves_only_the_status_file(tmp_path: Path) -> None:
-    status_file.write(tmp_path, DOCUMENT)  # type: ignore[arg-type]
-    status_file.write(tmp_path, IDLE)
-    assert [p.name for p in tmp_path.iterdir()] == [status_file.FILENAME]
-    assert json.loads((tmp_path / status_file.FILENAME).read_text()) == IDLE
+def test_status_publish_writes_in_place_and_a_shorter_document_leaves_no_tail(pipe: Pipe) -> None:
+    pipe.publish(DOCUMENT)
+    pipe.publish(IDLE)
+    assert [p.name for p in pipe.state.iterdir() if "status" in p.name] == [status_file.FILENAME]
+    assert json.loads((pipe.state / status_file.FILENAME).read_text()) == IDLE
 
 
-def test_status_write_refuses_nan_and_keeps_the_previous_document(tmp_path: Path) -> None:
-    status_file.write(tmp_path, DOCUMENT)  # type: ignore[arg-type]
-    with pytest.raises(ValueError):
-        status_file.write(tmp_path, {**DOCUMENT, "split_bp": float("nan")})  # type: ignore[typeddict-item]
-    assert StatusReader(tmp_path).read() == DOCUMENT
+def test_status_publish_makes_nan_and_infinity_null(pipe: Pipe) -> None:
+    pipe.publish({**DOCUMENT, "comparison": {"p_better": float("nan"), "uplift": float("inf")}})
+    text = (pipe.state / status_file.FILENAME).read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert pipe.reader.read() == {**DOCUMENT, "comparison": {"p_better": None, "uplift": None}}
 
 
-def test_status_reader_reads_none_before_the_first_write(tmp_path: Path) -> None:
-    assert StatusReader(tmp_path).read() is None
+def test_status_reader_reads_none_before_the_first_publish(pipe: Pipe) -> None:
+    assert pipe.reader.read() is None
 
 
-def test_status_reader_parses_again_only_when_the_file_changed(tmp_path: Path) -> None:
-    reader = StatusReader(tmp_path)
-    status_file.write(tmp_path, DOCUMENT)  # type: ignore[arg-type]
-    _touch(tmp_path / status_file.FILENAME, 1_000_000_000)
-    first = reader.read()
-    assert reader.read() is first  # unchanged: the cached document, not a new parse
-    status_file.write(tmp_path, IDLE)
-    _touch(tmp_path / status_file.FILENAME, 2_000_000_000)
-    assert reader.read() == IDLE
+def test_status_reader_parses_again_only_when_a_new_document_was_published(pipe: Pipe) -> None:
+    pipe.publish(DOCUMENT)
+    first = pipe.reader.read()
+    assert pipe.reader.read() is first  # unchanged: the cached document, not a new parse
+    pipe.publish(IDLE)
+    assert pipe.reader.read() == IDLE
 
 
-def test_status_reader_keeps_the_last_good_document_over_a_broken_file(tmp_path: Path) -> None:
-    reader = StatusReader(tmp_path)
-    status_file.write(tmp_path, DOCUMENT)  # type: ignore[arg-type]
-    _touch(tmp_path / status_file.FILENAME, 1_000_000_000)
-    assert reader.read() == DOCUMENT
-    (tmp_path / status_file.FILENAME).write_text('{"phase": 3, "sta')  # half a document
-    _touch(tmp_path / status_file.FILENAME, 2_000_000_000)
-    assert reader.read() == DOCUMENT
-    status_file.write(tmp_path, IDLE)  # the next whole document is read
-    _touch(tmp_path / status_file.FILENAME, 3_000_000_000)
-    assert reader.read() == IDLE
+def test_status_reader_keeps_the_last_whole_document_while_one_is_written(pipe: Pipe) -> None:
+    pipe.publish(DOCUMENT)
+    assert pipe.reader.read() == DOCUMENT
+    # A writer between its two stamps of the seqlock (or killed there): half a document.
+    seq = int(pipe.shm.control["status_seq"])
+    pipe.shm.control["status_seq"] = seq + 1
+    (pipe.state / status_file.FILENAME).write_text('{"phase": 3, "sta')
+    assert pipe.reader.read() == DOCUMENT
+    pipe.publish(IDLE)  # the next whole document is read
+    assert pipe.shm.control["status_seq"] % 2 == 0
+    assert pipe.reader.read() == IDLE
+
+
+# -- publishing on demand ---------------------------------------------------------------------
+def test_status_is_published_only_while_a_worker_wants_it(pipe: Pipe) -> None:
+    publish = pipe.publisher.publish
+    assert not publish(lambda: DOCUMENT)  # nobody asked: nothing built, nothing written
+    assert not (pipe.state / status_file.FILENAME).exists()
+    pipe.reader.want()
+    assert publish(lambda: DOCUMENT)
+    assert pipe.reader.read() == DOCUMENT
+    lapsed = beat_ns() - int(status_file.LEASE_S * 1e9) - 1
+    pipe.shm.slabs[0]["status_wanted_ns"] = lapsed  # the last reader left
+    assert not publish(lambda: IDLE)
+    assert pipe.reader.read() == DOCUMENT
+
+
+def test_status_is_fresh_within_a_tick_and_under_the_control_word_in_force(pipe: Pipe) -> None:
+    assert not pipe.reader.is_fresh()  # nothing published yet
+    pipe.publish(DOCUMENT)
+    assert pipe.reader.is_fresh()
+    pipe.control.flip(300, 0, True)  # e.g. a rollback: the document predates it
+    assert not pipe.reader.is_fresh()
+    pipe.publish(IDLE)
+    assert pipe.reader.is_fresh()
+    old = beat_ns() - int(status_file.TICK_S * 1e9) - 1
+    pipe.shm.control["status_ns"] = old
+    assert not pipe.reader.is_fresh()
+    # No evaluator beating: nothing fresher will come, so the last document is fresh enough.
+    pipe.shm.control["heartbeat_ns"] = beat_ns() - 60 * 10**9
+    assert pipe.reader.is_fresh()
+
+
+def test_status_reader_fresh_waits_for_the_next_publication(pipe: Pipe) -> None:
+    pipe.publish(DOCUMENT)
+    pipe.control.flip(300, 0, True)
+
+    async def scenario() -> Any:
+        waiting = asyncio.create_task(pipe.reader.fresh(timeout_s=60.0))
+        await asyncio.sleep(10 * status_file.POLL_S)
+        assert not waiting.done()  # the document on file predates the flip
+        assert pipe.shm.slabs[0]["status_wanted_ns"] > 0  # and the evaluator was asked
+        pipe.publish(IDLE)
+        return await asyncio.wait_for(waiting, 30.0)
+
+    assert asyncio.run(scenario()) == IDLE
 
 
 def test_status_idle_document_says_no_rollout() -> None:
@@ -112,6 +176,10 @@ class Rig:
         if self._worker is None:
             self._worker = Worker(self.config)
         return self._worker
+
+    def publish(self, doc: Any) -> None:
+        """What the evaluator does when a worker wants the status."""
+        status_file.Publisher(self.config.state_path, self.shm).publish(lambda: doc, force=True)
 
     def close(self) -> None:
         if self._worker is not None:
@@ -149,7 +217,7 @@ def test_worker_status_adds_its_view_to_the_evaluators_document(rig: Rig) -> Non
     rig.control.load_slot(1, 2)
     rig.control.flip(300, 0, True)
     rig.control.beat()
-    status_file.write(rig.config.state_path, DOCUMENT)  # type: ignore[arg-type]
+    rig.publish(DOCUMENT)
     doc = rig.worker.status()
     # The evaluator's fields pass through, but the split is the control word's, read now.
     assert (doc["phase"], doc["state"], doc["next"]) == (2, "running", DOCUMENT["next"])
@@ -177,8 +245,41 @@ def test_worker_status_lists_rejects_by_reason(rig: Rig) -> None:
 
 
 def test_worker_status_keys_are_declared_in_the_schema(rig: Rig) -> None:
-    status_file.write(rig.config.state_path, DOCUMENT)  # type: ignore[arg-type]
+    rig.publish(DOCUMENT)
     doc = rig.worker.status()
     declared = Status.__required_keys__ | Status.__optional_keys__
     assert set(doc) <= declared, set(doc) - declared
     assert WorkerStatus.__required_keys__ <= set(doc)
+
+
+# -- end to end -------------------------------------------------------------------------------
+def test_status_get_after_a_quiet_spell_shows_the_change_made_meanwhile(tmp_path: Path) -> None:
+    """Nobody has read /status for a while, so the evaluator has stopped writing it; a
+    rollout starts; the next GET shows the rollout (it waits for the next tick's document
+    instead of answering the one on file)."""
+    state = register_pair(tmp_path / "state")
+    with serving(state) as server:
+        shm = SharedMemory.attach(state)
+        try:
+
+            def next_tick() -> None:
+                beat = int(shm.control["heartbeat_ns"])
+                wait_for(lambda: int(shm.control["heartbeat_ns"]) > beat, STATE_S, "a tick")
+
+            def lapse() -> None:
+                shm.slabs["status_wanted_ns"] = 0  # every reader gone: the lease lapses
+                next_tick()  # (one may have been deciding to publish as it went)
+                seq = int(shm.control["status_seq"])
+                next_tick()
+                assert int(shm.control["status_seq"]) == seq  # it ticks, and publishes nothing
+
+            lapse()
+            assert server.status()["state"] == "idle"  # the first read after a quiet spell
+            lapse()
+            r = server.admin("start", {"version": "2"})
+            assert r.status_code == 200, r.text
+            status = server.status()
+            assert status["state"] in ("loading", "running"), status["state"]
+            assert status["rollout"] is not None and status["rollout"]["challenger"] == "2"
+        finally:
+            shm.close()
