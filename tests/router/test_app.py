@@ -25,6 +25,7 @@ from support.server import (
     serving,
 )
 
+from guardrails.process import EVALUATOR_NICE
 from router.tokens import TOKEN_CHARS
 
 ROW = [0.5, 1.0, -0.5, 2.0]
@@ -291,6 +292,14 @@ def test_killed_evaluator_is_restarted_and_resumes_the_rollout(server: Server) -
     assert status["rollout"]["id"] == before["rollout"]["id"]
     assert status["rollout"]["phase_started"] == before["rollout"]["phase_started"]
     assert status["phase"] == 1 and status["split_bp"] == 300
+
+
+def test_evaluator_gives_way_to_the_workers_on_a_shared_cpu(server: Server) -> None:
+    pid = int(server.status()["evaluator"]["pid"])
+    # /proc/PID/stat after the command's ")": field 3 (state) first; nice is 19, policy 41.
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    nice, policy = int(fields[19 - 3]), int(fields[41 - 3])
+    assert policy == os.SCHED_BATCH and nice >= EVALUATOR_NICE
 
 
 def test_slow_challenger_times_out_to_champion(tmp_path: Path) -> None:
