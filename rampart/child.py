@@ -35,7 +35,12 @@ class Child:
 
     def start(self) -> None:
         self._popen = subprocess.Popen(
-            [sys.executable, "-m", "rampart.child"], stdin=subprocess.PIPE, close_fds=True
+            [sys.executable, "-m", "rampart.child"],
+            stdin=subprocess.PIPE,
+            close_fds=True,
+            # A copy taken here: the exec never reads the process's `environ`, which another
+            # thread's setenv may be reallocating at that moment.
+            env=dict(os.environ),
         )
         assert self._popen.stdin is not None
         try:

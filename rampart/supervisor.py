@@ -61,10 +61,10 @@ def _run(config: Config, config_path: str | None, listeners: list[socket.socket]
     from guardrails import evaluator
 
     evaluator.prepare(config).close()
-    supervisor = _EvaluatorSupervisor(config)
-    supervisor.start()
     # Workers are spawned processes: they re-read the same file plus the flags, and die
-    # with this process (router.lifeline).
+    # with this process (router.lifeline). The environment is set before the evaluator's
+    # supervisor thread starts: a setenv here while that thread execs a child (vfork, the
+    # child reading `environ`) can hand the exec a freed environment array (EFAULT).
     os.environ["RAMPART_CONFIG"] = str(Path(config_path).resolve()) if config_path else ""
     overrides = {k: getattr(config.serve, k) for k in ("host", "port", "workers")}
     overrides["state_dir"] = str(config.state_path)
@@ -72,6 +72,8 @@ def _run(config: Config, config_path: str | None, listeners: list[socket.socket]
         overrides["admin_listen"] = str(sockets.bound_address(listeners[1]))
     os.environ["RAMPART_SERVE_OVERRIDES"] = json.dumps(overrides)
     os.environ[lifeline.SERVE_PID_ENV] = str(os.getpid())
+    supervisor = _EvaluatorSupervisor(config)
+    supervisor.start()
 
     # uvicorn hands a SIGTERM back to the handler it found once it has shut down: a
     # supervisor that gave up stopped the server that way, and that is exit 1, not death.

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import threading
 from pathlib import Path
 
 from support.models import write_model
@@ -33,6 +35,42 @@ def test_child_exitcode_is_the_exit_status_or_minus_the_signal() -> None:
     sleeps.kill()
     sleeps.join(60)
     assert sleeps.exitcode == -signal.SIGKILL
+
+
+def test_child_starts_while_another_thread_changes_the_environment() -> None:
+    """The exec reads the copy of the environment taken by `start`, never the process's
+    `environ`, which a setenv in another thread reallocates: read there, the exec of a vfork
+    child failed with EFAULT (a `rampart serve` set its workers' variables while its
+    supervisor thread started the evaluator)."""
+    stop = threading.Event()
+
+    def churn() -> None:
+        # The C environment only (os.environ's mapping stays as it is): variables added
+        # and removed, so its array is reallocated again and again.
+        i = 0
+        while not stop.is_set():
+            os.putenv(f"RAMPART_TEST_CHURN_{i % 40}", "x" * (i % 300))
+            i += 1
+            if i % 40 == 0:
+                for k in range(40):
+                    os.unsetenv(f"RAMPART_TEST_CHURN_{k}")
+
+    thread = threading.Thread(target=churn)
+    thread.start()
+    try:
+        children = []
+        for _ in range(40):
+            child = Child("os", "_exit", (0,))
+            child.start()  # raised OSError(EFAULT) in about a third of starts before
+            children.append(child)
+    finally:
+        stop.set()
+        thread.join()
+        for k in range(40):
+            os.unsetenv(f"RAMPART_TEST_CHURN_{k}")
+    for child in children:
+        child.join(60)
+        assert child.exitcode == 0
 
 
 def test_serve_runs_its_evaluator_without_a_resource_tracker(tmp_path: Path) -> None:
