@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 
 from router import layout, recording
+from router.bloom import Verdict
 from router.codec import Rejected
 from router.config import Config
-from router.dedupe import Dedupe, FilterBusy, Verdict
+from router.dedupe import Dedupe, FilterBusy
 from router.layout import Counter, Reject
 from router.tokens import Claims, TokenError, TokenSigner
 

@@ -14,15 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from support.disk import MiB, namespaces, small_fs
 
-from router.dedupe import (
-    N_BUCKETS,
-    Dedupe,
-    FilterBusy,
-    Geometry,
-    Verdict,
-    check_insert,
-    check_insert_reference,
-)
+from router.bloom import Verdict, check_insert, check_insert_reference
+from router.dedupe import N_BUCKETS, Dedupe, FilterBusy, Geometry
 
 NOW = 1_700_000_000
 needs_mount = pytest.mark.skipif(
