@@ -43,6 +43,7 @@ import msgpack
 import numpy as np
 
 from bench import loadgen
+from bench.bench_predict_servers import process_tree
 from harness.scenario_models import model_path
 from harness.serve_process import ADMIN_TOKEN, free_port
 
@@ -84,25 +85,6 @@ def pss_kb(pid: int) -> dict[str, int]:
     }
 
 
-def descendants(root: int) -> list[int]:
-    """`root` and every process below it (from each process's parent in /proc/PID/stat)."""
-    parent: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            # The command name may hold spaces and parentheses: fields follow the last ")".
-            parent[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-    tree, frontier = [root], [root]
-    while frontier:
-        frontier = [pid for pid, ppid in parent.items() if ppid in frontier]
-        tree += frontier
-    return tree
-
-
 def role(pid: int, root: int, evaluator_pid: int | None) -> str:
     if pid == root:
         return "serve"  # with --workers 1, uvicorn serves in this process: the worker
@@ -121,7 +103,7 @@ def role(pid: int, root: int, evaluator_pid: int | None) -> str:
 def measure_tree(root: int, evaluator_pid: int | None = None) -> dict[str, Any]:
     """PSS per process of the tree under `root` (by role) and the total, in MB."""
     processes: list[dict[str, Any]] = []
-    for pid in descendants(root):
+    for pid in process_tree(root):
         try:
             mem = pss_kb(pid)
         except (OSError, KeyError):  # exited meanwhile, or a kernel thread

@@ -181,13 +181,10 @@ def wrk_script(path: Path, body: bytes, content_type: str) -> Path:
     return path
 
 
-def closed_loop(
-    port: int, script: Path, seconds: float, connections: int = 16, core: int = CLIENT_CORE
-) -> dict[str, Any]:
-    """wrk, one thread, `connections` keep-alive connections, on `core`: requests per second."""
-    if shutil.which("wrk") is None:
-        raise RuntimeError("wrk is not installed (Debian: apt-get install wrk)")
-    cmd = [
+def wrk_command(url: str, script: Path, seconds: float, connections: int, core: int) -> list[str]:
+    """wrk with one thread and `connections` keep-alive connections, pinned to `core`,
+    running `script` against `url` (append `--` and the script's arguments)."""
+    return [
         *pin(core),
         "wrk",
         "-t1",
@@ -197,8 +194,17 @@ def closed_loop(
         "5s",
         "-s",
         str(script),
-        f"http://127.0.0.1:{port}/predict",
+        url,
     ]
+
+
+def closed_loop(
+    port: int, script: Path, seconds: float, connections: int = 16, core: int = CLIENT_CORE
+) -> dict[str, Any]:
+    """wrk, one thread, `connections` keep-alive connections, on `core`: requests per second."""
+    if shutil.which("wrk") is None:
+        raise RuntimeError("wrk is not installed (Debian: apt-get install wrk)")
+    cmd = wrk_command(f"http://127.0.0.1:{port}/predict", script, seconds, connections, core)
     done = subprocess.run(cmd, check=True, capture_output=True, text=True)
     line = next(x for x in done.stdout.splitlines() if x.startswith("WRK-RESULT "))
     r = json.loads(line.removeprefix("WRK-RESULT "))

@@ -35,9 +35,11 @@ import httpx
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.bench_predict_clients import wrk_command
+from bench.bench_predict_servers import process_tree
 from harness import ground_truth
 from harness.scenario_models import model_path
-from harness.serve_process import ADMIN_TOKEN, Serve, free_port, pin
+from harness.serve_process import ADMIN_TOKEN, Serve, free_port
 
 CLIENT_CORE = 1
 EVENTS_PER_S = 20_000
@@ -72,16 +74,7 @@ def wrk(
     seed: int,
 ) -> dict[str, Any]:
     cmd = [
-        *pin(CLIENT_CORE),
-        "wrk",
-        "-t1",
-        f"-c{connections}",
-        f"-d{max(1, round(seconds))}s",
-        "--timeout",
-        "5s",
-        "-s",
-        str(script),
-        url,
+        *wrk_command(url, script, seconds, connections, CLIENT_CORE),
         "--",
         str(budget),
         str(delay_ms),
@@ -116,23 +109,6 @@ def server_counters(url: str) -> dict[str, int]:
                 kind = {"impression": "impressions", "click": "clicks"}[sample.labels["type"]]
                 counts[f"{kind}_{arm}"] += int(sample.value)
     return counts
-
-
-def process_tree(root: int) -> list[int]:
-    """`root` and all its descendants (from /proc/*/stat)."""
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-    tree, frontier = [root], [root]
-    while frontier:
-        frontier = [pid for pid, ppid in parents.items() if ppid in frontier]
-        tree += frontier
-    return tree
 
 
 def footprint(root: int) -> dict[str, Any]:

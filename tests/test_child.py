@@ -10,7 +10,8 @@ from pathlib import Path
 from support.models import write_model
 from support.server import register, serving
 
-from bench.bench_footprint import descendants, role
+from bench.bench_footprint import role
+from bench.bench_predict_servers import process_tree
 from rampart.child import Child
 
 
@@ -79,6 +80,6 @@ def test_serve_runs_its_evaluator_without_a_resource_tracker(tmp_path: Path) -> 
     register(state, write_model(tmp_path / "champion.onnx"))
     with serving(state) as server:
         evaluator = int(server.status()["evaluator"]["pid"])
-        tree = descendants(server.proc.pid)
+        tree = process_tree(server.proc.pid)
         roles = sorted(role(pid, server.proc.pid, evaluator) for pid in tree)
         assert roles == ["evaluator", "serve"], roles

@@ -7,13 +7,14 @@ import os
 import subprocess
 import sys
 
-from bench.bench_footprint import descendants, measure_tree, pss_kb, summary_text
+from bench.bench_footprint import measure_tree, pss_kb, summary_text
+from bench.bench_predict_servers import process_tree
 
 
 def test_measure_tree_counts_every_process_below_the_root() -> None:
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     try:
-        assert child.pid in descendants(os.getpid())
+        assert child.pid in process_tree(os.getpid())
         tree = measure_tree(os.getpid())
         pids = {p["pid"]: p for p in tree["processes"]}
         assert {os.getpid(), child.pid} <= set(pids)
