@@ -140,7 +140,7 @@ def _warm_up(worker: Worker) -> None:
                 out = np.full((1, 1), 0.5, np.float32)
             recording.record_predictions(addr, out)
     recording.record_request(addr, 1, 0, 0)
-    recording.bump(addr, int(layout.Counter.ERR_RAISED))  # as the callers pass it: an int
+    recording.bump(addr, layout.Counter.ERR_RAISED)
     recording.record_event(addr, worker.tables, 0, 0, 1, 0.5)
 
 

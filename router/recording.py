@@ -90,9 +90,15 @@ def record_predictions(slot_addr: int, predictions: np.ndarray) -> int:
 
 
 @numba.njit(cache=True)
-def bump(slot_addr: int, counter: int) -> None:
+def _bump(slot_addr: int, counter: int) -> None:
     w = numba.carray(_int64_at(slot_addr), (_COUNTERS + layout.N_COUNTERS,))
     w[_COUNTERS + counter] += 1
+
+
+def bump(slot_addr: int, counter: int) -> None:
+    """Add one to a slot's counter (a `layout.Counter`). The kernel gets it as a plain int:
+    an IntEnum member makes numba type the argument on every call (~30 µs; an int ~0.2)."""
+    _bump(slot_addr, int(counter))
 
 
 @numba.njit(cache=True)

@@ -36,12 +36,6 @@ from router.tokens import TokenSigner
 _perf_ns = time.perf_counter_ns
 _sleep = time.sleep
 _is_challenger = hashing.is_challenger
-# Counters as plain ints: numba types an IntEnum argument on every call (~30 µs; an int ~0.2).
-_STALE_ROUTED = int(Counter.STALE_ROUTED)
-_FALLBACKS = int(Counter.FALLBACKS)
-_ERR_FEATURES = int(Counter.ERR_FEATURES)
-_ERR_RAISED = int(Counter.ERR_RAISED)
-_ERR_TIMEOUT = int(Counter.ERR_TIMEOUT)
 ARMS = ("champion", "challenger")
 SAME_ORDER = np.arange(0)  # sentinel: the challenger takes the champion's columns as they are
 
@@ -194,7 +188,7 @@ class Worker:
         route = self.route
         arm = 1 if _is_challenger(rid, route.split_bp, self.hash_seed) else 0
         if route.stale:  # kept out of the sample-ratio check: the split was not in force
-            recording.bump(self.slot_addr[route.champion], _STALE_ROUTED)
+            recording.bump(self.slot_addr[route.champion], Counter.STALE_ROUTED)
         features = req.get("features")
         champion = self.models[route.champion]
         if champion is None:
@@ -232,7 +226,7 @@ class Worker:
         if fallback is not None:
             payload["fallback"] = fallback
             slot = route.challenger
-            recording.bump(self.slot_addr[slot], _FALLBACKS)
+            recording.bump(self.slot_addr[slot], Counter.FALLBACKS)
         return payload, slot, cell, 1 if fallback else 0
 
     def _challenger(
@@ -245,12 +239,12 @@ class Worker:
             try:
                 inputs = named_rows(named, model.features, self.known_features, len(named))
             except Rejected:
-                recording.bump(addr, _ERR_FEATURES)
+                recording.bump(addr, Counter.ERR_FEATURES)
                 return x, "challenger_features"
         else:
             cols = self.columns[slot]
             if cols is None:
-                recording.bump(addr, _ERR_FEATURES)
+                recording.bump(addr, Counter.ERR_FEATURES)
                 return x, "challenger_features"
             inputs = x if cols is SAME_ORDER else x[:, cols]
         start = _perf_ns()
@@ -259,10 +253,10 @@ class Worker:
                 _sleep(self.challenger_delay_s)
             out = model.predict(inputs)
         except Exception:
-            recording.bump(addr, _ERR_RAISED)
+            recording.bump(addr, Counter.ERR_RAISED)
             return x, "challenger_error"
         if _perf_ns() - start > self.timeout_ns:
-            recording.bump(addr, _ERR_TIMEOUT)
+            recording.bump(addr, Counter.ERR_TIMEOUT)
             return x, "challenger_timeout"
         if out.size != x.shape[0] or recording.record_predictions(addr, out):
             return x, "challenger_invalid"
@@ -275,7 +269,7 @@ class Worker:
         try:
             out = model.predict(x)
         except Exception:
-            recording.bump(addr, _ERR_RAISED)
+            recording.bump(addr, Counter.ERR_RAISED)
             raise Rejected(Reject.MODEL_UNAVAILABLE, "the champion model failed", 503) from None
         if out.size != x.shape[0] or recording.record_predictions(addr, out):
             raise Rejected(
