@@ -136,11 +136,15 @@ class HostAgent:
         self.leader_id = t.leader
         if self._lost(t):
             return
+        # The store may die between any two calls of a tick: every later call that fails
+        # ends the tick as a failed first call does, keeping the last decision.
         try:
             self._lead(t, now)
+            self._follow(t, now)
         except StoreUnavailable as e:
             self._unreachable(now, str(e))
-            return
+
+    def _follow(self, t: Tick, now: float) -> None:
         decision = self.serving.decision if self.serving is not None else None
         if decision is None and t.decision is not None:
             if t.decision.version != self.decision_version:
