@@ -33,7 +33,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from router import exposition as prom
-from router import layout, recording, residency
+from router import layout, paired, recording, residency
 from router import snapshot as snap
 from router.codec import JSON, Rejected, all_finite, decode, encode, kind_of, media_type
 from router.config import Config
@@ -139,6 +139,7 @@ def _warm_up(worker: Worker) -> None:
             except Exception:
                 out = np.full((1, 1), 0.5, np.float32)
             recording.record_predictions(addr, out)
+            paired.record_pairs(addr, out, out)
     recording.record_request(addr, 1, 0, 0)
     recording.bump(addr, layout.Counter.ERR_RAISED)
     recording.record_event(addr, worker.tables, 0, 0, 1, 0.5)
@@ -249,7 +250,14 @@ class App:
             return await self._refuse(send, e, scope)
         out = encode(payload, kind)
         recording.record_request(worker.slot_addr[slot], (_perf_ns() - t0) // 1000, cell, error)
+        pairing = worker.pairing
+        pair = pairing.pending
+        if pair is None:
+            return await _send(send, 200, out, kind)
+        pairing.pending = None
         await _send(send, 200, out, kind)
+        # The answer is sent: the champion's run on its rows is in no request's latency.
+        pairing.score(pair, worker.shm.control_word())
 
     async def _events(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
