@@ -82,7 +82,7 @@ def test_constant_challenger_has_no_spread_at_all() -> None:
     assert math.isnan(r)  # no correlation to speak of: the spread check judges it
 
 
-# --- the checks ------------------------------------------------------------------------------------
+# --- the checks ---------------------------------------------------------------------------------
 
 
 def judged(challenger_pairs: tuple[np.ndarray, np.ndarray]) -> dict[str, State]:
