@@ -75,9 +75,7 @@ def test_spread_interval_covers_the_true_ratio_as_often_as_it_says() -> None:
 
 def test_constant_challenger_has_no_spread_at_all() -> None:
     b = served(12)
-    n, spread, low, high, r, *_ = paired_kernel(
-        pair_sums_reference(b, np.full(12, 0.02)), Z999
-    )
+    n, spread, low, high, r, *_ = paired_kernel(pair_sums_reference(b, np.full(12, 0.02)), Z999)
     assert (n, spread, low, high) == (12, 0.0, 0.0, 0.0)
     assert math.isnan(r)  # no correlation to speak of: the spread check judges it
 
