@@ -132,6 +132,7 @@ def _warm_up(worker: Worker) -> None:
     addr = scratch.ctypes.data
     x = np.full((1, 1), 0.5, np.float32)
     all_finite(x)
+    outs = []
     for model in worker.models:
         if model is not None:
             try:  # a model that fails here is the request path's to count, not the start's
@@ -139,7 +140,10 @@ def _warm_up(worker: Worker) -> None:
             except Exception:
                 out = np.full((1, 1), 0.5, np.float32)
             recording.record_predictions(addr, out)
-            paired.record_pairs(addr, out, out)
+            outs.append(out)
+    for champion in outs:  # each model's output type as either arm of a pair
+        for challenger in outs:
+            paired.record_pairs(addr, champion, challenger)
     recording.record_request(addr, 1, 0, 0)
     recording.bump(addr, layout.Counter.ERR_RAISED)
     recording.record_event(addr, worker.tables, 0, 0, 1, 0.5)

@@ -79,6 +79,7 @@ def test_constant_challenger_is_pulled_within_two_seconds_by_paired_spread(
     with serving(state) as server:
         ids = request_ids(server.hash_seed(), PHASE_1_BP, "challenger", 1000)
         seconds, seen = pulled_after(server, ids, rows(len(ids)))
+        print(f"constant challenger pulled {seconds:.3f} s after its share was in force")
         assert seconds <= 2.0, f"pulled {seconds:.2f} s after the split was in force"
         assert seen < 500 / 4  # a quarter of what prediction_spread waits for
         last = server.status()["last_rollout"]
