@@ -340,8 +340,9 @@ class World:
         latency = WORLD_LATENCY_US if impressions else 0
         # Every request paired, on the same rows as the champion, with the same prediction.
         values = (np.array(WORLD_BINS) + 0.5) / layout.N_PRED_BINS
-        b = np.repeat(values, hist[list(WORLD_BINS)])
-        paired = np.array([b.size, b.sum(), b.sum(), b @ b, b @ b, b @ b], np.float64)
+        counts = hist[list(WORLD_BINS)].astype(np.float64)
+        s, q = float(counts @ values), float(counts @ values**2)
+        paired = np.array([counts.sum(), s, s, q, q, q])
         return ArmMetrics(
             requests=impressions,
             errors=0,
