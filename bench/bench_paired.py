@@ -9,7 +9,8 @@ the default policy's phase 1 lasts a day), differing only in `[paired]`:
     uncapped  every challenger request, no effective cap (max_per_s = 100000)
 
 wrk on core 1 (closed loop, one thread, 16 keep-alive connections) posts one positional row
-in msgpack, rotating through 1,000 bodies with their own request ids and rows, 30 of which
+in msgpack, rotating through 1,000 bodies with their own request ids and rows (drawn from
+the simulator's ad traffic, `harness.ground_truth`), 30 of which
 the server's split sends to the challenger (exactly its 3%). Rounds alternate A B C, C B A,
 ..., so drift on this shared machine hits all alike; medians and per-round ratios to `off`
 are reported, with requests per server CPU-second (schedstat) beside the wall-clock rate,
@@ -35,6 +36,7 @@ import numpy as np
 
 from bench import bench_predict_clients as clients
 from bench import bench_predict_servers as servers
+from harness import ground_truth
 from harness.scenario_models import model_path
 from harness.serve_process import Serve
 from router import hashing, snapshot
@@ -127,10 +129,13 @@ def bodies(serve: Serve, n_features: int) -> list[bytes]:
         ids[True].pop() if k % every == 0 and ids[True] else ids[False].pop()
         for k in range(N_BODIES)
     ]
-    rng = np.random.default_rng(5)
+    # Rows from the simulator's ad traffic: the models' own distribution. (On rows unlike
+    # anything they were trained on, such as standard normal noise, the champion and the
+    # better challenger disagree, r 0.2, and paired_correlation rightly pulls it.)
+    x = ground_truth.sample_features(np.random.default_rng(5), N_BODIES).astype(np.float32)
+    assert x.shape[1] == n_features
     out = []
-    for rid in order:
-        row = rng.normal(size=n_features).astype(np.float32).tolist()
+    for rid, row in zip(order, x.tolist(), strict=True):
         request = {
             "request_id": rid,
             "features": row,
@@ -222,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
                     runs[name].append(result)
                     print(f"{name}: {json.dumps(result)}", flush=True)
             after = {n: servers.phase_of(s.status()) for n, s in started.items()}
+            if set(after.values()) != {1}:
+                raise RuntimeError(f"a rollout left phase 1 during the runs: {after}")
         finally:
             for serve in started.values():
                 serve.stop()
