@@ -15,6 +15,10 @@ the server's split sends to the challenger (exactly its 3%). Rounds alternate A 
 ..., so drift on this shared machine hits all alike; medians and per-round ratios to `off`
 are reported, with requests per server CPU-second (schedstat) beside the wall-clock rate,
 wrk's p50 / p99, and how many challenger requests each server paired (its counters).
+Last, in-process on core 0 with the servers gone, what one pair costs the worker
+(`pair_cost_us`): times the pairs per request `on` made, over the server's CPU per request,
+it is the throughput share pairing takes, a figure the neighbours on a shared core move
+far less than they move the wall-clock ratios.
 
     flock /tmp/rampart-bench.lock python -m bench.bench_paired [--rounds 4] [--seconds 8]
 
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -173,6 +178,44 @@ def run(serve: Serve, script: Path, seconds: float) -> dict[str, Any]:
     return r
 
 
+def pair_cost_us(repeats: int = 7, n: int = 2000) -> dict[str, float]:
+    """In-process, on this core: what pairing one challenger request costs the worker
+    (`Pairing.offer` on the hot path, then `Pairing.score`: the champion's run on the row,
+    the pair kernel, a counter), and the champion's run alone. Medians of `repeats` means
+    over `n` pairs, in µs of this thread's CPU time."""
+    from router.config import PairedConfig
+    from router.layout import slot_dtype
+    from router.models import Model
+    from router.paired import Pairing, record_pairs
+
+    os.sched_setaffinity(0, {servers.SERVER_CORE})
+    champion = Model(model_path("champion"), 1)
+    x = ground_truth.sample_features(np.random.default_rng(9), n).astype(np.float32)
+    rows = [x[i : i + 1] for i in range(n)]
+    outs = [champion.predict(r) for r in rows]
+    scratch = np.zeros(1, slot_dtype(4, 4))
+    addr = scratch.ctypes.data
+    pairing = Pairing(PairedConfig(max_per_s=1e9))
+    record_pairs(addr, outs[0], outs[0])  # the kernel loaded before the clock starts
+    paired, alone = [], []
+    clock = time.thread_time_ns  # CPU time: a neighbour holding the core is not counted
+    for _ in range(repeats):
+        t0 = clock()
+        for r, out in zip(rows, outs, strict=True):
+            pairing.offer(7, 300, champion, addr, r, out)
+            pair = pairing.pending
+            pairing.pending = None
+            assert pair is not None
+            pairing.score(pair, 7)
+        t1 = clock()
+        for r in rows:
+            champion.predict(r)
+        t2 = clock()
+        paired.append((t1 - t0) / n / 1000)
+        alone.append((t2 - t1) / n / 1000)
+    return {"pair_us": statistics.median(paired), "champion_run_us": statistics.median(alone)}
+
+
 def summary(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in ORDER:
@@ -232,14 +275,25 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             for serve in started.values():
                 serve.stop()
+    cost = pair_cost_us()  # after the servers are gone: alone on the core
+    table = summary(runs)
+    off = runs["off"]
+    cpu_us = 1e6 * sum(r["server_cpu_s"] for r in off) / sum(r["requests"] for r in off)
+    on = runs["on"]
+    pairs_per_request = sum(r["paired"] for r in on) / sum(r["requests"] for r in on)
+    cost["server_cpu_us_per_request_off"] = cpu_us
+    cost["pairs_per_request_on"] = pairs_per_request
+    # The share of the worker's CPU pairing takes at the measured rates: throughput's cost.
+    cost["estimated_cost"] = pairs_per_request * cost["pair_us"] / cpu_us
     report = {
         "command": "python -m bench.bench_paired "
         f"--rounds {args.rounds} --seconds {args.seconds:g}",
         "phase_after": after,
-        "summary": summary(runs),
+        "summary": table,
+        "pair_cost": cost,
         "runs": runs,
     }
-    print(json.dumps(report["summary"], indent=2))
+    print(json.dumps({"summary": table, "pair_cost": cost}, indent=2))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "paired.json").write_text(json.dumps(report, indent=2) + "\n")
