@@ -90,10 +90,11 @@ class SyntheticWorkers:
         counters[Counter.CANDIDATES] += n * self.CANDIDATES
         counters[Counter.ERR_RAISED] += int(errors.sum())
         f["latency"][w, slot][self.lat_index] += rng.multinomial(n, self.lat_p)
-        f["pred_hist"][w, slot] += rng.multinomial(n * self.CANDIDATES, self.pred_p)
+        hist = rng.multinomial(n * self.CANDIDATES, self.pred_p)
+        f["pred_hist"][w, slot] += hist
         # Every request paired (router.paired), the challenger agreeing with the champion.
-        values = rng.choice(self.centres, n * self.CANDIDATES, p=self.pred_p)
-        f["paired"][w, slot] += [values.size, *[values.sum()] * 2, *[values @ values] * 3]
+        s, q = float(hist @ self.centres), float(hist @ self.centres**2)
+        f["paired"][w, slot] += [hist.sum(), s, s, q, q, q]
         counters[Counter.PAIRED] += n
         f["seg_requests"][w, slot][:, 0] += requests
         f["seg_requests"][w, slot][:, 1] += errors
