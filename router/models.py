@@ -116,8 +116,8 @@ class Model:
         if not (np.all(np.isfinite(out)) and np.all((out >= 0) & (out <= 1))):
             raise ModelError(f"{self.path}: probe predictions are not all finite values in [0, 1]")
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        out: np.ndarray = self._session.run(self._outputs, {self._input: x})[0]
+    def predict(self, x: np.ndarray, options: ort.RunOptions | None = None) -> np.ndarray:
+        out: np.ndarray = self._session.run(self._outputs, {self._input: x}, options)[0]
         return out
 
     def columns_from(self, features: tuple[str, ...]) -> np.ndarray | None:

@@ -23,6 +23,7 @@ from router import snapshot as snap
 from router.codec import Rejected, named_rows, positional_rows
 from router.config import Config, token_secret
 from router.control import ControlBlock, beat_ns, unpack
+from router.deadline import RunDeadline
 from router.dedupe import Dedupe, geometry_of
 from router.events import EventCounter
 from router.layout import Counter, Reject
@@ -85,6 +86,7 @@ class Worker:
         self.route = Route(-1, 0, 0, 1, True)
         self.hash_seed = 0
         self.timeout_ns = int(self.serve.challenger_timeout_ms * 1e6)
+        self.deadline = RunDeadline(self.serve.challenger_timeout_ms / 1000)
         # Fault injection ([faults]): added inside the timed challenger call.
         self.challenger_delay_s = config.faults.challenger_delay_ms / 1000
         self.rejects = self.slab["rejects"]
@@ -144,6 +146,7 @@ class Worker:
             # The champion slot is not loaded yet (first start): serve what we have.
             champion, challenger, split = challenger, champion, 0
         self.route = Route(word, split, champion, challenger, stale)
+        self.deadline.watch(split > 0)
         champ = self.models[self.route.champion]
         chall = self.models[self.route.challenger]
         self.columns = [None, None]
@@ -248,16 +251,19 @@ class Worker:
                 return x, "challenger_features"
             inputs = x if cols is SAME_ORDER else x[:, cols]
         start = _perf_ns()
+        options = self.deadline.begin(start)
         try:
             if self.challenger_delay_s:
                 _sleep(self.challenger_delay_s)
-            out = model.predict(inputs)
+            out = model.predict(inputs, options)
         except Exception:
+            out = None
+        if self.deadline.end() or _perf_ns() - start > self.timeout_ns:
+            recording.bump(addr, Counter.ERR_TIMEOUT)  # cut at its deadline, or finished late
+            return x, "challenger_timeout"
+        if out is None:
             recording.bump(addr, Counter.ERR_RAISED)
             return x, "challenger_error"
-        if _perf_ns() - start > self.timeout_ns:
-            recording.bump(addr, Counter.ERR_TIMEOUT)
-            return x, "challenger_timeout"
         if out.size != x.shape[0] or recording.record_predictions(addr, out):
             return x, "challenger_invalid"
         return out, None
