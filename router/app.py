@@ -35,6 +35,7 @@ from starlette.routing import Route
 from router import exposition as prom
 from router import layout, recording, residency
 from router import snapshot as snap
+from router.body_deadline import BodyDeadlines
 from router.codec import JSON, Rejected, all_finite, decode, encode, kind_of, media_type
 from router.config import Config
 from router.dashboard import Dashboard
@@ -80,7 +81,9 @@ def _over(declared: bytes | None, limit: int) -> bool:
         return False
 
 
-async def _read_body(receive: Receive, limit: int, declared: bytes | None) -> bytes:
+async def _read_body(
+    receive: Receive, limit: int, declared: bytes | None, deadlines: BodyDeadlines
+) -> bytes:
     too_large = f"body is over {limit} bytes"
     if _over(declared, limit):
         # Refused before reading (and before uvicorn's `100 Continue`, so a client
@@ -88,17 +91,26 @@ async def _read_body(receive: Receive, limit: int, declared: bytes | None) -> by
         raise BodyNotRead(Reject.BODY_TOO_LARGE, too_large, 413)
     chunks = []
     size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise Rejected(Reject.MALFORMED_BODY, "client disconnected")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:  # chunked: no length was declared
-            raise BodyNotRead(Reject.BODY_TOO_LARGE, too_large, 413)
-        chunks.append(chunk)
-        if not message.get("more_body"):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    task = deadlines.enter()
+    try:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise Rejected(Reject.MALFORMED_BODY, "client disconnected")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:  # chunked: no length was declared
+                raise BodyNotRead(Reject.BODY_TOO_LARGE, too_large, 413)
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    except asyncio.CancelledError:
+        if not deadlines.expired(task):
+            raise
+        late = f"the body did not arrive within {deadlines.timeout_s:g} s"
+        raise BodyNotRead(Reject.BODY_TIMEOUT, late, 408) from None
+    finally:
+        deadlines.leave(task)
 
 
 async def _send(send: Send, status: int, body: bytes, kind: bytes, close: bool = False) -> None:
@@ -153,6 +165,7 @@ class App:
         self.config = config
         self.worker: Worker | None = None
         self._ticker: asyncio.Task[None] | None = None
+        self.bodies = BodyDeadlines(config.serve.body_timeout_s)
         # The admin mailbox is SQLite: its calls run on this one thread, never on the event
         # loop, and a flood of admin requests cannot take the threads model loading uses.
         self._admin_thread = ThreadPoolExecutor(1, thread_name_prefix="rampart-admin")
@@ -188,6 +201,7 @@ class App:
         failure = ""
         while True:
             await asyncio.sleep(period)
+            self.bodies.sweep()
             worker = self.worker
             if worker is not None:
                 try:
@@ -221,7 +235,7 @@ class App:
         (or refused as too large) before any other refusal, so the connection stays usable."""
         worker = self.worker
         content_type, declared = _framing(scope["headers"])
-        body = await _read_body(receive, self.config.serve.max_body_bytes, declared)
+        body = await _read_body(receive, self.config.serve.max_body_bytes, declared, self.bodies)
         if worker is None:
             raise Rejected(Reject.MODEL_UNAVAILABLE, "the worker is starting", 503)
         if scope["method"] != "POST":
@@ -312,7 +326,7 @@ class App:
         thread, never on the event loop."""
         try:  # read first (bounded), so that any refusal leaves the connection usable
             declared = _framing(request.scope["headers"])[1]
-            body = await _read_body(request.receive, ADMIN_MAX_BODY, declared)
+            body = await _read_body(request.receive, ADMIN_MAX_BODY, declared, self.bodies)
         except Rejected as e:
             return self._refused(e)
         expected = os.environ.get("RAMPART_ADMIN_TOKEN", "")

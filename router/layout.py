@@ -92,6 +92,7 @@ class Reject(StrEnum):
     NOT_FOUND = "not_found"  # a path this listener does not serve
     BAD_CANDIDATE = "bad_candidate"
     CLICK_WITHOUT_IMPRESSION = "click_without_impression"
+    BODY_TIMEOUT = "body_timeout"  # the body did not arrive within [serve] body_timeout_s
 
 
 N_REJECT_SLOTS = 32
