@@ -9,10 +9,10 @@ request waits the timeout plus the champion's run, not the challenger's. One ker
 runs long on its own is not interrupted: the elapsed-time check after the run still
 counts it as a timeout.
 
-The hot path pays two attribute writes and one uncontended lock (0.57 µs with the clock read); no thread is
-woken per request. The watchdog wakes every half timeout while a challenger serves (it
-must see each run before that run's deadline), sleeps to the deadline of a run it sees,
-and sleeps on an event while no challenger serves.
+The hot path pays two attribute writes and one uncontended lock (0.57 µs with the clock
+read); no thread is woken per request. The watchdog wakes every half timeout while a
+challenger serves (it must see each run before that run's deadline), sleeps to the
+deadline of a run it sees, and sleeps on an event while no challenger serves.
 """
 
 from __future__ import annotations
