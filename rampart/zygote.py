@@ -35,7 +35,7 @@ import threading
 import traceback
 from typing import Any
 
-from router import lifeline
+from router import lifeline, residency
 
 _LENGTH = struct.Struct("<I")
 _REPLY = struct.Struct("<cii")  # kind (S started, E exited), pid, exit code
@@ -196,6 +196,10 @@ class ForkedChild:
 # -- the zygote process ---------------------------------------------------------------------------
 def _zygote(sock: socket.socket, serve: int) -> int:
     lifeline.die_with_parent(serve)
+    # LLVM's code, paged in to load the kernels: the zygote never runs numba, and a page
+    # the worker and the evaluators drop (router.residency) but the zygote kept mapped
+    # would count whole here. A child that needs one pages it back from the file.
+    residency.release_compiler(force=True)
     # ^C, or a SIGTERM to the whole process group (a container runtime's stop): `rampart
     # serve` stops the evaluator gracefully, and the zygote, whose death would SIGKILL it,
     # leaves that to it; it ends when the server closes its socket, or dies with it. Blocked,
