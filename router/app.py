@@ -135,25 +135,35 @@ def _closing_500s(send: Send) -> Send:
     return wrapped
 
 
-def _warm_up(worker: Worker) -> None:
-    """Load the hot path's numba kernels before the first request: loading them from the
-    cache (or compiling) takes over a second, which the first /predict would otherwise
-    spend blocking the loop, and record as its model's latency. They run on a scratch
-    slot with the real argument types, so no counter changes."""
-    scratch = np.zeros(1, layout.slot_dtype(worker.segments.n_cells, worker.n_buckets))
+def warm_kernels(config: Config) -> None:
+    """Load the hot path's numba kernels: from the cache (or compiling) that takes over a
+    second, which the first /predict would otherwise spend blocking the loop, and record
+    as its model's latency. `rampart serve` runs this before it forks the evaluators'
+    zygote, so the kernels and numba's context are pages the two share (rampart.zygote).
+    They run on a scratch slot with the real argument types, so no counter changes."""
+    n_cells, n_buckets = config.segments.n_cells, config.n_buckets
+    scratch = np.zeros(1, layout.slot_dtype(n_cells, n_buckets))
     addr = scratch.ctypes.data
     x = np.full((1, 1), 0.5, np.float32)
     all_finite(x)
+    recording.record_predictions(addr, x)
+    recording.record_request(addr, 1, 0, 0)
+    recording.bump(addr, layout.Counter.ERR_RAISED)
+    recording.record_event(addr, layout.table_words(n_cells, n_buckets), 0, 0, 1, 0.5)
+
+
+def _warm_up(worker: Worker) -> None:
+    """The kernels (a no-op when `rampart serve` loaded them already) and each model's
+    first run, before the first request."""
+    warm_kernels(worker.config)
+    scratch = np.zeros(1, layout.slot_dtype(worker.segments.n_cells, worker.n_buckets))
     for model in worker.models:
         if model is not None:
             try:  # a model that fails here is the request path's to count, not the start's
                 out = model.predict(np.zeros((1, model.width), np.float32))
             except Exception:
-                out = np.full((1, 1), 0.5, np.float32)
-            recording.record_predictions(addr, out)
-    recording.record_request(addr, 1, 0, 0)
-    recording.bump(addr, layout.Counter.ERR_RAISED)
-    recording.record_event(addr, worker.tables, 0, 0, 1, 0.5)
+                continue
+            recording.record_predictions(scratch.ctypes.data, out)  # its output's shape
 
 
 def _error_body(e: Rejected, kind: bytes) -> bytes:
