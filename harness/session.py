@@ -26,6 +26,7 @@ import httpx
 import uvloop
 
 from harness import simulator
+from harness.mlflow_store import MlflowStore
 from harness.redis_process import private_redis
 from harness.scenario_models import model_path
 from harness.scenarios import SCENARIO_NAMES, SCENARIOS, TRAIN, Scenario, server_config
@@ -117,12 +118,16 @@ class Session:
         max_s: float = 900.0,
         challenger_delay_ms: float = 0.0,
         fleet_hosts: int = 0,
+        registry: str = "local",
     ) -> None:
         """`fleet_hosts` > 0: that many `rampart serve --fleet` hosts on a private Redis, the
-        simulator sending to all of them; admin commands and `/status` go to the first."""
+        simulator sending to all of them; admin commands and `/status` go to the first.
+        `registry` "mlflow": the models live in a private MLflow store (harness.mlflow_store)."""
         self.rate, self.seed, self.port, self.prefix = rate, seed, port, prefix
         self.fleet_hosts = fleet_hosts
         self.fleet_url = ""
+        self.registry = registry
+        self.mlflow: MlflowStore | None = None
         self.on_status = on_status
         self.keep_state = keep_state
         self.max_s = max_s
@@ -148,6 +153,8 @@ class Session:
         self.state = root / "state"
         if self.fleet_hosts:
             self.fleet_url = stack.enter_context(private_redis())
+        if self.registry == "mlflow":
+            self.mlflow = MlflowStore(root / "mlflow")
         self.register("champion")
         slack_url, self.alerts = stack.enter_context(slack_sink())
         env = dict(os.environ, RAMPART_ADMIN_TOKEN=ADMIN_TOKEN, RAMPART_SLACK_WEBHOOK=slack_url)
@@ -179,6 +186,8 @@ class Session:
     def _write_configs(self) -> None:
         for i, host in enumerate(self.hosts):
             text = server_config(self.challenger_delay_ms)
+            if self.mlflow is not None:
+                text += self.mlflow.config()
             if self.fleet_hosts:
                 text += f'\n[fleet]\nurl = "{self.fleet_url}"\nhost_id = "host-{i + 1}"\n'
             host.config.write_text(text)
@@ -197,14 +206,20 @@ class Session:
         for host in self.hosts:
             host.stop()
 
-    def register(self, variant: str) -> int:
+    def register(self, variant: str, *, start: bool = False) -> int:
+        """Register a shipped model variant; `start`: queue it, as `models register --start`."""
+        if self.mlflow is not None:
+            return self.mlflow.register(model_path(variant), start=start)
         if self.fleet_url:
             return register_in_fleet(self.fleet_url, model_path(variant))
         from router.registry import Registry
 
         registry = Registry(self.state)
         try:
-            return registry.register(model_path(variant)).version
+            version = registry.register(model_path(variant)).version
+            if start:
+                registry.queue(version)
+            return version
         finally:
             registry.close()
 
@@ -247,13 +262,7 @@ class Session:
         from router.registry import Registry
 
         began = time.monotonic()
-        versions = [self.register(s.challenger) for s in legs]
-        registry = Registry(self.state)
-        try:
-            for version in versions:
-                registry.queue(version)
-        finally:
-            registry.close()
+        versions = [self.register(s.challenger, start=True) for s in legs]
         watch = _Watch(self.serve, self.on_status)
         verdicts = []
         for s, version in zip(legs, versions, strict=True):
@@ -286,7 +295,10 @@ class Session:
         finally:
             registry.close()
         passed = all(v["passed"] for v in verdicts)
-        return {"scenario": "train", "passed": passed, "legs": verdicts, "registry": statuses}
+        result = {"scenario": "train", "passed": passed, "legs": verdicts, "registry": statuses}
+        if self.mlflow is not None:  # the outcomes as MLflow holds them
+            result["mlflow"] = self.mlflow.outcomes(versions)
+        return result
 
 
 def register_in_fleet(url: str, path: Path) -> int:
@@ -308,8 +320,10 @@ def run_scenario(
     timeout_s: float = 420.0,
     on_status: Callable[[Status], None] | None = None,
     keep_state: Path | None = None,
+    registry: str = "local",
 ) -> dict[str, Any]:
-    """Run one scenario on a fresh server and return its verdict (see harness.scenarios)."""
+    """Run one scenario on a fresh server and return its verdict (see harness.scenarios);
+    `registry` "mlflow": its models in a private MLflow store (harness.mlflow_store)."""
     if name not in SCENARIO_NAMES:
         raise ValueError(f"unknown scenario {name!r}; scenarios: {', '.join(SCENARIO_NAMES)}")
     if name == "train":
@@ -320,6 +334,7 @@ def run_scenario(
             keep_state=keep_state,
             prefix="train-",
             max_s=2 * timeout_s + 60,
+            registry=registry,
         ) as session:
             return session.train(tuple(SCENARIOS[n] for n in TRAIN), 2 * timeout_s)
     scenario = SCENARIOS[name]
@@ -331,6 +346,7 @@ def run_scenario(
         prefix=f"{name}-",
         max_s=timeout_s + 60,
         challenger_delay_ms=scenario.challenger_delay_ms,
+        registry=registry,
     )
     with session:
         result = session.rollout(scenario, timeout_s)

@@ -269,6 +269,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", dest="json_out", help="also write the verdict to this file")
     p.add_argument("--rate", type=float, default=2000.0, help="simulated requests per second")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--registry-backend",
+        choices=["local", "mlflow"],
+        default="local",
+        help="the models' registry: local, or a private MLflow store (sqlite; rampart[mlflow])",
+    )
 
     p = sub.add_parser("models", help="the model registry")
     msub = p.add_subparsers(dest="models_command", required=True)
@@ -318,7 +324,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "scenario":
             from harness.session import run_scenario
 
-            verdict = run_scenario(args.name, rate=args.rate, seed=args.seed)
+            verdict = run_scenario(
+                args.name, rate=args.rate, seed=args.seed, registry=args.registry_backend
+            )
             text = json.dumps(verdict, indent=2)
             print(text)
             if args.json_out:

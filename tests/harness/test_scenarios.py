@@ -6,6 +6,7 @@ The scenarios share one server and one simulator (a rollout after another, as a 
 out model after model), which saves a server start per scenario. `promote` and
 `broken-constant` run as the release train's two legs, queued at once and started by the
 evaluator; the train runs after the scenarios its promotion would change the champion for;
+the models come from a real MLflow registry (sqlite), whose tags show the train's outcomes;
 scenarios with a server fault run last, so the server is restarted once, with their `[faults]`
 config.
 """
@@ -70,7 +71,11 @@ def test_session_imports_without_onnx() -> None:
 
 @pytest.fixture(scope="module")
 def session() -> Iterator[Session]:
-    with Session(prefix="test-scenarios-") as s:
+    # The models live in a real MLflow registry (a sqlite store and an artifact directory):
+    # every rollout reads its challenger from there, and the train's outcomes are checked in
+    # MLflow's tags and aliases and in the local registry the server keeps its copies in,
+    # in the one run.
+    with Session(prefix="test-scenarios-", registry="mlflow") as s:
         yield s
 
 
@@ -90,6 +95,16 @@ def _train(session: Session) -> None:
         assert (leg["guardrail"] or "") in expected.guardrails, leg
     assert verdict["passed"]
     assert list(verdict["registry"].values()) == ["failed", "champion"]
+    # MLflow: A failed with the guardrail's reason, B promoted and @champion, @challenger gone.
+    (_, tags_a), (b, tags_b) = verdict["mlflow"]["versions"].items()
+    assert tags_a["rampart.status"] == "failed", tags_a
+    assert tags_a["rampart.reason"].startswith(first["guardrail"]), tags_a
+    assert tags_a["rampart.rollout_id"] == first["rollout"]
+    assert (tags_b["rampart.status"], tags_b["rampart.rollout_id"]) == (
+        "promoted",
+        second["rollout"],
+    )
+    assert verdict["mlflow"]["aliases"] == {"champion": int(b)}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, id=n) for n in ORDER])
