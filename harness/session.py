@@ -14,7 +14,6 @@ import contextlib
 import math
 import os
 import secrets
-import signal
 import tempfile
 import threading
 import time
@@ -26,6 +25,7 @@ import httpx
 import uvloop
 
 from harness import simulator
+from harness.disturb import disturb
 from harness.mlflow_store import MlflowStore
 from harness.redis_process import private_redis
 from harness.scenario_models import model_path
@@ -157,17 +157,13 @@ class Session:
             self.mlflow = MlflowStore(root / "mlflow")
         self.register("champion")
         slack_url, self.alerts = stack.enter_context(slack_sink())
-        env = dict(os.environ, RAMPART_ADMIN_TOKEN=ADMIN_TOKEN, RAMPART_SLACK_WEBHOOK=slack_url)
+        self.env = dict(
+            os.environ, RAMPART_ADMIN_TOKEN=ADMIN_TOKEN, RAMPART_SLACK_WEBHOOK=slack_url
+        )
         if self.fleet_hosts:
-            env["RAMPART_TOKEN_SECRET"] = secrets.token_hex(16)  # one secret for the fleet
-        self.hosts = []
-        for i in range(max(1, self.fleet_hosts)):
-            config = root / f"scenario-{i}.toml"
-            state = self.state if i == 0 else root / f"state-{i}"
-            port = self.port if i == 0 and self.port else free_port()
-            self.hosts.append(Serve(state, config, port, env))
-            stack.callback(self.hosts[-1].stop)
-        self.serve = self.hosts[0]
+            self.env["RAMPART_TOKEN_SECRET"] = secrets.token_hex(16)  # one secret for the fleet
+        self.ports = [self.port or free_port(), *(free_port() for _ in range(self.fleet_hosts - 1))]
+        self._make_hosts("")
         self._write_configs()
         self._start_serve()
         sim = simulator.SimConfig(
@@ -182,6 +178,30 @@ class Session:
         self.traffic = Traffic(sim)
         stack.callback(self.traffic.stop)
         self.traffic.start()
+
+    def _make_hosts(self, suffix: str) -> None:
+        self.hosts = []
+        for i, port in enumerate(self.ports):
+            config = self.root / f"scenario-{i}.toml"
+            state = self.state if i == 0 else self.root / f"state-{i}{suffix}"
+            self.hosts.append(Serve(state, config, port, self.env))
+            self.stack.callback(self.hosts[-1].stop)
+        self.serve = self.hosts[0]
+
+    def switch_registry(self, registry: str) -> None:
+        """Restart the server on another registry ("local" or "mlflow"), with the champion
+        registered there and a fresh state directory (a server that switches backends must
+        not reuse its local registry); the simulator goes on sending to the same ports."""
+        if registry == self.registry:
+            return
+        self._stop_serve()
+        self.registry = registry
+        self.mlflow = MlflowStore(self.root / "mlflow") if registry == "mlflow" else None
+        self.state = self.root / f"state-{registry}"
+        self.register("champion")
+        self._make_hosts(f"-{registry}")
+        self._write_configs()
+        self._start_serve()
 
     def _write_configs(self) -> None:
         for i, host in enumerate(self.hosts):
@@ -240,8 +260,8 @@ class Session:
         version = self.register(s.challenger)
         started_wall = time.time()
         rollout_id = self.serve.admin("start", {"version": str(version)})["rollout"]
-        watch = _Watch(self.serve, self.on_status)
-        extra = _disturb(s, self.serve, watch, self.traffic) if s.disturb else {}
+        watch = Watch(self.serve, self.on_status)
+        extra = disturb(s, self.serve, watch, self.traffic) if s.disturb else {}
 
         def ended(st: Status) -> bool:
             return not st.get("rollout") and (st.get("last_rollout") or {}).get("id") == rollout_id
@@ -263,7 +283,7 @@ class Session:
 
         began = time.monotonic()
         versions = [self.register(s.challenger, start=True) for s in legs]
-        watch = _Watch(self.serve, self.on_status)
+        watch = Watch(self.serve, self.on_status)
         verdicts = []
         for s, version in zip(legs, versions, strict=True):
             leg_began = time.monotonic()
@@ -356,7 +376,7 @@ def run_scenario(
     return result
 
 
-class _Watch:
+class Watch:
     """Polls `/status` until a condition holds, noting when each phase was entered."""
 
     def __init__(self, serve: Serve, on_status: Callable[[Status], None] | None) -> None:
@@ -385,56 +405,3 @@ class _Watch:
             "the rollout did not finish in time; last status: "
             f"phase {status.get('phase')}, next: {status.get('next')}"
         )
-
-
-def _disturb(s: Scenario, serve: Serve, watch: _Watch, traffic: Traffic) -> dict[str, Any]:
-    deadline = time.monotonic() + 120
-    stats = traffic.live
-    assert stats is not None
-    served = stats.arms["challenger"].requests
-    status = watch.until(lambda st: st.get("state") == "running", deadline)
-    # The split is in force: the ad server has had answers from the challenger.
-    while stats.arms["challenger"].requests == served:
-        if time.monotonic() > deadline:
-            raise TimeoutError("the challenger answered nothing in phase 1")
-        time.sleep(0.05)
-    before = status["rollout"]
-    if s.disturb == "restart-serve":
-        serve.stop()
-        serve.start()
-        serve.warm_up()
-        serve.wait_for_evaluator()
-        after = watch.until(lambda st: bool(st.get("rollout")), deadline)["rollout"]
-        return {
-            "restart": {
-                "same_rollout": after["id"] == before["id"],
-                "phase_before": before["phase"],
-                "phase_after": after["phase"],
-                "phase_started_kept": after["phase_started"] == before["phase_started"],
-            }
-        }
-    # freeze-evaluator: a hung evaluator (alive, no heartbeat). Workers must fall back to
-    # the champion within stale_after_s; the supervisor then replaces the hung process.
-    pid = int(status["evaluator"]["pid"])
-    os.kill(pid, signal.SIGSTOP)
-    frozen, frozen_wall = time.monotonic(), time.time()
-    stale = watch.until(lambda st: bool(st.get("stale")), deadline)
-    stale_after = time.monotonic() - frozen
-    resumed = watch.until(
-        lambda st: not st.get("stale") and st.get("evaluator", {}).get("pid") != pid, deadline
-    )
-    resumed_wall = time.time()
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGCONT)
-    serve.admin("rollback")  # end the scenario; the verdict is about the fail-safe
-    return {
-        "freeze": {
-            "frozen_at": frozen_wall,
-            "resumed_at": resumed_wall,
-            "stale_seen_s": round(stale_after, 2),
-            "effective_split_during_stale": stale.get("effective_split_bp"),
-            "resumed_phase": resumed.get("phase"),
-            "phase_before": before["phase"],
-            "same_rollout": (resumed.get("rollout") or {}).get("id") == before["id"],
-        }
-    }

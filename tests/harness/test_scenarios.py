@@ -6,7 +6,7 @@ The scenarios share one server and one simulator (a rollout after another, as a 
 out model after model), which saves a server start per scenario. `promote` and
 `broken-constant` run as the release train's two legs, queued at once and started by the
 evaluator; the train runs after the scenarios its promotion would change the champion for;
-the models come from a real MLflow registry (sqlite), whose tags show the train's outcomes;
+the train's models come from a real MLflow registry (sqlite), whose tags show its outcomes;
 scenarios with a server fault run last, so the server is restarted once, with their `[faults]`
 config.
 """
@@ -71,11 +71,7 @@ def test_session_imports_without_onnx() -> None:
 
 @pytest.fixture(scope="module")
 def session() -> Iterator[Session]:
-    # The models live in a real MLflow registry (a sqlite store and an artifact directory):
-    # every rollout reads its challenger from there, and the train's outcomes are checked in
-    # MLflow's tags and aliases and in the local registry the server keeps its copies in,
-    # in the one run.
-    with Session(prefix="test-scenarios-", registry="mlflow") as s:
+    with Session(prefix="test-scenarios-") as s:
         yield s
 
 
@@ -86,7 +82,11 @@ def test_scenarios_cover_every_scenario_once() -> None:
 
 def _train(session: Session) -> None:
     """Two candidates queued at once; the evaluator starts the first by itself and rolls it
-    back, then starts the second by itself and promotes it; the registry holds both outcomes."""
+    back, then starts the second by itself and promotes it; the registry holds both outcomes.
+    It runs on a real MLflow registry (a sqlite store and an artifact directory): its outcomes
+    are checked in MLflow's tags and aliases and in the local registry the server keeps its
+    copies in, in the one run (a server restart, not a second 150 s train)."""
+    session.switch_registry("mlflow")
     verdict = session.train(tuple(SCENARIOS[n] for n in TRAIN))
     first, second = verdict["legs"]
     for leg, name in zip((first, second), TRAIN, strict=True):
