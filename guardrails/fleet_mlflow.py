@@ -23,6 +23,7 @@ them missing and writes them, and a write that already landed is never repeated.
 
 from __future__ import annotations
 
+import functools
 import sys
 import threading
 from typing import Any
@@ -34,7 +35,6 @@ from router.mlflow_registry import (
     CHAMPION,
     TAG_SHA,
     MlflowRegistry,
-    client,
     download,
     remote_writes,
 )
@@ -54,10 +54,16 @@ class FleetMlflow:
         self.scratch = config.state_path  # downloads pass through here
         self.store = store
         self.epoch = epoch
-        self.mlflow = MlflowRegistry(config.registry, config.state_path, sync=False)
         self.errors: list[str] = []  # the last failures the thread saw (logs, tests)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    @functools.cached_property
+    def mlflow(self) -> MlflowRegistry:
+        """MLflow, reached when first needed: on the thread, or for a fleet's first champion.
+        Not in the tick that takes over (a client on a sqlite store takes seconds to make,
+        longer than a lease)."""
+        return MlflowRegistry(self.config, self.scratch, sync=False)
 
     # -- MLflow -> fleet ----------------------------------------------------------------------
     def bootstrap(self) -> None:
@@ -168,12 +174,13 @@ class FleetMlflow:
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=10.0)
-        self.mlflow.close()
+        if "mlflow" in self.__dict__:  # made
+            self.mlflow.close()
 
     def _run(self) -> None:
-        via = client(self.config.tracking_uri)  # one per thread
         while not self._stop.is_set():
             try:
+                via = self.mlflow.client  # the thread's own, once bootstrap() is done with it
                 self.poll(via)
                 self.reconcile(via)
             except Deposed:
