@@ -329,7 +329,7 @@ class HostAgent:
         for slot in (0, 1):
             version = int(d["slot_model"][slot])
             if version and self.control.slot_model(slot) != version:
-                self._ensure_local(version)
+                FleetRegistry(self.store, None).copy_to(self.registry, version)
                 self.control.load_slot(slot, version)
         if self.control.hash_seed != int(d["hash_seed"]):
             self.control.set_hash_seed(int(d["hash_seed"]))
@@ -343,16 +343,6 @@ class HostAgent:
         target = (split, champion_slot, bool(d["has_challenger"]))
         if (word.split_bp, word.champion_slot, word.has_challenger) != target:
             self.control.flip(*target)
-
-    def _ensure_local(self, version: int) -> None:
-        """A fleet model this host lacks: fetched by sha256, verified, kept locally."""
-        record = FleetRegistry(self.store, None).get(version)
-        try:
-            if self.registry.get(version).sha256 == record.sha256:
-                return
-        except KeyError:
-            pass
-        self.registry.mirror(record, self.store.model_bytes(record.sha256))
 
     # -- admin commands from this host's workers ---------------------------------------------------
     def _forward_commands(self, store_down: bool = False) -> None:

@@ -33,7 +33,7 @@ from guardrails.rollouts import (
 )
 from router.control import ControlWord, pack
 from router.mailbox import Command
-from router.registry import ModelRecord, Status
+from router.registry import ModelRecord, Registry, Status
 from router.snapshot import Snapshot
 
 IDLE = "none"  # the evidence namespace while no rollout runs
@@ -193,6 +193,16 @@ class FleetRegistry:
     ) -> None:
         if not self.store.set_model_status(self.epoch, version, status.value, reason, rollout_id):
             raise Deposed(f"epoch {self.epoch} is no longer the fleet's")
+
+    def copy_to(self, local: Registry, version: int) -> None:
+        """A fleet model a host lacks: fetched by sha256, verified, kept in its registry."""
+        record = self.get(version)
+        try:
+            if local.get(version).sha256 == record.sha256:
+                return
+        except KeyError:
+            pass
+        local.mirror(record, self.store.model_bytes(record.sha256))
 
     # -- the release train (guardrails.release_train.Queueing) ------------------------------------
     def queued(self) -> list[ModelRecord]:
