@@ -75,23 +75,31 @@ class FleetMlflow:
             self._import(self.mlflow.client, champion, Status.CHAMPION)
 
     def _import(self, via: Any, version: int, status: Status) -> dict[str, Any]:
-        """The fleet's record of MLflow version `version`, downloaded and stored if new."""
+        """The fleet's record of MLflow version `version`, downloaded, verified and stored if
+        new. A fleet version of that number that is another model (registered in the fleet
+        store itself) raises ModelError: it is never taken for MLflow's."""
         try:
-            return self.store.get_model(version)
+            model: dict[str, Any] | None = self.store.get_model(version)
         except KeyError:
-            pass
-        record, data, pinned = download(via, self.config, version, self.scratch)
-        stored = {
-            "version": version,
-            "name": record.name,
-            "features": list(record.features),
-            "registered_at": record.registered_at,
-            "status": status.value,
-        }
-        try:
-            model = self.store.put_model(stored, data)
-        except ValueError:  # stored in between (a deposed leader's thread): the same bytes
-            model = self.store.get_model(version)
+            model = None
+        pinned = via.get_model_version(self.name, str(version)).tags.get(TAG_SHA)
+        if model is not None and pinned == model["sha256"]:
+            return model
+        record, data, _ = download(via, self.config, version, self.scratch)  # checks the pin
+        if model is None:
+            stored = {
+                "version": version,
+                "name": record.name,
+                "features": list(record.features),
+                "registered_at": record.registered_at,
+                "status": status.value,
+            }
+            model = self.store.put_model(stored, data)  # ValueError: the number taken meanwhile
+        elif model["sha256"] != record.sha256:
+            raise ModelError(
+                f"fleet version {version} is another model (sha256 {model['sha256']}): with "
+                "MLflow as the fleet's registry, register models in MLflow only"
+            )
         if not pinned:
             via.set_model_version_tag(self.name, str(version), TAG_SHA, record.sha256)
         return model
@@ -103,14 +111,14 @@ class FleetMlflow:
         models = {int(m["version"]): m for m in self.store.models()}
         added = []
         for version in waiting:
-            model = models.get(version)
-            if model is None:
-                try:
-                    model = self._import(via, version, Status.CANDIDATE)
-                except ModelError as e:  # a broken artifact never reaches a rollout
-                    why = f"artifact failed verification: {e}"
-                    self._to_mlflow(via, version, Status.FAILED, why, "", {}, {})
-                    continue
+            if models.get(version, {}).get("status") not in (None, Status.CANDIDATE.value):
+                continue  # queued here already, or past it
+            try:
+                model = self._import(via, version, Status.CANDIDATE)
+            except ModelError as e:  # a broken artifact never reaches a rollout
+                why = f"artifact failed verification: {e}"
+                self._to_mlflow(via, version, Status.FAILED, why, "", {}, {})
+                continue
             if model["status"] == Status.CANDIDATE.value:
                 self.store.queue_model(version)
                 added.append(version)

@@ -150,3 +150,20 @@ def test_fleet_mlflow_unqueues_what_mlflow_no_longer_queues(
     assert link.poll(link.mlflow.client) == [c]
     assert [m["version"] for m in fleet_store.queued_models()] == [c]
     assert fleet_store.get_model(b)["status"] == Status.CANDIDATE.value
+
+
+def test_fleet_mlflow_never_takes_a_fleet_model_of_the_same_number_for_mlflows(
+    store: Store, link: FleetMlflow, fleet_store: FleetStore, tmp_path: Path
+) -> None:
+    store.log(write_model(tmp_path / "a.onnx"), "champion")
+    link.bootstrap()
+    # Version 2 registered in the fleet store itself, then MLflow's own version 2 queued.
+    other = write_model(tmp_path / "other.onnx", weights=[0.9] * 4)
+    fleet_store.put_model({"name": "other", "features": ["f0", "f1", "f2", "f3"]},
+                          other.read_bytes())  # fmt: skip
+    mine = store.log(write_model(tmp_path / "b.onnx", weights=[0.2] * 4), "challenger")
+    assert mine == 2
+    assert link.poll(link.mlflow.client) == []
+    assert fleet_store.queued_models() == []
+    assert store.tags(mine)["rampart.status"] == "failed"
+    assert "another model" in store.tags(mine)["rampart.reason"]
