@@ -59,9 +59,11 @@ class Evaluator:
         clock: Clock = time.time,
         alerter: Alerter | None = None,
         steady: Clock | None = None,
+        train: ReleaseTrain | None = None,
     ) -> None:
         """Single-host by default: this host's `shm`, and the registry, mailbox and journal
-        of its state directory. Fleet mode passes the fleet's own (guardrails.fleet).
+        of its state directory, and the release train on that registry. Fleet mode passes
+        the fleet's own (guardrails.fleet).
         `clock` gives the times recorded; durations are read on `steady` (guardrails.clock;
         time.monotonic by default, and a test's own `clock` if it passes only that)."""
         self.config = config
@@ -75,8 +77,7 @@ class Evaluator:
         self.policy = Policy.from_config(config)
         self.codes = SegmentCodes(config.segments)
         state = config.state_path
-        # The release train runs on this host's registry (local or MLflow), not the fleet's.
-        self.train: ReleaseTrain | None = None
+        self.train = train
         if registry is None:
             local = open_registry(config)
             self.train = ReleaseTrain(local)
