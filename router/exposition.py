@@ -218,6 +218,12 @@ class SnapshotCollector(Collector):
             "Events counted here for a token another host issued (exactly once only per host).",
             Counter.FOREIGN_EVENTS,
         )
+        yield self._per_arm(
+            "rampart_shadow_dropped_total",
+            "Shadow-phase copies of requests dropped because a worker's shadow queue was full "
+            "(the challenger arm's model; nothing waited for them).",
+            Counter.SHADOW_DROPPED,
+        )
         if self.dedupe_load is not None:
             fill, false_rate = self.dedupe_load
             yield _gauge(
