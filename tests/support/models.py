@@ -284,3 +284,73 @@ def run_model(path: Path | str, x: np.ndarray) -> np.ndarray:
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     feed = {i.name: x for i in session.get_inputs()}
     return np.asarray(session.run(None, feed)[0])
+
+
+def write_slow_model(
+    path: Path | str, *, features: Sequence[str] | int = 4, iterations: int = 2000
+) -> Path:
+    """The "linear" model made slow by construction: each run first multiplies a 256x256
+    matrix `iterations` times (a Loop of MatMul + Tanh; ~0.3 ms an iteration on one core),
+    then answers as "linear" does. The loop's state starts from the input, so onnxruntime
+    cannot fold it into a constant when it loads the model."""
+    path = Path(path)
+    names = feature_names(features)
+    rng = np.random.default_rng(0)
+    size = 256
+    w = numpy_helper.from_array((rng.normal(size=(size, size)) / 16).astype(np.float32), "w")
+    start = numpy_helper.from_array(rng.normal(size=(size, size)).astype(np.float32), "start")
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("MatMul", ["state_in", "w"], ["product"]),
+            helper.make_node("Tanh", ["product"], ["state_out"]),
+        ],
+        "spin",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("state_in", TensorProto.FLOAT, [size, size]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("state_out", TensorProto.FLOAT, [size, size]),
+        ],
+    )
+    consts = [
+        numpy_helper.from_array(np.asarray(iterations, np.int64), "trips"),
+        numpy_helper.from_array(np.asarray(True), "go"),
+        numpy_helper.from_array(np.asarray(0.0, np.float32), "zero"),
+        numpy_helper.from_array(np.full((len(names), 1), 0.1, np.float32), "weights"),
+        numpy_helper.from_array(np.asarray(BIAS, np.float32), "bias"),
+    ]
+    nodes = [
+        # The loop's first state depends on the input (times zero): never a constant.
+        helper.make_node("ReduceSum", [INPUT_NAME], ["total"], keepdims=0),
+        helper.make_node("Mul", ["total", "zero"], ["nothing"]),
+        helper.make_node("Add", ["start", "nothing"], ["state0"]),
+        helper.make_node("Loop", ["trips", "go", "state0"], ["state"], body=body),
+        helper.make_node("ReduceSum", ["state"], ["spun"], keepdims=0),
+        helper.make_node("Mul", ["spun", "zero"], ["spun_zero"]),
+        helper.make_node("MatMul", [INPUT_NAME, "weights"], ["score"]),
+        helper.make_node("Add", ["score", "bias"], ["logit"]),
+        helper.make_node("Sigmoid", ["logit"], ["p"]),
+        helper.make_node("Add", ["p", "spun_zero"], [OUTPUT_NAME]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        NAME,
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N", len(names)])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", 1])],
+        initializer=[w, start, *consts],
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        ir_version=IR_VERSION,
+        producer_name="rampart-tests",
+    )
+    helper.set_model_props(model, {"name": NAME, "features": json.dumps(names)})
+    onnx.checker.check_model(model, full_check=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(model.SerializeToString())
+    return path
