@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
+from pathlib import Path
 
 import numpy as np
 import pytest
 from builders import POLICY, Slot, evidence, healthy, served
+from support.models import write_model
+from support.traffic import Traffic
 
-from guardrails import checks
+from guardrails import checks, storage
+from guardrails import evaluator as evaluator_mod
+from guardrails.alerts import Alerter
+from guardrails.evaluator import Evaluator
 from guardrails.policy import HOUR, Action, Phase, State, decide
+from guardrails.rollouts import RolloutState
+from router import control
+from router.config import Config
+from router.mailbox import Command
+from router.registry import Registry
 from router.shadow import ShadowConfig
+from router.shared_memory import SharedMemory
 
 SHADOW = dataclasses.replace(POLICY, shadow=ShadowConfig(min_hours=2.0, min_requests=1_000))
 
@@ -94,3 +107,86 @@ def test_policy_phase_0_is_the_shadow_phase() -> None:
     assert SHADOW.phase(1) == POLICY.phases[0]
     scaled = dataclasses.replace(SHADOW, sample_scale=0.01, time_scale=0.5)
     assert scaled.shadow_min_requests() == 10 and scaled.min_s(0) == 1.0 * HOUR
+
+
+# --- the evaluator on a real state file --------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _shadow_rig(tmp_path: Path) -> tuple[Evaluator, Traffic, SharedMemory, Clock]:
+    config = Config.from_dict(
+        {
+            "serve": {"state_dir": str(tmp_path / "state")},
+            "rollout": {"time_scale": 1 / HOUR},
+            "guardrails": {"min_predictions": 100, "min_requests": 100},
+            "phases": {"0": {"min_hours": 1.0, "min_requests": 100}},
+        }
+    )
+    registry = Registry(config.state_path)
+    registry.register(write_model(tmp_path / "a.onnx"))
+    registry.register(write_model(tmp_path / "b.onnx", weights=[0.2] * 4))
+    registry.close()
+    shm = evaluator_mod.prepare(config)
+    clock = Clock()
+    ev = Evaluator(config, shm, clock=clock, alerter=Alerter(None, None))
+    traffic = Traffic(shm, config)
+    traffic.sync()
+    ev.tick()
+    ev.apply(Command.START, {"version": "2"})
+    traffic.sync()  # every live worker has loaded the challenger
+    ev.tick()
+    return ev, traffic, shm, clock
+
+
+def _word(shm: SharedMemory) -> tuple[int, bool, bool]:
+    word = shm.control_word()
+    w = control.unpack(word)
+    return w.split_bp, w.has_challenger, control.shadow_of(word)
+
+
+def test_evaluator_starts_in_shadow_and_advances_to_phase_1(tmp_path: Path) -> None:
+    ev, traffic, shm, clock = _shadow_rig(tmp_path)
+    try:
+        assert ev.rollout is not None and ev.rollout.phase == 0
+        assert _word(shm) == (0, True, True)  # the challenger loaded, copies, no share
+        traffic.requests("champion", 300)
+        traffic.requests("challenger", 300)  # its runs on copies
+        clock.now += 1.0  # one hour of policy time: the phase's minimum
+        ev.tick()
+        assert ev.rollout.phase == 1
+        assert _word(shm) == (300, True, False)
+    finally:
+        ev.close()
+        shm.close()
+
+
+def test_evaluator_shadow_breach_rolls_back(tmp_path: Path) -> None:
+    ev, traffic, shm, _ = _shadow_rig(tmp_path)
+    try:
+        traffic.requests("challenger", 1, predictions=np.array([np.nan]))
+        ev.tick()
+        assert ev.rollout is not None and ev.rollout.state == RolloutState.ROLLED_BACK
+        assert ev.rollout.reason.startswith("predictions_in_range")
+        assert _word(shm) == (0, False, False)
+    finally:
+        ev.close()
+        shm.close()
+
+
+def test_evaluator_storage_hold_in_shadow_resumes_the_shadow_phase(tmp_path: Path) -> None:
+    ev, _, shm, _ = _shadow_rig(tmp_path)
+    try:
+        storage.hold(ev, OSError(errno.ENOSPC, "No space left on device"))
+        assert _word(shm) == (0, True, False)  # held: no copies either
+        assert storage.resume(ev)
+        assert _word(shm) == (0, True, True)
+    finally:
+        ev.close()
+        shm.close()
