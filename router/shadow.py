@@ -122,6 +122,7 @@ class Shadow:
         self.capacity = config.queue
         self.offered = 0
         self.done = 0
+        self.closed = False
         self.delay_s = worker.challenger_delay_s  # [faults]: every challenger call
         self._jobs: SimpleQueue[tuple[np.ndarray, list[Any] | None, int] | None] = SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="rampart-shadow", daemon=True)
@@ -140,6 +141,8 @@ class Shadow:
             self.tokens = tokens
             return
         self.tokens = tokens - 1.0
+        if self.closed:
+            return
         if self.offered - self.done > self.capacity:  # `queue` waiting besides the one running
             worker = self.worker
             recording.bump(worker.slot_addr[worker.route.challenger], Counter.SHADOW_DROPPED)
@@ -165,8 +168,12 @@ class Shadow:
             "queue": self.capacity,
         }
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 1.0) -> None:
+        """Stop the thread after the copy it is running (waiting at most `timeout_s`;
+        the copies still queued are dropped)."""
+        self.closed = True
         self._jobs.put(None)
+        self._thread.join(timeout_s)
 
     # -- the thread -----------------------------------------------------------------------
     def _run(self) -> None:
@@ -185,8 +192,8 @@ class Shadow:
         route = w.route
         slot = route.challenger
         model = w.models[slot]
-        if not route.shadow or model is None:
-            return  # the shadow phase ended while this copy waited
+        if not route.shadow or model is None or self.closed:
+            return  # the shadow phase (or the worker) ended while this copy waited
         addr = w.slot_addr[slot]
         kind = 0
         out = None

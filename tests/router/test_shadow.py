@@ -10,6 +10,7 @@ import httpx
 import numpy as np
 import pytest
 from support.models import LARGE_VALUE, write_model, write_slow_model
+from support.redis_server import needs_redis, running_redis
 from support.server import (
     STATE_S,
     Server,
@@ -17,6 +18,8 @@ from support.server import (
     register_pair,
     serving,
     split_in_force,
+    start_server,
+    stop_server,
     wait_for,
 )
 
@@ -224,3 +227,47 @@ def test_shadow_config_mistake_is_one_line_naming_the_key_and_exit_2(
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [message]
     assert not (tmp_path / "state").exists()
+
+
+@needs_redis
+def test_shadow_in_a_fleet_a_nan_challenger_is_rolled_back_everywhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two `rampart serve --fleet` hosts and a real redis-server: the fleet's decision carries
+    the shadow phase to every host, and a NaN seen in one host's copies rolls back all."""
+    monkeypatch.setenv("RAMPART_TOKEN_SECRET", "fleet-token-secret-0123456789")
+    hosts: list[Server] = []
+    with running_redis(tmp_path / "redis") as redis:
+        url = f"redis://127.0.0.1:{redis.port}/0"
+        for path in (
+            write_model(tmp_path / "champion.onnx"),
+            write_model(tmp_path / "challenger.onnx", kind="nan_on_large"),
+        ):
+            out = rampart("models", "register", str(path), "--fleet", url)
+            assert out.returncode == 0, out.stderr
+        try:
+            for host in ("a", "b"):
+                config = _config(tmp_path)
+                config.write_text(
+                    config.read_text() + f'[fleet]\nurl = "{url}"\nhost_id = "{host}"\n'
+                )
+                hosts.append(start_server(tmp_path / host, config=config))
+            a, b = hosts
+            r = a.admin("start", {"version": "2"})
+            assert r.status_code == 200, r.text
+            for server in hosts:
+                server.wait_for_status(in_shadow, "the fleet's shadow phase on every host")
+            answers, _ = _traffic_until(
+                b,
+                BAD_ROW,
+                lambda s: (s.get("last_rollout") or {}).get("outcome") == "rolled_back",
+                "the fleet rolled back",
+            )
+            last = a.wait_for_status(
+                lambda s: s["rollout"] is None and not s["shadow"]["active"], "host a off shadow"
+            )["last_rollout"]
+        finally:
+            for server in hosts:
+                stop_server(server)
+    assert answers and all(x["arm"] == "champion" for x in answers)
+    assert last["phase"] == 0 and last["reason"].startswith("predictions_in_range")
