@@ -35,6 +35,7 @@ from router import recording
 from router.codec import Rejected, named_rows
 from router.config import ConfigError, typed_section
 from router.control import shadow_of
+from router.deadline import RunDeadline
 from router.layout import Counter
 from router.snapshot import SlotTotals
 from router.status import ShadowStatus
@@ -124,6 +125,9 @@ class Shadow:
         self.done = 0
         self.closed = False
         self.delay_s = worker.challenger_delay_s  # [faults]: every challenger call
+        # Runs past challenger_timeout_ms are cut as live ones are (router.deadline): a slow
+        # challenger's copies count as timeouts at the timeout's pace, not its own.
+        self.deadline = RunDeadline(worker.serve.challenger_timeout_ms / 1000)
         self._jobs: SimpleQueue[tuple[np.ndarray, list[Any] | None, int] | None] = SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="rampart-shadow", daemon=True)
         self._thread.start()
@@ -178,8 +182,13 @@ class Shadow:
     # -- the thread -----------------------------------------------------------------------
     def _run(self) -> None:
         _lower_priority()
-        get = self._jobs.get
-        while (job := get()) is not None:
+        jobs = self._jobs
+        while True:
+            if jobs.empty():
+                self.deadline.watch(False)  # its watchdog sleeps while nothing runs
+            if (job := jobs.get()) is None:
+                return
+            self.deadline.watch(True)
             try:
                 self._score(*job)
             except Exception as e:  # a bug here must not end shadow scoring for good
@@ -202,12 +211,15 @@ class Shadow:
         if inputs is None:
             kind = _ERR_FEATURES
         else:
+            options = self.deadline.begin(start)
             try:
                 if self.delay_s:
                     _sleep(self.delay_s)
-                out = model.predict(inputs)
+                out = model.predict(inputs, options)
             except Exception:
                 kind = _ERR_RAISED
+            if self.deadline.end():
+                kind = _ERR_TIMEOUT
         elapsed = _perf_ns() - start
         # Recorded only if this is still the shadow phase of the same model: a run that
         # outlasts the phase must not count as a request the split assigned in phase 1.

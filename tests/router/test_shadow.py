@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from support.models import LARGE_VALUE, write_model, write_slow_model
+from support.models import LARGE_VALUE, write_model
 from support.redis_server import needs_redis, running_redis
 from support.server import (
     STATE_S,
@@ -107,6 +107,8 @@ def _outcome(state: Path) -> tuple[str, str, int]:
     [
         pytest.param("nan_on_large", "predictions_in_range", id="nan"),
         pytest.param("raise_on_large", "error_rate", id="raises"),
+        # ~0.6 s a run: each cut at challenger_timeout_ms (50 ms), as a live run would be.
+        pytest.param("slow", "latency_p99", id="slow"),
     ],
 )
 def test_shadow_broken_challenger_is_rolled_back_without_answering(
@@ -165,11 +167,13 @@ def test_shadow_healthy_challenger_advances_to_phase_1(tmp_path: Path) -> None:
 def test_shadow_full_queue_drops_and_predict_does_not_wait_for_the_challenger(
     tmp_path: Path,
 ) -> None:
-    """A challenger slow by construction (seconds a run): /predict answers while its first
-    run is still going, and the copies that find the one-place queue full are dropped."""
-    slow = write_slow_model(tmp_path / "slow.onnx", iterations=6000)
+    """A challenger slow by construction (seconds a run, and a timeout long enough not to
+    cut it): /predict answers while its first run is still going, and the copies that find
+    the one-place queue full are dropped."""
+    slow = write_model(tmp_path / "slow.onnx", kind="slow", iterations=6000)
     state = register_pair(tmp_path / "state", slow)
-    with serving(state, config=_config(tmp_path, "queue = 1\n")) as server:
+    config = _config(tmp_path, "queue = 1\n", serve="challenger_timeout_ms = 600000.0\n")
+    with serving(state, config=config) as server:
         _start_shadow(server)
         with httpx.Client(base_url=server.url, timeout=10) as client:
             answers = [_post(client, i, ROW) for i in range(20)]
