@@ -175,7 +175,9 @@ class SnapshotCollector(Collector):
 
     def _serving(self) -> Iterator[Metric]:
         yield self._per_arm(
-            "rampart_requests_total", "Requests assigned to each arm.", Counter.REQUESTS
+            "rampart_requests_total",
+            "Requests assigned to each arm (in the shadow phase, the challenger's runs on copies).",
+            Counter.REQUESTS,
         )
         yield self._per_arm(
             "rampart_predictions_total",
