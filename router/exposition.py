@@ -222,8 +222,8 @@ class SnapshotCollector(Collector):
         )
         yield self._per_arm(
             "rampart_shadow_dropped_total",
-            "Shadow-phase copies of requests dropped because a worker's shadow queue was full "
-            "(the challenger arm's model; nothing waited for them).",
+            "Shadow-phase copies of requests dropped unjudged: a worker's shadow queue was "
+            "full, or a run was starved of CPU (the challenger arm's model).",
             Counter.SHADOW_DROPPED,
         )
         if self.dedupe_load is not None:

@@ -8,7 +8,10 @@ histogram) in the challenger slot of this worker's slab. The evaluator judges th
 phase-1 checks that need no clicks (guardrails.shadow).
 
 Bounded: a copy that finds the queue full is dropped and counted (`Counter.SHADOW_DROPPED`),
-never waited for, so `/predict` never waits on the challenger. A thread, not a task on the
+never waited for, so `/predict` never waits on the challenger. The latency recorded is the
+run's CPU time, so the thread's low priority does not make the challenger look slow; a run
+cut at DEADLINE_FACTOR timeouts of wall time within the timeout's CPU time starved, and is
+dropped (counted) rather than judged. A thread, not a task on the
 event loop: a challenger run on the loop would hold every request behind it for the run's
 length, while onnxruntime releases the GIL for the run, so the thread's work overlaps the
 loop's. The thread runs at a lower CPU priority, so on a busy machine the requests come
@@ -41,12 +44,16 @@ from router.snapshot import SlotTotals
 from router.status import ShadowStatus
 
 if TYPE_CHECKING:
+    from router.models import Model
     from router.worker import Worker
 
 SECTION = "phases.0"
 NICENESS = 10  # the shadow thread's nice value above the worker's: requests come first
 MAX_QUEUE = 100_000
-_perf_ns = time.perf_counter_ns
+# A run is cut (router.deadline) at this many challenger timeouts of wall time: the thread
+# is never held long by one copy, and a run slowed only by its low priority is not cut.
+DEADLINE_FACTOR = 10
+_cpu_ns = time.thread_time_ns
 _monotonic = time.monotonic
 _random = random.random
 _sleep = time.sleep
@@ -125,9 +132,8 @@ class Shadow:
         self.done = 0
         self.closed = False
         self.delay_s = worker.challenger_delay_s  # [faults]: every challenger call
-        # Runs past challenger_timeout_ms are cut as live ones are (router.deadline): a slow
-        # challenger's copies count as timeouts at the timeout's pace, not its own.
-        self.deadline = RunDeadline(worker.serve.challenger_timeout_ms / 1000)
+        self.delay_ns = int(self.delay_s * 1e9)
+        self.deadline = RunDeadline(DEADLINE_FACTOR * worker.serve.challenger_timeout_ms / 1000)
         self._jobs: SimpleQueue[tuple[np.ndarray, list[Any] | None, int] | None] = SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="rampart-shadow", daemon=True)
         self._thread.start()
@@ -206,27 +212,33 @@ class Shadow:
         addr = w.slot_addr[slot]
         kind = 0
         out = None
-        start = _perf_ns()
-        inputs = self._inputs(slot, x, named)
+        cut = False
+        # The time recorded is this thread's CPU time (onnxruntime runs a session with one
+        # intra-op thread on the caller's thread), plus any injected delay: what the run
+        # costs, not how long a thread at a lower priority waited for a core.
+        start = _cpu_ns()
+        inputs = self._inputs(model, slot, x, named)
         if inputs is None:
             kind = _ERR_FEATURES
         else:
-            options = self.deadline.begin(start)
+            options = self.deadline.begin(time.perf_counter_ns())
             try:
                 if self.delay_s:
                     _sleep(self.delay_s)
                 out = model.predict(inputs, options)
             except Exception:
                 kind = _ERR_RAISED
-            if self.deadline.end():
-                kind = _ERR_TIMEOUT
-        elapsed = _perf_ns() - start
+            cut = self.deadline.end()
+        elapsed = _cpu_ns() - start + self.delay_ns
         # Recorded only if this is still the shadow phase of the same model: a run that
         # outlasts the phase must not count as a request the split assigned in phase 1.
         if not shadow_of(w.shm.control_word()) or w.models[slot] is not model:
             return
-        if not kind and elapsed > w.timeout_ns:
+        if elapsed > w.timeout_ns:
             kind = _ERR_TIMEOUT
+        elif cut:  # cut at the wall deadline, yet within the timeout: starved, not slow
+            recording.bump(addr, Counter.SHADOW_DROPPED)
+            return
         if kind:
             recording.bump(addr, kind)
             error = 1
@@ -236,11 +248,11 @@ class Shadow:
             error = int(out.size != x.shape[0] or recording.record_predictions(addr, out) != 0)
         recording.record_request(addr, elapsed // 1000, cell, error)
 
-    def _inputs(self, slot: int, x: np.ndarray, named: list[Any] | None) -> np.ndarray | None:
+    def _inputs(
+        self, model: Model, slot: int, x: np.ndarray, named: list[Any] | None
+    ) -> np.ndarray | None:
         """The rows in the challenger's feature order, or None when it cannot take them."""
         w = self.worker
-        model = w.models[slot]
-        assert model is not None
         if named is not None:
             try:
                 return named_rows(named, model.features, w.known_features, len(named))

@@ -165,7 +165,7 @@ class ShadowStatus(TypedDict):
 
     active: bool  # copies of champion requests go to the challenger now
     runs: int  # challenger runs on copies recorded, every worker (the challenger's model)
-    dropped: int  # copies dropped on a full queue, every worker (the challenger's model)
+    dropped: int  # copies not judged (a full queue, a starved run), every worker
     queued: int  # copies in this worker's queue (the one running included)
     sample: float
     max_per_s: float  # per worker

@@ -86,7 +86,11 @@ def _traffic_until(
                 features = row or rng.normal(size=4).round(3).tolist()
                 answers.append(_post(client, len(answers), features))
             status = server.status()
-            return status if reached(status) else None
+            if reached(status):
+                return status
+            if status["rollout"] is None:  # ended otherwise: say how, at once
+                pytest.fail(f"the rollout ended: {status['last_rollout']}")
+            return None
 
         status = wait_for(step, STATE_S, what, every=0.0)
     return answers, status
