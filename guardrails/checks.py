@@ -12,6 +12,7 @@ uplift, duration, sample) are the current phase's own.
     calibration.py  phase 2: predicted / actual clicks, overall and per bucket
     comparison.py   phase 3 on: early rollback (ab_worse), segment degradation (phase 4 on)
     advance.py      what advancing waits for
+    shadow.py       phase 0 (shadow): the phase-1 checks that need no clicks
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from guardrails.safety import (
     sample_ratio,
     segment_error_rate,
 )
+from guardrails.shadow import shadow_checks
 
 Check = Callable[[Policy, Evidence], Result]
 
@@ -56,6 +58,8 @@ BREACH_CHECKS: tuple[tuple[int, Check], ...] = (
 
 def evaluate(p: Policy, e: Evidence, phase: int) -> list[Result]:
     """Every result that applies in `phase`, breach checks first."""
+    if phase == 0:
+        return shadow_checks(p, e)
     results = [check(p, e) for since, check in BREACH_CHECKS if since <= phase]
     return results + advance_checks(p, e, phase)
 

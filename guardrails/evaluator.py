@@ -233,11 +233,12 @@ class Evaluator:
         r.phase_requests = [0, 0]
         r.state = RolloutState.PAUSED if r.paused else RolloutState.RUNNING
         r.started = r.phase_started = now
-        r.phases = [{"phase": 1, "entered": now, "exited": None, "result": "current"}]
-        split = self.policy.phase(1).split_bp
-        self._flip(split, champion_slot, True)
+        first = r.phase  # 0 (shadow, split 0) with [phases.0], else 1
+        r.phases = [{"phase": first, "entered": now, "exited": None, "result": "current"}]
+        split = self.policy.phase(first).split_bp
+        self.serving.flip(split, champion_slot, True, first == 0)
         self.journal.save(r, with_baseline=True)
-        self.journal.append(r.id, EventKind.PHASE, 1, {"split_bp": split}, now)
+        self.journal.append(r.id, EventKind.PHASE, first, {"split_bp": split}, now)
 
     def _advance(self, r: Rollout, now: float, champion: ArmMetrics, ch: ArmMetrics) -> None:
         nxt = r.phase + 1
@@ -385,7 +386,7 @@ class Evaluator:
             challenger=version,
             champion=champions[-1].version,
             state=RolloutState.LOADING,
-            phase=1,
+            phase=self.policy.first_phase,
             started=now,
             phase_started=now,
         )
@@ -396,7 +397,7 @@ class Evaluator:
         self.journal.append(
             r.id,
             EventKind.STARTED,
-            1,
+            r.phase,
             {"challenger": record.label, "champion": self.label(r.champion)},
             now,
         )

@@ -52,7 +52,7 @@ from guardrails.release_train import ReleaseTrain
 from router import snapshot
 from router import status as status_file
 from router.config import Config
-from router.control import ControlWriter
+from router.control import ControlWriter, shadow_of
 from router.mailbox import AdminMailbox
 from router.registry import Registry, Status
 from router.shared_memory import SharedMemory
@@ -340,8 +340,11 @@ class HostAgent:
             # The fleet names no champion (a registry that came back empty): this host
             # keeps serving its own, alone.
             champion_slot, split = word.champion_slot, 0
-        target = (split, champion_slot, bool(d["has_challenger"]))
-        if (word.split_bp, word.champion_slot, word.has_challenger) != target:
+        # "shadow" is absent from decisions written before phase 0 existed: no shadow.
+        shadow = bool(d.get("shadow", False)) and self.breach is None
+        target = (split, champion_slot, bool(d["has_challenger"]), shadow)
+        now_shadow = shadow_of(self.control.word())
+        if (word.split_bp, word.champion_slot, word.has_challenger, now_shadow) != target:
             self.control.flip(*target)
 
     # -- admin commands from this host's workers ---------------------------------------------------

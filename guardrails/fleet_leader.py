@@ -86,8 +86,15 @@ class FleetServing:
         d = self.decision
         return ControlWord(d["split_bp"], d["champion_slot"], d["has_challenger"], 0)
 
-    def flip(self, split_bp: int, champion_slot: int, has_challenger: bool) -> None:
-        self.write(split_bp=split_bp, champion_slot=champion_slot, has_challenger=has_challenger)
+    def flip(
+        self, split_bp: int, champion_slot: int, has_challenger: bool, shadow: bool = False
+    ) -> None:
+        self.write(
+            split_bp=split_bp,
+            champion_slot=champion_slot,
+            has_challenger=has_challenger,
+            shadow=shadow,
+        )
 
     def slot_model(self, slot: int) -> int:
         return int(self.decision["slot_model"][slot])

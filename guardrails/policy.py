@@ -18,6 +18,7 @@ from enum import StrEnum
 from typing import Any, Literal
 
 from router.config import Config, ConfigError, typed_section
+from router.shadow import ShadowConfig
 
 HOUR = 3600.0
 DAY = 24 * HOUR
@@ -107,9 +108,24 @@ class Policy:
     window_s: float = 60.0  # recent window for error rate and latency (wall seconds)
     load_timeout_s: float = 30.0  # workers must load the challenger within this
     journal_every_s: float = 60.0  # a metrics record in the event log this often (wall)
+    shadow: ShadowConfig | None = None  # [phases.0]: rollouts start in the shadow phase
+
+    @property
+    def first_phase(self) -> int:
+        """Where a rollout starts: 0 (shadow) when [phases.0] is configured, else 1."""
+        return 0 if self.shadow is not None else 1
 
     def phase(self, number: int) -> Phase:
+        if number == 0:
+            # A rollout resumed in its shadow phase under a config that no longer has
+            # [phases.0] keeps the defaults' duration.
+            s = self.shadow or ShadowConfig()
+            return Phase(0, 0, s.min_hours, s.max_hours, 0)
         return self.phases[number - 1]
+
+    def shadow_min_requests(self) -> int:
+        """Challenger runs on copies the shadow phase waits for (x sample_scale)."""
+        return round((self.shadow or ShadowConfig()).min_requests * self.sample_scale)
 
     def min_s(self, number: int) -> float:
         return self.phase(number).min_hours * HOUR * self.time_scale
@@ -137,9 +153,11 @@ class Policy:
         phases_raw = raw.get("phases", {})
         if not isinstance(phases_raw, dict):
             raise ConfigError(f"[phases] must be a table, got {phases_raw!r}")
-        unknown = set(phases_raw) - {str(p.number) for p in DEFAULT_PHASES}
+        unknown = set(phases_raw) - {str(p.number) for p in DEFAULT_PHASES} - {"0"}
         if unknown:
-            raise ConfigError(f"[phases] has unknown phase(s) {sorted(unknown)}; phases are 1-5")
+            raise ConfigError(
+                f"[phases] has unknown phase(s) {sorted(unknown)}; phases are 0 (shadow) and 1-5"
+            )
         phases = tuple(
             typed_section(
                 Phase,
@@ -150,7 +168,10 @@ class Policy:
             )
             for p in DEFAULT_PHASES
         )
-        policy = typed_section(cls, "rollout", rollout, extra={"phases": phases, "guards": guards})
+        shadow = ShadowConfig.from_raw(raw)
+        policy = typed_section(
+            cls, "rollout", rollout, extra={"phases": phases, "guards": guards, "shadow": shadow}
+        )
         policy.validate()
         return policy
 

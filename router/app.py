@@ -204,6 +204,8 @@ class App:
         finally:
             self._ticker.cancel()
             self._admin_thread.shutdown(wait=False, cancel_futures=True)
+            if self.worker.shadow is not None:
+                self.worker.shadow.close()
             self.worker.lock.release()
 
     async def _tick(self) -> None:

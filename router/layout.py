@@ -50,6 +50,7 @@ class Counter(IntEnum):
     EVENT_DUPLICATES = 10  # events accepted but not counted again (router.dedupe)
     ORPHAN_CLICKS = 11  # clicks refused because their impression was never counted here
     FOREIGN_EVENTS = 12  # events counted here for a token another host issued
+    SHADOW_DROPPED = 13  # shadow copies not judged: the queue was full, or the run starved
 
 
 N_COUNTERS = 16

@@ -211,7 +211,13 @@ COMPONENTS: dict[str, Schema] = {
         "description": "The fields named here are a contract; the document has more.",
         "required": ["phase", "state", "split_bp", "models", "guardrails", "rollout"],
         "properties": {
-            "phase": {"type": "integer", "minimum": 0, "maximum": 5},
+            "phase": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": 5,
+                "description": "0: no rollout, or its shadow phase (`phase_name` says which)",
+            },
+            "phase_name": {"type": "string", "description": "none, shadow, or 1-5"},
             "state": {"type": "string"},
             "split_bp": {"type": "integer", "minimum": 0, "maximum": 10_000},
             "effective_split_bp": {"type": "integer", "minimum": 0, "maximum": 10_000},

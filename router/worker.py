@@ -22,7 +22,7 @@ from router import hashing, layout, recording
 from router import snapshot as snap
 from router.codec import Rejected, named_rows, positional_rows
 from router.config import Config, token_secret
-from router.control import ControlBlock, beat_ns, unpack
+from router.control import ControlBlock, beat_ns, shadow_of, unpack
 from router.deadline import RunDeadline
 from router.dedupe import Dedupe, geometry_of
 from router.events import EventCounter
@@ -30,6 +30,7 @@ from router.layout import Counter, Reject
 from router.mailbox import AdminMailbox
 from router.models import Model
 from router.registry import Registry
+from router.shadow import Shadow, ShadowConfig
 from router.shared_memory import SharedMemory, SlabLock
 from router.status import IDLE, ArmCounts, EvaluatorStatus, ModelInfo, Status, StatusReader
 from router.tokens import TokenSigner
@@ -50,6 +51,7 @@ class Route:
     champion: int
     challenger: int
     stale: bool
+    shadow: bool = False  # phase 0: copies of champion requests go to the challenger
 
 
 class Worker:
@@ -94,6 +96,8 @@ class Worker:
         # A feature too large for float32 becomes inf and is refused as non_finite_feature:
         # numpy's overflow warning on the request path would only fill the log.
         np.seterr(over="ignore")
+        shadow = ShadowConfig.from_raw(config.raw)
+        self.shadow = Shadow(shadow, self) if shadow is not None else None
         self.sync()
 
     # -- periodic work (the ticker), never per request -----------------------
@@ -145,7 +149,14 @@ class Worker:
         if self.models[champion] is None:
             # The champion slot is not loaded yet (first start): serve what we have.
             champion, challenger, split = challenger, champion, 0
-        self.route = Route(word, split, champion, challenger, stale)
+        shadow = (
+            self.shadow is not None
+            and shadow_of(word)
+            and w.has_challenger
+            and not stale
+            and self.models[challenger] is not None
+        )
+        self.route = Route(word, split, champion, challenger, stale, shadow)
         self.deadline.watch(split > 0)
         champ = self.models[self.route.champion]
         chall = self.models[self.route.challenger]
@@ -226,6 +237,9 @@ class Worker:
                 return self._answer(model, out, 1, cell), slot, cell, 0
         out = self._champion(route.champion, x)
         payload = self._answer(champion, out, 0, cell)
+        if route.shadow:
+            assert self.shadow is not None
+            self.shadow.offer(x, named, cell)
         if fallback is not None:
             payload["fallback"] = fallback
             slot = route.challenger
@@ -344,5 +358,8 @@ class Worker:
                 r: int(n) for r, n in zip(layout.REJECT_REASONS, snapshot.rejects, strict=True) if n
             },
             "workers": snapshot.live_workers,
+            "shadow": None
+            if self.shadow is None
+            else self.shadow.status(snapshot.slots[route.challenger]),
         }
         return out
