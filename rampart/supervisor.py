@@ -156,7 +156,7 @@ class _EvaluatorSupervisor(threading.Thread):
     MAX_START_FAILURES = 3
 
     def _spawn(self) -> None:
-        self.proc = self._forked() or self._started()
+        self.proc = self._forked() or self._in_fresh_interpreter()
         cpu = self.config.serve.evaluator_cpu
         if cpu >= 0 and self.proc.pid is not None and hasattr(os, "sched_setaffinity"):
             try:
@@ -188,7 +188,7 @@ class _EvaluatorSupervisor(threading.Thread):
             return None
         return child
 
-    def _started(self) -> Child:
+    def _in_fresh_interpreter(self) -> Child:
         """A fresh interpreter (no resource tracker: rampart.child), started from this
         thread: the evaluator's PR_SET_PDEATHSIG fires when this thread ends (after stop()
         terminated it) or the process dies."""
