@@ -10,9 +10,10 @@ throughput ratio measured from outside is made of, plus uvicorn's share that bot
 
 Rounds alternate A B B A; each round times `--n` requests with `time.process_time_ns` (CPU time:
 a neighbour on the core delays a round but is not counted in it). The median µs per request
-of each contender and the median of the per-round ratios are reported for one row in msgpack, one row in JSON and 100
-rows in msgpack (the bodies of `bench.bench_predict`). `--parts` adds the cost of each step of
-rampart's path timed on its own (`timeit` over the same objects), to attribute the difference.
+of each contender and the median of the per-round ratios are reported for one row in
+msgpack, one row in JSON and 100 rows in msgpack (the bodies of `bench.bench_predict`).
+`--parts` adds the cost of each step of rampart's path timed on its own (`timeit` over the
+same objects), to attribute the difference.
 
     python -m bench.bench_hotpath [--rounds 7] [--n 20000] [--parts]
     perf stat -e instructions python -m bench.bench_hotpath --only rampart --payload "1 row msgpack"

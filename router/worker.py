@@ -189,7 +189,8 @@ class Worker:
         if word != self.route.word:
             self._reroute(word)
         route = self.route
-        arm = 1 if _is_challenger(rid, route.split_bp, self.hash_seed) else 0
+        split = route.split_bp  # no rollout: no hash to compute
+        arm = 1 if split and _is_challenger(rid, split, self.hash_seed) else 0
         if route.stale:  # kept out of the sample-ratio check: the split was not in force
             recording.bump(self.slot_addr[route.champion], Counter.STALE_ROUTED)
         features = req.get("features")

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from router.tokens import MAX_ROWS, TOKEN_CHARS, TokenError, TokenSigner
+from router.tokens import MAX_ROWS, TOKEN_CHARS, TokenError, TokenSigner, derive_key
 
 SECRET = b"0123456789abcdef0123"
 SIGNER = TokenSigner(SECRET, ttl_s=60, host=0xABCDEF01)
@@ -18,6 +19,14 @@ def test_token_roundtrip_carries_claims() -> None:
     claims = SIGNER.verify(token, 1_000_010)
     assert (claims.version, claims.arm, claims.cell, claims.issued) == (7, 1, 300, 1_000_000)
     assert (claims.rows, claims.host) == (5, 0xABCDEF01)
+
+
+def test_token_mac_is_keyed_blake2b_of_the_body() -> None:
+    # The format is a contract with /events on every host: 28 bytes of claims, then
+    # BLAKE2b keyed with the derived key over them, truncated to 11 bytes.
+    raw = base64.urlsafe_b64decode(SIGNER.sign(7, 1, 300, 1_000_000, rows=5))
+    body, mac = raw[:28], raw[28:]
+    assert mac == hashlib.blake2b(body, key=derive_key(SECRET), digest_size=11).digest()
 
 
 def test_token_each_signature_has_its_own_nonce() -> None:
