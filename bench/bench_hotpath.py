@@ -244,11 +244,107 @@ def _parts_of(
     }
 
 
+def _stubs(app: Any) -> dict[str, Callable[[], Callable[[], None]]]:
+    """Each of rampart's own steps replaced by the cheapest stand-in (in this process only):
+    name -> install(), which returns the function that puts the real one back."""
+    from router import app as app_module
+    from router import codec, recording
+
+    worker = app.worker
+    token = worker.token(1, 0, 0, 1)
+
+    def undo_all(undo: list[Callable[[], None]]) -> Callable[[], None]:
+        def run() -> None:
+            for u in undo:
+                u()
+
+        return run
+
+    def patch(obj: Any, name: str, value: Any) -> Callable[[], None]:
+        old = getattr(obj, name)
+        setattr(obj, name, value)
+        return lambda: setattr(obj, name, old)
+
+    class Cells:  # the segment space, frozen: replaced whole
+        n_cells = worker.segments.n_cells
+
+        def cell(self, segment: Any) -> int:
+            return 0
+
+    def no_deadline() -> Callable[[], None]:
+        undo = [
+            patch(app.bodies, "enter", lambda: None),
+            patch(app.bodies, "leave", lambda task: None),
+        ]
+        return undo_all(undo)
+
+    def no_recording() -> Callable[[], None]:
+        undo = [
+            patch(recording, "record_request", lambda addr, us, cell, error: None),
+            patch(recording, "record_predictions", lambda addr, out: 0),
+        ]
+        return undo_all(undo)
+
+    def plain_run() -> Callable[[], None]:
+        model = worker.models[worker.route.champion]
+        return patch(model, "_run", model._session.run)
+
+    return {
+        "token (sign)": lambda: patch(worker, "token", lambda *a: token),
+        "body deadline (enter, leave)": no_deadline,
+        "recording kernels (predictions, request)": no_recording,
+        "all_finite kernel": lambda: patch(codec, "all_finite", lambda x: True),
+        "segment cell": lambda: patch(worker, "segments", Cells()),
+        "answer encoding as JSON head (put back json.dumps)": lambda: patch(
+            app_module, "encode_answer", codec.encode
+        ),
+        "run through the binding (put back InferenceSession.run)": plain_run,
+        "_perf_ns clock reads": lambda: patch(app_module, "_perf_ns", int),
+        "(nothing: full against full)": lambda: lambda: None,
+    }
+
+
+async def ablate(app: Any, rounds: int, n: int, only: str | None) -> dict[str, Any]:
+    """µs per request each stub saves: rampart as it is against rampart with that step
+    stubbed, alternating rounds, median of the per-round differences (a negative figure:
+    the stub, putting back what was there before, costs more)."""
+    width = n_features()
+    out: dict[str, Any] = {}
+    for payload, (rows, as_json) in PAYLOADS.items():
+        if only and payload != only:
+            continue
+        body = bodies(width, rows, as_json)[0]
+        kind = b"application/json" if as_json else b"application/msgpack"
+        driver = Driver(app, kind, body)
+        await driver.run(max(n // 10, 100))
+        row = {}
+        for name, install in _stubs(app).items():
+            diffs = []
+            for r in range(rounds):
+                t = {}
+                for which in ("full", "stub") if r % 2 == 0 else ("stub", "full"):
+                    if which == "full":
+                        t[which] = await driver.run(n)
+                        continue
+                    undo = install()
+                    try:
+                        t[which] = await driver.run(n)
+                    finally:
+                        undo()
+                diffs.append((t["full"] - t["stub"]) / n / 1000)
+            row[name] = statistics.median(diffs)
+            await driver.check()
+        out[payload] = row
+        print(f"{payload}: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items()), flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_hotpath", description=__doc__)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--n", type=int, default=20_000, help="requests per round")
     parser.add_argument("--parts", action="store_true", help="time each step of the path")
+    parser.add_argument("--ablate", action="store_true", help="µs each of rampart's steps costs")
     parser.add_argument("--only", choices=ORDER, help="one contender (for perf stat)")
     parser.add_argument("--payload", choices=list(PAYLOADS), help="one payload")
     parser.add_argument("--out", help="write the results as JSON here")
@@ -267,6 +363,10 @@ def main(argv: list[str] | None = None) -> int:
             }
             if args.parts and rampart is not None:
                 report["parts_us"] = parts(rampart, args.n)
+            if args.ablate and rampart is not None:
+                report["ablate_us"] = asyncio.run(
+                    ablate(rampart, args.rounds, args.n, args.payload)
+                )
         finally:
             if rampart is not None:
                 rampart.worker.lock.release()

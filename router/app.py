@@ -277,7 +277,7 @@ class App:
         except Rejected as e:
             return await self._refuse(send, e, scope)
         out = encode_answer(payload, kind)
-        recording.record_request(worker.slot_addr[slot], (_perf_ns() - t0) // 1000, cell, error)
+        worker.record_request(worker.slot_addr[slot], (_perf_ns() - t0) // 1000, cell, error)
         await _send(send, 200, out, kind)
 
     async def _events(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -28,6 +28,7 @@ from router.layout import Reject
 
 FORMAT = 2
 _BODY = struct.Struct("<BBHIIIIQ")
+_pack = _BODY.pack
 MAC_BYTES = 11
 TOKEN_CHARS = 52
 MAX_SKEW_S = 60  # a token issued this far in the future (another host's clock) is accepted
@@ -90,16 +91,15 @@ class TokenSigner:
         return self._prefix | n
 
     def sign(self, version: int, arm: int, cell: int, issued: int, rows: int = 1) -> str:
-        body = _BODY.pack(
-            FORMAT,
-            arm,
-            min(rows, MAX_ROWS),
-            version,
-            cell,
-            issued,
-            self.host,
-            self.next_nonce(),
-        )
+        n = self._counter  # next_nonce() inlined, as the rest: this runs for every answer
+        if n == _COUNTER_WRAP - 1:
+            nonce = self.next_nonce()
+        else:
+            self._counter = n + 1
+            nonce = self._prefix | n
+        if rows > MAX_ROWS:
+            rows = MAX_ROWS
+        body = _pack(FORMAT, arm, rows, version, cell, issued, self.host, nonce)
         h = self._keyed.copy()
         h.update(body)
         raw = body + h.digest()

@@ -52,6 +52,16 @@ def test_token_nonce_counter_wrap_draws_a_new_prefix() -> None:
     assert wrapped & 0xFFFFFFFF == 0 and wrapped != first and wrapped >> 32 != first >> 32
 
 
+def test_token_signed_at_the_counter_wrap_has_a_new_prefix() -> None:
+    signer = TokenSigner(SECRET, 60)
+    first = signer.verify(signer.sign(1, 0, 0, 1_000_000), 1_000_000).nonce
+    signer._counter = (1 << 32) - 1
+    wrapped = signer.verify(signer.sign(1, 0, 0, 1_000_000), 1_000_000).nonce
+    after = signer.verify(signer.sign(1, 0, 0, 1_000_000), 1_000_000).nonce
+    assert wrapped & 0xFFFFFFFF == 0 and wrapped >> 32 != first >> 32
+    assert after == wrapped + 1
+
+
 def test_token_rows_past_the_limit_are_capped() -> None:
     assert SIGNER.verify(SIGNER.sign(1, 0, 0, 100, rows=100_000), 100).rows == MAX_ROWS
 
