@@ -36,7 +36,16 @@ from router import exposition as prom
 from router import layout, recording, residency
 from router import snapshot as snap
 from router.body_deadline import BodyDeadlines
-from router.codec import JSON, Rejected, all_finite, decode, encode, kind_of, media_type
+from router.codec import (
+    JSON,
+    Rejected,
+    all_finite,
+    decode,
+    encode,
+    encode_answer,
+    kind_of,
+    media_type,
+)
 from router.config import Config
 from router.dashboard import Dashboard
 from router.layout import Reject
@@ -81,15 +90,18 @@ def _over(declared: bytes | None, limit: int) -> bool:
         return False
 
 
+def _too_large(limit: int) -> BodyNotRead:
+    return BodyNotRead(Reject.BODY_TOO_LARGE, f"body is over {limit} bytes", 413)
+
+
 async def _read_body(
     receive: Receive, limit: int, declared: bytes | None, deadlines: BodyDeadlines
 ) -> bytes:
-    too_large = f"body is over {limit} bytes"
     if _over(declared, limit):
         # Refused before reading (and before uvicorn's `100 Continue`, so a client
         # that asked first sends nothing); a client already sending sees the close.
-        raise BodyNotRead(Reject.BODY_TOO_LARGE, too_large, 413)
-    chunks = []
+        raise _too_large(limit)
+    chunks: list[bytes] = []
     size = 0
     task = deadlines.enter()
     try:
@@ -100,10 +112,13 @@ async def _read_body(
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:  # chunked: no length was declared
-                raise BodyNotRead(Reject.BODY_TOO_LARGE, too_large, 413)
-            chunks.append(chunk)
+                raise _too_large(limit)
             if not message.get("more_body"):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                if not chunks:  # the whole body in one message, as usual: no copy
+                    return chunk
+                chunks.append(chunk)
+                return b"".join(chunks)
+            chunks.append(chunk)
     except asyncio.CancelledError:
         if not deadlines.expired(task):
             raise
@@ -114,7 +129,7 @@ async def _read_body(
 
 
 async def _send(send: Send, status: int, body: bytes, kind: bytes, close: bool = False) -> None:
-    headers = [(b"content-type", kind), (b"content-length", str(len(body)).encode())]
+    headers = [(b"content-type", kind), (b"content-length", b"%d" % len(body))]
     if close:
         headers.append(CLOSE)
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -273,8 +288,8 @@ class App:
             payload, slot, cell, error = worker.predict(decode(body, kind))
         except Rejected as e:
             return await self._refuse(send, e, scope)
-        out = encode(payload, kind)
-        recording.record_request(worker.slot_addr[slot], (_perf_ns() - t0) // 1000, cell, error)
+        out = encode_answer(payload, kind)
+        worker.record_request(worker.slot_addr[slot], (_perf_ns() - t0) // 1000, cell, error)
         await _send(send, 200, out, kind)
 
     async def _events(self, scope: Scope, receive: Receive, send: Send) -> None:
