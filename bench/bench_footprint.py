@@ -90,6 +90,8 @@ def role(pid: int, root: int, evaluator_pid: int | None) -> str:
         return "serve"  # with --workers 1, uvicorn serves in this process: the worker
     if pid == evaluator_pid:
         return "evaluator"
+    if evaluator_pid is not None and pid == parent_of(evaluator_pid):
+        return "zygote"  # forks the evaluators (rampart.zygote)
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
@@ -98,6 +100,14 @@ def role(pid: int, root: int, evaluator_pid: int | None) -> str:
     if "resource_tracker" in cmdline:
         return "resource tracker"
     return "other"
+
+
+def parent_of(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])
 
 
 def measure_tree(root: int, evaluator_pid: int | None = None) -> dict[str, Any]:

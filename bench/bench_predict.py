@@ -15,6 +15,7 @@ medians and ratios are reported and every run is listed.
       /predict, impressions and clicks at `--events-rate` on the client's core.
 
     python -m bench.bench_predict [--rounds 3] [--closed-seconds 5] [--runs 5] [--seconds 10]
+    python -m bench.bench_predict --closed-only   # throughput only: predict_closed.json
 
 Run it under `flock /tmp/rampart-bench.lock`. Results: bench/results/predict.json.
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import tempfile
@@ -103,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="per open-loop run")
     parser.add_argument("--events-rate", type=float, default=200.0, help="during the rollout")
     parser.add_argument("--no-rollout", action="store_true", help="skip the rollout section")
+    parser.add_argument(
+        "--closed-only", action="store_true", help="throughput only: skip both open-loop sections"
+    )
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
@@ -117,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             "setup": "one uvicorn worker each on core 0 (rampart's evaluator too), clients on "
             "core 1; wrk -t1 -c16 closed loop; bench/oloop.c -c32 open loop",
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "load_average_before": os.getloadavg(),
         }
         bare = servers.Bare()
         serve = None
@@ -167,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
                     "cpu_ratio": eff["rampart"] / eff["bare"],
                     "target": TARGETS[payload],
                 }
+            if args.closed_only:
+                return _finish(report, out, "predict_closed.json")
             rate = round(closed["1 row msgpack"]["median_rps"]["rampart"] / 2)
             body_file = clients.write_bodies(
                 root / "bodies.bin", servers.bodies(n_features, 1, False)
@@ -205,7 +213,12 @@ def main(argv: list[str] | None = None) -> int:
             if serve is not None:
                 serve.stop()
             bare.stop()
-    (out / "predict.json").write_text(json.dumps(report, indent=2) + "\n")
+    return _finish(report, out, "predict.json")
+
+
+def _finish(report: dict[str, Any], out: Path, name: str) -> int:
+    report["load_average_after"] = os.getloadavg()
+    (out / name).write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(summary(report), indent=2))
     return 0
 

@@ -28,7 +28,9 @@ from guardrails.egress import (
     AddressRefused,
     Destinations,
     GuardedBackend,
+    ProxyRoute,
     Resolver,
+    proxy_route,
     resolve,
     valid_entry,
 )
@@ -50,6 +52,7 @@ class AlertsConfig:
     backoff_s: float = 0.5
     max_backoff_s: float = 30.0
     allow_hosts: list[str] = field(default_factory=list)  # private hosts or networks, or http
+    proxy: str = ""  # egress proxy URL; "" takes HTTPS_PROXY/HTTP_PROXY/NO_PROXY; "none": never
 
     @classmethod
     def from_section(cls, values: dict[str, Any]) -> AlertsConfig:
@@ -79,6 +82,7 @@ class AlertsConfig:
             name = env if url and os.environ.get(env) == url else f"[alerts] {key}"
             try:
                 self.destinations.check_url(name, url, resolver) if url else None
+                proxy_route(url, self.proxy) if url else None
             except ValueError as e:
                 raise ConfigError(str(e)) from None
         if self.timeout_s <= 0:
@@ -201,6 +205,7 @@ class _Target:
     name: str
     url: str
     payload: Callable[[Alert], dict[str, Any]]
+    proxy: ProxyRoute | None = None
     queue: deque[Alert] = field(default_factory=deque)
     busy: bool = False
     thread: threading.Thread | None = None
@@ -223,11 +228,15 @@ class Alerter:
         deadline_s: float = 10.0,
         allow_hosts: tuple[str, ...] = (),
         resolver: Resolver = resolve,
+        proxy: str = "",
     ) -> None:
         self.destinations = Destinations(allow_hosts)
+        routes: dict[str, ProxyRoute | None] = {}
         for url in (slack_url, webhook_url):
             try:  # names are resolved at delivery; AlertsConfig.check resolves them at start
-                self.destinations.check_url("[alerts] webhook URL", url, None) if url else None
+                if url:
+                    self.destinations.check_url("[alerts] webhook URL", url, None)
+                    routes[url] = proxy_route(url, proxy)
             except ValueError as e:
                 raise ConfigError(str(e)) from None
         if (
@@ -249,7 +258,7 @@ class Alerter:
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._targets = [
-            _Target(name, url, payload)
+            _Target(name, url, payload, routes[url])
             for name, url, payload in [
                 ("slack", slack_url, Alert.slack_payload),
                 ("webhook", webhook_url, Alert.to_json),
@@ -274,6 +283,7 @@ class Alerter:
             max_backoff_s=a.max_backoff_s,
             deadline_s=a.deadline_s,
             allow_hosts=tuple(a.allow_hosts),
+            proxy=a.proxy,
         )
 
     @classmethod
@@ -326,8 +336,10 @@ class Alerter:
                 t.thread.join(max(0.0, deadline - time.monotonic()) + in_flight)
 
     def _run(self, target: _Target) -> None:
-        backend = GuardedBackend(self.destinations, self.resolver)
-        with httpcore.ConnectionPool(network_backend=backend, retries=0) as pool:
+        route = target.proxy
+        backend = GuardedBackend(self.destinations, self.resolver, route)
+        proxy = None if route is None else httpcore.Proxy(route.url, auth=route.auth)
+        with httpcore.ConnectionPool(network_backend=backend, retries=0, proxy=proxy) as pool:
             while True:
                 with self._cond:
                     self._cond.wait_for(lambda: bool(target.queue) or self._stop.is_set())
@@ -373,6 +385,8 @@ class Alerter:
             wait = None
             backend.deadline = time.monotonic() + self.deadline_s
             try:
+                if target.proxy is not None:
+                    backend.check_proxied(target.url)
                 r = pool.request(
                     "POST",
                     target.url,

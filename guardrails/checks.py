@@ -13,6 +13,7 @@ uplift, duration, sample) are the current phase's own.
     paired.py       phase 1 on: the arms on the same rows (when [paired] scoring is on)
     comparison.py   phase 3 on: early rollback (ab_worse), segment degradation (phase 4 on)
     advance.py      what advancing waits for
+    shadow.py       phase 0 (shadow): the phase-1 checks that need no clicks
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from guardrails.safety import (
     sample_ratio,
     segment_error_rate,
 )
+from guardrails.shadow import shadow_checks
 
 Check = Callable[[Policy, Evidence], Result]
 
@@ -65,6 +67,8 @@ PAIRED_CHECKS = (paired_spread, paired_correlation, paired_mean_ratio)
 def evaluate(p: Policy, e: Evidence, phase: int) -> list[Result]:
     """Every result that applies in `phase`, breach checks first (the paired ones only with
     paired scoring on: without it they would wait forever)."""
+    if phase == 0:
+        return shadow_checks(p, e)
     results = [
         check(p, e)
         for since, check in BREACH_CHECKS

@@ -14,18 +14,26 @@ endpoint would turn the alert into a request forgery (SSRF). So:
 - redirects are not followed (httpcore never follows them);
 - connect, send and the whole answer share one deadline: a webhook that drips one byte a
   second cannot hold the delivery thread past it.
+
+Through an egress proxy (`[alerts] proxy`, else HTTPS_PROXY / HTTP_PROXY and NO_PROXY from
+the environment, as curl reads them) the proxy, an address the operator chose, is connected
+to without the address rule; the proxy resolves and reaches the webhook (a CONNECT tunnel for
+https, a forwarded request for http), so the webhook's name is checked where this host can
+resolve it (at start and at each delivery) and the proxy's own egress rules do the rest.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import os
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httpcore
 
@@ -113,6 +121,81 @@ class Destinations:
                 raise ValueError(f"{key} host {host!r} refused: {why}")
 
 
+@dataclass(frozen=True)
+class ProxyRoute:
+    """The proxy one webhook's deliveries go through. `url` has no credentials in it (it
+    may be logged); they are in `auth`, sent as Proxy-Authorization."""
+
+    url: str
+    host: str
+    port: int
+    auth: tuple[str, str] | None = None
+
+    def __str__(self) -> str:
+        return self.url
+
+
+NO_PROXY = "none"  # `[alerts] proxy = "none"`: never a proxy, whatever the environment says
+
+
+def proxy_route(
+    webhook: str, configured: str = "", environ: Mapping[str, str] | None = None
+) -> ProxyRoute | None:
+    """The proxy `webhook` goes through: `configured` (`[alerts] proxy`) if set, else the
+    environment's HTTPS_PROXY (https) or HTTP_PROXY (http) unless NO_PROXY names the host.
+    A malformed proxy URL is a ValueError naming where it came from."""
+    if configured == NO_PROXY:
+        return None
+    target = urlsplit(webhook)
+    if configured:
+        return _parse_proxy(configured, "[alerts] proxy")
+    env = dict(os.environ if environ is None else environ)
+    proxies = {k[:-6].lower(): v for k, v in env.items() if k.lower().endswith("_proxy") and v}
+    url = proxies.get(target.scheme)
+    if not url or _bypassed(target.hostname or "", proxies.get("no", "")):
+        return None
+    name = next(k for k in env if k.lower() == f"{target.scheme}_proxy" and env[k] == url)
+    return _parse_proxy(url, name)
+
+
+def _bypassed(host: str, no_proxy: str) -> bool:
+    """NO_PROXY as curl reads it: `*`, or comma-separated names (each also matching its
+    subdomains, a leading dot or not), addresses and networks (CIDR)."""
+    host = host.lower().rstrip(".")
+    ip = ipaddress.ip_address(host) if _is_ip(host) else None
+    for entry in (e.strip().lower().rstrip(".") for e in no_proxy.split(",")):
+        if entry == "*":
+            return True
+        if not entry:
+            continue
+        if ip is not None and ("/" in entry or _is_ip(entry)):
+            with contextlib.suppress(ValueError):
+                if ip in ipaddress.ip_network(entry, strict=False):
+                    return True
+            continue
+        name = entry.lstrip(".")
+        if host == name or host.endswith("." + name):
+            return True
+    return False
+
+
+def _parse_proxy(url: str, key: str) -> ProxyRoute:
+    parts = urlsplit(url if "://" in url else f"http://{url}")  # curl takes host:port too
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        shown = f"{parts.scheme}://{parts.hostname or ''}"
+        raise ValueError(f"{key} must be an http:// or https:// proxy URL with a host: {shown!r}")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise ValueError(f"{key} has a bad port") from None
+    host = parts.hostname
+    netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    auth = None
+    if parts.username is not None:
+        auth = (unquote(parts.username), unquote(parts.password or ""))
+    return ProxyRoute(f"{parts.scheme}://{netloc}", host, port, auth)
+
+
 def valid_entry(entry: str) -> bool:
     """An `allow_hosts` entry is a host name, an address, or a network with a prefix."""
     if "/" not in entry:
@@ -166,9 +249,15 @@ class GuardedBackend(httpcore.NetworkBackend):
     """httpcore's socket backend, checking each address it connects to and holding every
     operation to `deadline` (a time.monotonic() value the caller sets per attempt)."""
 
-    def __init__(self, destinations: Destinations, resolver: Resolver = resolve) -> None:
+    def __init__(
+        self,
+        destinations: Destinations,
+        resolver: Resolver = resolve,
+        proxy: ProxyRoute | None = None,
+    ) -> None:
         self.destinations = destinations
         self.resolver = resolver
+        self.proxy = proxy
         self.deadline = float("inf")
         self._inner = httpcore.SyncBackend()
 
@@ -190,11 +279,27 @@ class GuardedBackend(httpcore.NetworkBackend):
             addresses = self.resolver(host, port)
         except OSError as e:
             raise httpcore.ConnectError(f"cannot resolve {host}: {e}") from e
+        proxy = self.proxy
+        if proxy is None or (host, port) != (proxy.host, proxy.port):  # the proxy: chosen
+            self.refuse(host, addresses)
+        return _DeadlineStream(self._connect(addresses, port, timeout, socket_options), self)
+
+    def refuse(self, host: str, addresses: Iterable[str]) -> None:
         for address in addresses:
             why = self.destinations.refusal(host, address)
             if why:
                 raise AddressRefused(f"{host} resolved to a refused address: {why}")
-        return _DeadlineStream(self._connect(addresses, port, timeout, socket_options), self)
+
+    def check_proxied(self, url: str) -> None:
+        """A webhook reached through the proxy: its name checked where this host resolves
+        it (a name only the proxy can resolve is the proxy's to judge)."""
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        try:
+            addresses = [host] if _is_ip(host) else self.resolver(host, parts.port or 443)
+        except OSError:
+            return
+        self.refuse(host, addresses)
 
     def _connect(
         self,

@@ -59,9 +59,11 @@ class Evaluator:
         clock: Clock = time.time,
         alerter: Alerter | None = None,
         steady: Clock | None = None,
+        train: ReleaseTrain | None = None,
     ) -> None:
         """Single-host by default: this host's `shm`, and the registry, mailbox and journal
-        of its state directory. Fleet mode passes the fleet's own (guardrails.fleet).
+        of its state directory, and the release train on that registry. Fleet mode passes
+        the fleet's own (guardrails.fleet).
         `clock` gives the times recorded; durations are read on `steady` (guardrails.clock;
         time.monotonic by default, and a test's own `clock` if it passes only that)."""
         self.config = config
@@ -75,8 +77,7 @@ class Evaluator:
         self.policy = Policy.from_config(config)
         self.codes = SegmentCodes(config.segments)
         state = config.state_path
-        # The release train runs on this host's registry (local or MLflow), not the fleet's.
-        self.train: ReleaseTrain | None = None
+        self.train = train
         if registry is None:
             local = open_registry(config)
             self.train = ReleaseTrain(local)
@@ -232,11 +233,12 @@ class Evaluator:
         r.phase_requests = [0, 0]
         r.state = RolloutState.PAUSED if r.paused else RolloutState.RUNNING
         r.started = r.phase_started = now
-        r.phases = [{"phase": 1, "entered": now, "exited": None, "result": "current"}]
-        split = self.policy.phase(1).split_bp
-        self._flip(split, champion_slot, True)
+        first = r.phase  # 0 (shadow, split 0) with [phases.0], else 1
+        r.phases = [{"phase": first, "entered": now, "exited": None, "result": "current"}]
+        split = self.policy.phase(first).split_bp
+        self.serving.flip(split, champion_slot, True, first == 0)
         self.journal.save(r, with_baseline=True)
-        self.journal.append(r.id, EventKind.PHASE, 1, {"split_bp": split}, now)
+        self.journal.append(r.id, EventKind.PHASE, first, {"split_bp": split}, now)
 
     def _advance(self, r: Rollout, now: float, champion: ArmMetrics, ch: ArmMetrics) -> None:
         nxt = r.phase + 1
@@ -384,7 +386,7 @@ class Evaluator:
             challenger=version,
             champion=champions[-1].version,
             state=RolloutState.LOADING,
-            phase=1,
+            phase=self.policy.first_phase,
             started=now,
             phase_started=now,
         )
@@ -395,7 +397,7 @@ class Evaluator:
         self.journal.append(
             r.id,
             EventKind.STARTED,
-            1,
+            r.phase,
             {"challenger": record.label, "champion": self.label(r.champion)},
             now,
         )

@@ -44,13 +44,15 @@ from guardrails.fleet_leader import (
     FleetServing,
     initial_decision,
 )
+from guardrails.fleet_mlflow import leader_registry
 from guardrails.fleet_store import FleetStore, StoreUnavailable, Tick, Wakeups
 from guardrails.measures import SegmentCodes, measure
 from guardrails.policy import Policy, State
+from guardrails.release_train import ReleaseTrain
 from router import snapshot
 from router import status as status_file
 from router.config import Config
-from router.control import ControlWriter
+from router.control import ControlWriter, shadow_of
 from router.mailbox import AdminMailbox
 from router.registry import Registry, Status
 from router.shared_memory import SharedMemory
@@ -283,7 +285,7 @@ class HostAgent:
 
     def _take_over(self, t: Tick, epoch: int) -> None:
         store = self.store
-        registry = FleetRegistry(store, epoch)
+        registry = leader_registry(self.config, store, epoch)  # with MLflow, if it is the registry
         champions = registry.with_status(Status.CHAMPION)
         decision = (
             t.decision.body
@@ -306,6 +308,7 @@ class HostAgent:
             mailbox=FleetMailbox(store, epoch),
             journal=journal,
             alerter=self.alerter,
+            train=ReleaseTrain(registry),  # candidates queued in the store start by themselves
         )
         if t.decision is None:
             serving.write()  # the first decision of this fleet
@@ -315,6 +318,7 @@ class HostAgent:
     def _step_down(self) -> None:
         if self.leader is not None:
             print(f"rampart fleet: {self.host_id} no longer leads", file=sys.stderr, flush=True)
+            self.leader.registry.close()  # its MLflow link, if any, stops
         self.leader, self.serving = None, None
 
     # -- applying the decision --------------------------------------------------------------------
@@ -325,7 +329,7 @@ class HostAgent:
         for slot in (0, 1):
             version = int(d["slot_model"][slot])
             if version and self.control.slot_model(slot) != version:
-                self._ensure_local(version)
+                FleetRegistry(self.store, None).copy_to(self.registry, version)
                 self.control.load_slot(slot, version)
         if self.control.hash_seed != int(d["hash_seed"]):
             self.control.set_hash_seed(int(d["hash_seed"]))
@@ -336,19 +340,12 @@ class HostAgent:
             # The fleet names no champion (a registry that came back empty): this host
             # keeps serving its own, alone.
             champion_slot, split = word.champion_slot, 0
-        target = (split, champion_slot, bool(d["has_challenger"]))
-        if (word.split_bp, word.champion_slot, word.has_challenger) != target:
+        # "shadow" is absent from decisions written before phase 0 existed: no shadow.
+        shadow = bool(d.get("shadow", False)) and self.breach is None
+        target = (split, champion_slot, bool(d["has_challenger"]), shadow)
+        now_shadow = shadow_of(self.control.word())
+        if (word.split_bp, word.champion_slot, word.has_challenger, now_shadow) != target:
             self.control.flip(*target)
-
-    def _ensure_local(self, version: int) -> None:
-        """A fleet model this host lacks: fetched by sha256, verified, kept locally."""
-        record = FleetRegistry(self.store, None).get(version)
-        try:
-            if self.registry.get(version).sha256 == record.sha256:
-                return
-        except KeyError:
-            pass
-        self.registry.mirror(record, self.store.model_bytes(record.sha256))
 
     # -- admin commands from this host's workers ---------------------------------------------------
     def _forward_commands(self, store_down: bool = False) -> None:
@@ -445,6 +442,7 @@ class HostAgent:
         if self.leader is not None:
             with contextlib.suppress(StoreUnavailable):
                 self.store.resign(self.host_id)  # another host takes over at once
+        self._step_down()
         self._close_wakeups()
         self.alerter.close(2.0)
         self.registry.close()

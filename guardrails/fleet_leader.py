@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import msgpack
 
@@ -33,7 +33,7 @@ from guardrails.rollouts import (
 )
 from router.control import ControlWord, pack
 from router.mailbox import Command
-from router.registry import ModelRecord, Status
+from router.registry import ModelRecord, Registry, Status
 from router.snapshot import Snapshot
 
 IDLE = "none"  # the evidence namespace while no rollout runs
@@ -86,8 +86,15 @@ class FleetServing:
         d = self.decision
         return ControlWord(d["split_bp"], d["champion_slot"], d["has_challenger"], 0)
 
-    def flip(self, split_bp: int, champion_slot: int, has_challenger: bool) -> None:
-        self.write(split_bp=split_bp, champion_slot=champion_slot, has_challenger=has_challenger)
+    def flip(
+        self, split_bp: int, champion_slot: int, has_challenger: bool, shadow: bool = False
+    ) -> None:
+        self.write(
+            split_bp=split_bp,
+            champion_slot=champion_slot,
+            has_challenger=has_challenger,
+            shadow=shadow,
+        )
 
     def slot_model(self, slot: int) -> int:
         return int(self.decision["slot_model"][slot])
@@ -155,15 +162,29 @@ def _record(m: dict[str, Any]) -> ModelRecord:
         Status(m["status"]),
         str(m.get("reason", "")),
         float(m.get("registered_at", 0.0)),
+        str(m.get("rollout_id", "")),
+        int(m.get("queue_seq", 0)),
     )
 
 
-class FleetRegistry:
-    """The fleet's model registry (bytes, sha256, features, status) in the store."""
+class Watcher(Protocol):
+    """What keeps the fleet's registry in step with another one (guardrails.fleet_mlflow)."""
 
-    def __init__(self, store: FleetStore, epoch: int | None) -> None:
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class FleetRegistry:
+    """The fleet's model registry (bytes, sha256, features, status, the release train's
+    queue) in the store; `watcher`: the leader's link to MLflow, run while it leads."""
+
+    def __init__(
+        self, store: FleetStore, epoch: int | None, watcher: Watcher | None = None
+    ) -> None:
         self.store = store
         self.epoch = epoch
+        self.watcher = watcher
 
     def get(self, version: int) -> ModelRecord:
         return _record(self.store.get_model(version))
@@ -177,11 +198,33 @@ class FleetRegistry:
     def set_status(
         self, version: int, status: Status, reason: str = "", rollout_id: str = ""
     ) -> None:
-        if not self.store.set_model_status(self.epoch, version, status.value, reason):
+        if not self.store.set_model_status(self.epoch, version, status.value, reason, rollout_id):
             raise Deposed(f"epoch {self.epoch} is no longer the fleet's")
 
+    def copy_to(self, local: Registry, version: int) -> None:
+        """A fleet model a host lacks: fetched by sha256, verified, kept in its registry."""
+        record = self.get(version)
+        try:
+            if local.get(version).sha256 == record.sha256:
+                return
+        except KeyError:
+            pass
+        local.mirror(record, self.store.model_bytes(record.sha256))
+
+    # -- the release train (guardrails.release_train.Queueing) ------------------------------------
+    def queued(self) -> list[ModelRecord]:
+        return [_record(m) for m in self.store.queued_models()]
+
+    def queue(self, version: int, *, replace: bool = False, reason: str = "") -> list[int]:
+        return self.store.queue_model(version, replace=replace, reason=reason)
+
+    def watch(self) -> None:
+        if self.watcher is not None:
+            self.watcher.start()
+
     def close(self) -> None:
-        pass
+        if self.watcher is not None:
+            self.watcher.stop()
 
 
 class FleetMailbox:

@@ -27,6 +27,7 @@ class FleetModels:
     _redis: redis.Redis
     _register_model: Script
     _set_status: Script
+    _queue_model: Script
 
     if TYPE_CHECKING:  # FleetStore's
 
@@ -63,26 +64,57 @@ class FleetModels:
         reply = self._call(self._register_model, keys, args)
         if reply is None:
             raise ValueError(f"model version {version} is already registered")
-        return dict(stored, version=int(reply[0]), status=reply[1].decode(), reason=args[4])
+        status = reply[1].decode()
+        return dict(stored, version=int(reply[0]), status=status, reason=args[4], rollout_id="",
+                    queue_seq=0)  # fmt: skip
+
+    _TABLES = ("models", "model-status", "model-reason", "model-rollout")
 
     def models(self) -> list[dict[str, Any]]:
         pipe = self._redis.pipeline(transaction=True)
-        for k in ("models", "model-status", "model-reason"):
+        for k in self._TABLES:
             pipe.hgetall(self.key(k))
-        entries, statuses, reasons = self._call(pipe.execute)
+        pipe.zrange(self.key("queue"), 0, -1, withscores=True)
+        entries, statuses, reasons, rollouts, queue = self._call(pipe.execute)
+        seq = {v: int(score) for v, score in queue}
         return sorted(
-            (records.model(v, r, statuses.get(v), reasons.get(v)) for v, r in entries.items()),
+            (
+                records.model(v, r, statuses.get(v), reasons.get(v), rollouts.get(v), seq.get(v))
+                for v, r in entries.items()
+            ),
             key=lambda m: int(m["version"]),
         )
 
     def get_model(self, version: int) -> dict[str, Any]:
         pipe = self._redis.pipeline(transaction=True)
-        for k in ("models", "model-status", "model-reason"):
-            pipe.hget(self.key(k), str(int(version)))
-        record, status, reason = self._call(pipe.execute)
+        v = str(int(version))
+        for k in self._TABLES:
+            pipe.hget(self.key(k), v)
+        pipe.zscore(self.key("queue"), v)
+        record, status, reason, rollout, seq = self._call(pipe.execute)
         if record is None:
             raise KeyError(f"no model version {version} in the fleet registry")
-        return records.model(str(int(version)).encode(), record, status, reason)
+        return records.model(v.encode(), record, status, reason, rollout, seq)
+
+    def queued_models(self) -> list[dict[str, Any]]:
+        """The release train's queue, first to start first."""
+        queued = [m for m in self.models() if m["status"] == "queued"]
+        return sorted(queued, key=lambda m: (m["queue_seq"], m["version"]))
+
+    def queue_model(self, version: int, *, replace: bool = False, reason: str = "") -> list[int]:
+        """Queue a candidate behind the others (or, with `replace`, in place of every queued
+        one, which go back to candidates). Returns the versions it replaced; a version that
+        is not a candidate raises ValueError, an unknown one KeyError. Unfenced: the CLI
+        queues, and the leader starts what is queued."""
+        keys = [self.key(k) for k in ("models", "model-status", "model-reason", "queue")]
+        keys.append(self.key("queue-seq"))
+        args = [str(int(version)), "1" if replace else "", reason]
+        reply = [x.decode() for x in self._call(self._queue_model, keys, args)]
+        if reply[0] == "unknown":
+            raise KeyError(f"no model version {version} in the fleet registry")
+        if reply[0] == "refused":
+            raise ValueError(f"model {version} is {reply[1]}: only a candidate can be queued")
+        return [int(x) for x in reply[1:]]
 
     def model_bytes(self, sha256: str) -> bytes:
         if not re.fullmatch(r"[0-9a-f]{64}", sha256):
@@ -95,17 +127,20 @@ class FleetModels:
         return bytes(data)
 
     def set_model_status(
-        self, epoch: int | None, version: int, status: str, reason: str = ""
+        self, epoch: int | None, version: int, status: str, reason: str = "", rollout_id: str = ""
     ) -> bool:
         """Fenced by `epoch`; None (unfenced) is for the CLI's register path only."""
-        return self.set_model_statuses(epoch, {version: (status, reason)})
+        return self.set_model_statuses(epoch, {version: (status, reason)}, rollout_id)
 
-    def set_model_statuses(self, epoch: int | None, changes: dict[int, tuple[str, str]]) -> bool:
-        """Several status changes as one flip (a promotion: champion and retired)."""
-        args: list[Any] = ["" if epoch is None else records.epoch(epoch)]
+    def set_model_statuses(
+        self, epoch: int | None, changes: dict[int, tuple[str, str]], rollout_id: str = ""
+    ) -> bool:
+        """Several status changes as one flip (a promotion: champion and retired), each
+        recorded with the rollout that made it."""
+        args: list[Any] = ["" if epoch is None else records.epoch(epoch), rollout_id]
         for version, (status, reason) in changes.items():
             args += [str(int(version)), records.id(status, "status"), reason]
-        keys = [self.key(k) for k in ("epoch", "models", "model-status", "model-reason")]
+        keys = [self.key(k) for k in ("epoch", *self._TABLES, "queue")]
         reply = self._call(self._set_status, keys, args)
         if isinstance(reply, bytes):
             raise KeyError(f"no model version {reply.decode()} in the fleet registry")

@@ -123,13 +123,20 @@ def decision(raw: dict[bytes, bytes]) -> Decision | None:
 
 
 def model(
-    version: bytes, record: bytes, status: bytes | None, reason: bytes | None
+    version: bytes,
+    record: bytes,
+    status: bytes | None,
+    reason: bytes | None,
+    rollout_id: bytes | None = None,
+    queue_seq: float | None = None,
 ) -> dict[str, Any]:
     return dict(
         json.loads(record),
         version=int(version),
         status=(status or b"").decode(),
         reason=(reason or b"").decode(),
+        rollout_id=(rollout_id or b"").decode(),
+        queue_seq=int(queue_seq or 0),
     )
 
 

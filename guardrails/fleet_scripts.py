@@ -117,16 +117,49 @@ redis.call('HSET', KEYS[3], version, ARGV[5])
 redis.call('SET', KEYS[6], ARGV[6], 'NX')
 return {version, status}
 """
-# ARGV[1] is the epoch ('' = unfenced: the CLI's register path), then (version, status,
-# reason) triples applied together, so a promotion's two status changes are one flip.
+# ARGV[1] is the epoch ('' = unfenced: the CLI's register path), ARGV[2] the rollout that
+# made the changes ('' keeps none), then (version, status, reason) triples applied together,
+# so a promotion's two status changes are one flip. A version that leaves `queued` leaves the
+# queue.
 SET_STATUS = """
 if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-for i = 2, #ARGV, 3 do
+for i = 3, #ARGV, 3 do
   if redis.call('HEXISTS', KEYS[2], ARGV[i]) == 0 then return ARGV[i] end
 end
-for i = 2, #ARGV, 3 do
+for i = 3, #ARGV, 3 do
   redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
   redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 2])
+  redis.call('HSET', KEYS[5], ARGV[i], ARGV[2])
+  if ARGV[i + 1] ~= 'queued' then redis.call('ZREM', KEYS[6], ARGV[i]) end
 end
 return 1
+"""
+# The release train's queue: a candidate (or queued) version goes to the back of the queue
+# (sorted set, scored by a sequence), or with ARGV[2] = '1' in place of every other queued
+# one (back to candidates, with the reason). Returns {'ok', replaced...}, or {'refused',
+# status} for a version that is neither, or {'unknown'}.
+QUEUE_MODEL = """
+local version = ARGV[1]
+local status = redis.call('HGET', KEYS[2], version)
+if not status then return {'unknown'} end
+if status ~= 'candidate' and status ~= 'queued' then return {'refused', status} end
+local out = {'ok'}
+if ARGV[2] == '1' then
+  for _, other in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do
+    if other ~= version then
+      if redis.call('HGET', KEYS[2], other) == 'queued' then
+        redis.call('HSET', KEYS[2], other, 'candidate')
+        redis.call('HSET', KEYS[3], other, 'replaced in the queue by ' .. version)
+        table.insert(out, other)
+      end
+      redis.call('ZREM', KEYS[4], other)
+    end
+  end
+end
+if status ~= 'queued' then
+  redis.call('ZADD', KEYS[4], redis.call('INCR', KEYS[5]), version)
+  redis.call('HSET', KEYS[2], version, 'queued')
+  redis.call('HSET', KEYS[3], version, ARGV[3])
+end
+return out
 """

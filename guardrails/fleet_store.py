@@ -21,6 +21,9 @@ its keys are all passed in KEYS).
     models            hash    version -> JSON record (name, sha256, features, registered_at)
     model-status      hash    version -> status
     model-reason      hash    version -> reason
+    model-rollout     hash    version -> the rollout that gave it its status
+    queue             zset    queued versions (the release train), scored by queue-seq
+    queue-seq         int     the queue's sequence
     model-seq         int     the last version handed out
     blob:<sha256>     bytes   model files, content-addressed
 
@@ -119,6 +122,7 @@ class FleetStore(FleetModels):
         self._finish_command = script(scripts.FINISH_COMMAND)
         self._register_model = script(scripts.REGISTER_MODEL)
         self._set_status = script(scripts.SET_STATUS)
+        self._queue_model = script(scripts.QUEUE_MODEL)
         self._scripts = [v for v in vars(self).values() if isinstance(v, Script)]
 
     def key(self, suffix: str) -> str:

@@ -18,6 +18,7 @@ from enum import StrEnum
 from typing import Any, Literal
 
 from router.config import Config, ConfigError, typed_section
+from router.shadow import ShadowConfig
 
 HOUR = 3600.0
 DAY = 24 * HOUR
@@ -114,9 +115,24 @@ class Policy:
     load_timeout_s: float = 30.0  # workers must load the challenger within this
     journal_every_s: float = 60.0  # a metrics record in the event log this often (wall)
     paired: bool = True  # [paired] scoring is on: the paired checks apply
+    shadow: ShadowConfig | None = None  # [phases.0]: rollouts start in the shadow phase
+
+    @property
+    def first_phase(self) -> int:
+        """Where a rollout starts: 0 (shadow) when [phases.0] is configured, else 1."""
+        return 0 if self.shadow is not None else 1
 
     def phase(self, number: int) -> Phase:
+        if number == 0:
+            # A rollout resumed in its shadow phase under a config that no longer has
+            # [phases.0] keeps the defaults' duration.
+            s = self.shadow or ShadowConfig()
+            return Phase(0, 0, s.min_hours, s.max_hours, 0)
         return self.phases[number - 1]
+
+    def shadow_min_requests(self) -> int:
+        """Challenger runs on copies the shadow phase waits for (x sample_scale)."""
+        return round((self.shadow or ShadowConfig()).min_requests * self.sample_scale)
 
     def min_s(self, number: int) -> float:
         return self.phase(number).min_hours * HOUR * self.time_scale
@@ -144,9 +160,11 @@ class Policy:
         phases_raw = raw.get("phases", {})
         if not isinstance(phases_raw, dict):
             raise ConfigError(f"[phases] must be a table, got {phases_raw!r}")
-        unknown = set(phases_raw) - {str(p.number) for p in DEFAULT_PHASES}
+        unknown = set(phases_raw) - {str(p.number) for p in DEFAULT_PHASES} - {"0"}
         if unknown:
-            raise ConfigError(f"[phases] has unknown phase(s) {sorted(unknown)}; phases are 1-5")
+            raise ConfigError(
+                f"[phases] has unknown phase(s) {sorted(unknown)}; phases are 0 (shadow) and 1-5"
+            )
         phases = tuple(
             typed_section(
                 Phase,
@@ -157,12 +175,9 @@ class Policy:
             )
             for p in DEFAULT_PHASES
         )
-        policy = typed_section(
-            cls,
-            "rollout",
-            rollout,
-            extra={"phases": phases, "guards": guards, "paired": config.paired.on},
-        )
+        shadow = ShadowConfig.from_raw(raw)
+        extra = {"phases": phases, "guards": guards, "paired": config.paired.on, "shadow": shadow}
+        policy = typed_section(cls, "rollout", rollout, extra=extra)
         policy.validate()
         return policy
 

@@ -20,6 +20,7 @@ from guardrails import charts
 from guardrails.charts import Timeline
 from guardrails.rollouts import Event, Journal, Rollout
 from guardrails.units import duration, number, percent
+from router.shadow import phase_name
 
 Format = Literal["md", "html"]
 DECISIONS = ("advanced", "paused", "resumed", "rolled_back", "stopped", "promoted")
@@ -83,7 +84,8 @@ def _decision_title(e: Event) -> str:
     if e.kind == "advanced":
         return f"advanced to phase {e.phase} ({e.data.get('split_bp', 0) / 100:g}%)"
     verb = {"rolled_back": "rolled back"}.get(e.kind, e.kind)
-    return f"{verb} in phase {e.phase}" + (" (manual)" if e.data.get("manual") else "")
+    where = phase_name(e.phase)
+    return f"{verb} in phase {where}" + (" (manual)" if e.data.get("manual") else "")
 
 
 def _blocks(r: Rollout, events: list[Event]) -> list[Block]:
@@ -103,7 +105,7 @@ def _blocks(r: Rollout, events: list[Event]) -> list[Block]:
                 ("Started", when(r.started)),
                 ("Ended", when(r.ended)),
                 ("Total duration", duration(last - r.started)),
-                ("Last phase", str(r.phase)),
+                ("Last phase", phase_name(r.phase)),
             ]
         ),
     ]
@@ -113,14 +115,15 @@ def _blocks(r: Rollout, events: list[Event]) -> list[Block]:
         d = end.data
         out.append(
             Note(
-                f"Breach in phase {end.phase} at {when(end.t)}: guardrail {d['guardrail']} = "
-                f"{number(d.get('value'))}, threshold {d.get('threshold') or '-'}",
+                f"Breach in phase {phase_name(end.phase)} at {when(end.t)}: "
+                f"guardrail {d['guardrail']} = {number(d.get('value'))}, "
+                f"threshold {d.get('threshold') or '-'}",
                 breach=True,
             )
         )
     phases = [
         [
-            str(p["phase"]),
+            phase_name(p["phase"]),
             when(p["entered"]),
             when(p["exited"]),
             duration((p["exited"] or last) - p["entered"]),
@@ -195,7 +198,7 @@ def _text_samples(samples: list[Event], start: float) -> Table:
     rows = [
         [
             f"+{duration(e.t - start)}",
-            str(e.phase),
+            phase_name(e.phase),
             percent(e.data["champion"]["ctr"], 3),
             percent(e.data["challenger"]["ctr"], 3),
             number(e.data["p_better"]),
@@ -302,7 +305,8 @@ def listing(journal: Journal) -> str:
     for r in journal.all():
         state = r.outcome or r.state.value
         took = duration(r.ended - r.started) if r.ended is not None else "running"
+        phase = phase_name(r.phase)
         lines.append(
-            f"{r.id:<24} {state:<12} phase {r.phase}  {when(r.started)}  {took:>12}  {r.reason}"
+            f"{r.id:<24} {state:<12} phase {phase}  {when(r.started)}  {took:>12}  {r.reason}"
         )
     return "\n".join(lines) if lines else "no rollouts"

@@ -29,8 +29,11 @@ class Serving(Protocol):
 
     def word(self) -> ControlWord: ...
 
-    def flip(self, split_bp: int, champion_slot: int, has_challenger: bool) -> None:
-        """Put a split in force (the rollback path calls this before anything slow)."""
+    def flip(
+        self, split_bp: int, champion_slot: int, has_challenger: bool, shadow: bool = False
+    ) -> None:
+        """Put a split in force (the rollback path calls this before anything slow);
+        `shadow`: the challenger scores copies of the champion's requests (phase 0)."""
         ...
 
     def slot_model(self, slot: int) -> int: ...
@@ -117,8 +120,10 @@ class LocalServing:
     def word(self) -> ControlWord:
         return self.control.read()
 
-    def flip(self, split_bp: int, champion_slot: int, has_challenger: bool) -> None:
-        self.control.flip(split_bp, champion_slot, has_challenger)
+    def flip(
+        self, split_bp: int, champion_slot: int, has_challenger: bool, shadow: bool = False
+    ) -> None:
+        self.control.flip(split_bp, champion_slot, has_challenger, shadow)
 
     def slot_model(self, slot: int) -> int:
         return self.control.slot_model(slot)

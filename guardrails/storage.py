@@ -110,6 +110,7 @@ def resume(ev: Evaluator) -> bool:
         ev.journal.save(r, with_baseline=r.baseline is not None)
         if r.state != RolloutState.LOADING:
             champion_slot = ev.serving.word().champion_slot
-            ev.serving.flip(ev.policy.phase(r.phase).split_bp, champion_slot, True)
+            split = ev.policy.phase(r.phase).split_bp
+            ev.serving.flip(split, champion_slot, True, r.phase == 0)
     ev.hold.leave(ev.durations.steady_now)
     return True

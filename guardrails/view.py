@@ -12,6 +12,7 @@ from guardrails.checks import Evidence, Result
 from guardrails.measures import ArmMetrics, wilson_kernel
 from guardrails.policy import Policy, State
 from guardrails.rollouts import Event, Rollout, RolloutState
+from router.shadow import phase_name
 from router.status import EvaluatorStatus, PhaseInfo, RolloutInfo
 
 MAX_POINTS = 300
@@ -176,11 +177,13 @@ def _rollout_info(p: Policy, r: Rollout, now: float) -> RolloutInfo:
 def _phases(p: Policy, r: Rollout | None) -> list[PhaseInfo]:
     entered = {x["phase"]: x for x in (r.phases if r else [])}
     out: list[PhaseInfo] = []
-    for spec in p.phases:
+    shadow = [p.phase(0)] if p.shadow is not None or 0 in entered else []
+    for spec in (*shadow, *p.phases):
         seen = entered.get(spec.number, {})
         out.append(
             {
                 "phase": spec.number,
+                "name": phase_name(spec.number),
                 "split_bp": spec.split_bp,
                 "min_s": p.min_s(spec.number),
                 "max_s": p.max_s(spec.number),
@@ -217,6 +220,7 @@ def status(
     info = _rollout_info(p, r, now) if r is not None else None
     out: EvaluatorStatus = {
         "phase": r.phase if active and r is not None else 0,
+        "phase_name": phase_name(r.phase if r is not None else 0, active),
         "state": r.state.value if active and r is not None else "idle",
         "split_bp": split_bp,
         "rollout": info if active else None,

@@ -14,7 +14,6 @@ import contextlib
 import math
 import os
 import secrets
-import signal
 import tempfile
 import threading
 import time
@@ -26,6 +25,8 @@ import httpx
 import uvloop
 
 from harness import simulator
+from harness.disturb import disturb
+from harness.mlflow_store import MlflowStore
 from harness.redis_process import private_redis
 from harness.scenario_models import model_path
 from harness.scenarios import SCENARIO_NAMES, SCENARIOS, TRAIN, Scenario, server_config
@@ -117,12 +118,16 @@ class Session:
         max_s: float = 900.0,
         challenger_delay_ms: float = 0.0,
         fleet_hosts: int = 0,
+        registry: str = "local",
     ) -> None:
         """`fleet_hosts` > 0: that many `rampart serve --fleet` hosts on a private Redis, the
-        simulator sending to all of them; admin commands and `/status` go to the first."""
+        simulator sending to all of them; admin commands and `/status` go to the first.
+        `registry` "mlflow": the models live in a private MLflow store (harness.mlflow_store)."""
         self.rate, self.seed, self.port, self.prefix = rate, seed, port, prefix
         self.fleet_hosts = fleet_hosts
         self.fleet_url = ""
+        self.registry = registry
+        self.mlflow: MlflowStore | None = None
         self.on_status = on_status
         self.keep_state = keep_state
         self.max_s = max_s
@@ -148,19 +153,17 @@ class Session:
         self.state = root / "state"
         if self.fleet_hosts:
             self.fleet_url = stack.enter_context(private_redis())
+        if self.registry == "mlflow":
+            self.mlflow = MlflowStore(root / "mlflow")
         self.register("champion")
         slack_url, self.alerts = stack.enter_context(slack_sink())
-        env = dict(os.environ, RAMPART_ADMIN_TOKEN=ADMIN_TOKEN, RAMPART_SLACK_WEBHOOK=slack_url)
+        self.env = dict(
+            os.environ, RAMPART_ADMIN_TOKEN=ADMIN_TOKEN, RAMPART_SLACK_WEBHOOK=slack_url
+        )
         if self.fleet_hosts:
-            env["RAMPART_TOKEN_SECRET"] = secrets.token_hex(16)  # one secret for the fleet
-        self.hosts = []
-        for i in range(max(1, self.fleet_hosts)):
-            config = root / f"scenario-{i}.toml"
-            state = self.state if i == 0 else root / f"state-{i}"
-            port = self.port if i == 0 and self.port else free_port()
-            self.hosts.append(Serve(state, config, port, env))
-            stack.callback(self.hosts[-1].stop)
-        self.serve = self.hosts[0]
+            self.env["RAMPART_TOKEN_SECRET"] = secrets.token_hex(16)  # one secret for the fleet
+        self.ports = [self.port or free_port(), *(free_port() for _ in range(self.fleet_hosts - 1))]
+        self._make_hosts("")
         self._write_configs()
         self._start_serve()
         sim = simulator.SimConfig(
@@ -176,9 +179,35 @@ class Session:
         stack.callback(self.traffic.stop)
         self.traffic.start()
 
+    def _make_hosts(self, suffix: str) -> None:
+        self.hosts = []
+        for i, port in enumerate(self.ports):
+            config = self.root / f"scenario-{i}.toml"
+            state = self.state if i == 0 else self.root / f"state-{i}{suffix}"
+            self.hosts.append(Serve(state, config, port, self.env))
+            self.stack.callback(self.hosts[-1].stop)
+        self.serve = self.hosts[0]
+
+    def switch_registry(self, registry: str) -> None:
+        """Restart the server on another registry ("local" or "mlflow"), with the champion
+        registered there and a fresh state directory (a server that switches backends must
+        not reuse its local registry); the simulator goes on sending to the same ports."""
+        if registry == self.registry:
+            return
+        self._stop_serve()
+        self.registry = registry
+        self.mlflow = MlflowStore(self.root / "mlflow") if registry == "mlflow" else None
+        self.state = self.root / f"state-{registry}"
+        self.register("champion")
+        self._make_hosts(f"-{registry}")
+        self._write_configs()
+        self._start_serve()
+
     def _write_configs(self) -> None:
         for i, host in enumerate(self.hosts):
             text = server_config(self.challenger_delay_ms)
+            if self.mlflow is not None:
+                text += self.mlflow.config()
             if self.fleet_hosts:
                 text += f'\n[fleet]\nurl = "{self.fleet_url}"\nhost_id = "host-{i + 1}"\n'
             host.config.write_text(text)
@@ -197,14 +226,20 @@ class Session:
         for host in self.hosts:
             host.stop()
 
-    def register(self, variant: str) -> int:
+    def register(self, variant: str, *, start: bool = False) -> int:
+        """Register a shipped model variant; `start`: queue it, as `models register --start`."""
+        if self.mlflow is not None:
+            return self.mlflow.register(model_path(variant), start=start)
         if self.fleet_url:
             return register_in_fleet(self.fleet_url, model_path(variant))
         from router.registry import Registry
 
         registry = Registry(self.state)
         try:
-            return registry.register(model_path(variant)).version
+            version = registry.register(model_path(variant)).version
+            if start:
+                registry.queue(version)
+            return version
         finally:
             registry.close()
 
@@ -225,8 +260,8 @@ class Session:
         version = self.register(s.challenger)
         started_wall = time.time()
         rollout_id = self.serve.admin("start", {"version": str(version)})["rollout"]
-        watch = _Watch(self.serve, self.on_status)
-        extra = _disturb(s, self.serve, watch, self.traffic) if s.disturb else {}
+        watch = Watch(self.serve, self.on_status)
+        extra = disturb(s, self.serve, watch, self.traffic) if s.disturb else {}
 
         def ended(st: Status) -> bool:
             return not st.get("rollout") and (st.get("last_rollout") or {}).get("id") == rollout_id
@@ -247,14 +282,8 @@ class Session:
         from router.registry import Registry
 
         began = time.monotonic()
-        versions = [self.register(s.challenger) for s in legs]
-        registry = Registry(self.state)
-        try:
-            for version in versions:
-                registry.queue(version)
-        finally:
-            registry.close()
-        watch = _Watch(self.serve, self.on_status)
+        versions = [self.register(s.challenger, start=True) for s in legs]
+        watch = Watch(self.serve, self.on_status)
         verdicts = []
         for s, version in zip(legs, versions, strict=True):
             leg_began = time.monotonic()
@@ -286,7 +315,10 @@ class Session:
         finally:
             registry.close()
         passed = all(v["passed"] for v in verdicts)
-        return {"scenario": "train", "passed": passed, "legs": verdicts, "registry": statuses}
+        result = {"scenario": "train", "passed": passed, "legs": verdicts, "registry": statuses}
+        if self.mlflow is not None:  # the outcomes as MLflow holds them
+            result["mlflow"] = self.mlflow.outcomes(versions)
+        return result
 
 
 def register_in_fleet(url: str, path: Path) -> int:
@@ -308,8 +340,10 @@ def run_scenario(
     timeout_s: float = 420.0,
     on_status: Callable[[Status], None] | None = None,
     keep_state: Path | None = None,
+    registry: str = "local",
 ) -> dict[str, Any]:
-    """Run one scenario on a fresh server and return its verdict (see harness.scenarios)."""
+    """Run one scenario on a fresh server and return its verdict (see harness.scenarios);
+    `registry` "mlflow": its models in a private MLflow store (harness.mlflow_store)."""
     if name not in SCENARIO_NAMES:
         raise ValueError(f"unknown scenario {name!r}; scenarios: {', '.join(SCENARIO_NAMES)}")
     if name == "train":
@@ -320,6 +354,7 @@ def run_scenario(
             keep_state=keep_state,
             prefix="train-",
             max_s=2 * timeout_s + 60,
+            registry=registry,
         ) as session:
             return session.train(tuple(SCENARIOS[n] for n in TRAIN), 2 * timeout_s)
     scenario = SCENARIOS[name]
@@ -331,6 +366,7 @@ def run_scenario(
         prefix=f"{name}-",
         max_s=timeout_s + 60,
         challenger_delay_ms=scenario.challenger_delay_ms,
+        registry=registry,
     )
     with session:
         result = session.rollout(scenario, timeout_s)
@@ -340,7 +376,7 @@ def run_scenario(
     return result
 
 
-class _Watch:
+class Watch:
     """Polls `/status` until a condition holds, noting when each phase was entered."""
 
     def __init__(self, serve: Serve, on_status: Callable[[Status], None] | None) -> None:
@@ -369,56 +405,3 @@ class _Watch:
             "the rollout did not finish in time; last status: "
             f"phase {status.get('phase')}, next: {status.get('next')}"
         )
-
-
-def _disturb(s: Scenario, serve: Serve, watch: _Watch, traffic: Traffic) -> dict[str, Any]:
-    deadline = time.monotonic() + 120
-    stats = traffic.live
-    assert stats is not None
-    served = stats.arms["challenger"].requests
-    status = watch.until(lambda st: st.get("state") == "running", deadline)
-    # The split is in force: the ad server has had answers from the challenger.
-    while stats.arms["challenger"].requests == served:
-        if time.monotonic() > deadline:
-            raise TimeoutError("the challenger answered nothing in phase 1")
-        time.sleep(0.05)
-    before = status["rollout"]
-    if s.disturb == "restart-serve":
-        serve.stop()
-        serve.start()
-        serve.warm_up()
-        serve.wait_for_evaluator()
-        after = watch.until(lambda st: bool(st.get("rollout")), deadline)["rollout"]
-        return {
-            "restart": {
-                "same_rollout": after["id"] == before["id"],
-                "phase_before": before["phase"],
-                "phase_after": after["phase"],
-                "phase_started_kept": after["phase_started"] == before["phase_started"],
-            }
-        }
-    # freeze-evaluator: a hung evaluator (alive, no heartbeat). Workers must fall back to
-    # the champion within stale_after_s; the supervisor then replaces the hung process.
-    pid = int(status["evaluator"]["pid"])
-    os.kill(pid, signal.SIGSTOP)
-    frozen, frozen_wall = time.monotonic(), time.time()
-    stale = watch.until(lambda st: bool(st.get("stale")), deadline)
-    stale_after = time.monotonic() - frozen
-    resumed = watch.until(
-        lambda st: not st.get("stale") and st.get("evaluator", {}).get("pid") != pid, deadline
-    )
-    resumed_wall = time.time()
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGCONT)
-    serve.admin("rollback")  # end the scenario; the verdict is about the fail-safe
-    return {
-        "freeze": {
-            "frozen_at": frozen_wall,
-            "resumed_at": resumed_wall,
-            "stale_seen_s": round(stale_after, 2),
-            "effective_split_during_stale": stale.get("effective_split_bp"),
-            "resumed_phase": resumed.get("phase"),
-            "phase_before": before["phase"],
-            "same_rollout": (resumed.get("rollout") or {}).get("id") == before["id"],
-        }
-    }

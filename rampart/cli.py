@@ -48,16 +48,14 @@ def _models(args: argparse.Namespace) -> int:
     start = getattr(args, "start", False)
     if getattr(args, "replace", False) and not start:
         raise ConfigError("--replace goes with --start")
-    if args.fleet:
-        if start:
-            raise ConfigError("--start: the release train is single-host (not with --fleet)")
-        return _fleet_models(args)
     from guardrails.release_train import enqueue
     from router.registry import Registry
 
     config = _config(args)
-    if config.registry.backend == "mlflow":
+    if config.registry.backend == "mlflow":  # a fleet's leader takes its models from MLflow
         return _mlflow_models(args, config)
+    if args.fleet:
+        return _fleet_models(args, start)
     registry = Registry(Path(args.state_dir))
     err = sys.stderr
     try:
@@ -118,21 +116,29 @@ def _list(records: list[ModelRecord], queued: list[ModelRecord]) -> None:
         print(line.rstrip())
 
 
-def _fleet_models(args: argparse.Namespace) -> int:
+def _fleet_models(args: argparse.Namespace, start: bool) -> int:
+    from guardrails.fleet_leader import FleetRegistry
     from guardrails.fleet_store import FleetStore, StoreUnavailable
+    from guardrails.release_train import enqueue
     from router.models import Model
 
     try:
         with FleetStore(args.fleet, args.fleet_name, timeout_s=5.0) as store:
+            registry = FleetRegistry(store, None)  # unfenced: registering and queueing only
             if args.models_command == "register":
                 path = Path(args.file).resolve()
                 model = Model(path)  # validates, as the local registry does
                 record = {"name": model.name, "features": list(model.features)}
-                print(store.put_model(record, path.read_bytes())["version"])
+                stored = store.put_model(record, path.read_bytes())
+                print(stored["version"])
+                if start and stored["status"] == Status.CHAMPION.value:
+                    print(f"model {stored['version']} is the champion: nothing to roll out",
+                          file=sys.stderr)  # fmt: skip
+                elif start:  # the fleet's leader starts it when no rollout runs
+                    text = enqueue(registry, int(stored["version"]), replace=args.replace)
+                    print(text, file=sys.stderr)
                 return 0
-            for m in store.models():
-                label = f"{m['name']}:{m['version']}"
-                print(f"{m['version']:>4}  {label:<28} {m['status']:<10} {m['reason']}")
+            _list(registry.all(), registry.queued())
             return 0
     except StoreUnavailable as e:
         print(f"rampart: {e}", file=sys.stderr)
@@ -269,6 +275,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", dest="json_out", help="also write the verdict to this file")
     p.add_argument("--rate", type=float, default=2000.0, help="simulated requests per second")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--registry-backend",
+        choices=["local", "mlflow"],
+        default="local",
+        help="the models' registry: local, or a private MLflow store (sqlite; rampart[mlflow])",
+    )
 
     p = sub.add_parser("models", help="the model registry")
     msub = p.add_subparsers(dest="models_command", required=True)
@@ -318,7 +330,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "scenario":
             from harness.session import run_scenario
 
-            verdict = run_scenario(args.name, rate=args.rate, seed=args.seed)
+            verdict = run_scenario(
+                args.name, rate=args.rate, seed=args.seed, registry=args.registry_backend
+            )
             text = json.dumps(verdict, indent=2)
             print(text)
             if args.json_out:

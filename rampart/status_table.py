@@ -36,7 +36,9 @@ def status_text(s: dict[str, Any], colour: bool) -> str:
         lines[0] += f": {last['reason']}" if last.get("reason") else ""
     else:
         lines = [f"no rollout; champion {label['champion']}"]
-    head = [f"phase {s['phase']}/{len(s.get('phases') or ()) or 5}", str(s.get("state", "?"))]
+    numbered = [p for p in s.get("phases") or () if p.get("phase")]
+    phase = "shadow" if r and s.get("phase_name") == "shadow" else f"{s['phase']}"
+    head = [f"phase {phase}/{len(numbered) or 5}", str(s.get("state", "?"))]
     head.append(f"split {s['split_bp'] / 100:.1f}%")
     if r:
         head.append(
@@ -44,6 +46,12 @@ def status_text(s: dict[str, Any], colour: bool) -> str:
             f"(min {duration(r.get('phase_min_s'))}, max {duration(r.get('phase_max_s'))})"
         )
     lines.append("  ".join(head))
+    shadow = s.get("shadow")
+    if r and shadow and shadow.get("active"):
+        lines.append(
+            f"shadow: {shadow['runs']} challenger runs on copies, {shadow['dropped']} dropped "
+            f"(queue full); answers are the champion's"
+        )
     if s.get("stale"):
         warning = "STALE: evaluator heartbeat lost, 100% of traffic to the champion"
         lines.append(paint(warning, "31;1"))

@@ -10,12 +10,14 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from guardrails.policy import Policy
 from rampart import sockets, state_lock
 from rampart.child import Child
+from rampart.zygote import ForkedChild, Zygote, ZygoteGone
 from router import lifeline
 from router.config import Address, Config, check_secrets
 from router.control import ControlBlock, beat_ns
@@ -44,7 +46,7 @@ def serve(config: Config, config_path: str | None = None) -> int:
         try:
             if admin is not None:
                 listeners.append(sockets.bind(admin, "[serve] admin_listen"))
-            return _run(config, config_path, listeners)
+            return _run(config, config_path, listeners, inherited=[lock])
         finally:
             for sock in listeners:
                 sock.close()
@@ -54,13 +56,23 @@ def serve(config: Config, config_path: str | None = None) -> int:
         os.close(lock)
 
 
-def _run(config: Config, config_path: str | None, listeners: list[socket.socket]) -> int:
+def _run(
+    config: Config,
+    config_path: str | None,
+    listeners: list[socket.socket],
+    inherited: Sequence[int] = (),
+) -> int:
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
     from guardrails import evaluator
+    from router.app import warm_kernels
 
     evaluator.prepare(config).close()
+    # numba and the hot path's kernels, loaded before the zygote is forked: the worker (this
+    # process, with one worker) and every evaluator then share their pages (rampart.zygote).
+    warm_kernels(config)
+    zygote = Zygote.fork(close=[s.fileno() for s in listeners] + list(inherited))
     # Workers are spawned processes: they re-read the same file plus the flags, and die
     # with this process (router.lifeline). The environment is set before the evaluator's
     # supervisor thread starts: a setenv here while that thread execs a child (vfork, the
@@ -72,7 +84,7 @@ def _run(config: Config, config_path: str | None, listeners: list[socket.socket]
         overrides["admin_listen"] = str(sockets.bound_address(listeners[1]))
     os.environ["RAMPART_SERVE_OVERRIDES"] = json.dumps(overrides)
     os.environ[lifeline.SERVE_PID_ENV] = str(os.getpid())
-    supervisor = _EvaluatorSupervisor(config)
+    supervisor = _EvaluatorSupervisor(config, zygote)
     supervisor.start()
 
     # uvicorn hands a SIGTERM back to the handler it found once it has shut down: a
@@ -95,6 +107,9 @@ def _run(config: Config, config_path: str | None, listeners: list[socket.socket]
         http="httptools",
         access_log=False,
         log_level="warning",
+        # No `server: uvicorn` on every answer: it names the server to whoever asks, and
+        # uvicorn checks each header of every response with two regexes (~0.5 µs).
+        server_header=False,
         timeout_graceful_shutdown=5,
     )
     started = True
@@ -110,6 +125,8 @@ def _run(config: Config, config_path: str | None, listeners: list[socket.socket]
         pass
     finally:
         supervisor.stop()
+        if zygote is not None:
+            zygote.close()
         signal.signal(signal.SIGTERM, previous)
     if supervisor.gave_up:
         print(f"rampart: {supervisor.gave_up}", file=sys.stderr)
@@ -125,11 +142,12 @@ class _EvaluatorSupervisor(threading.Thread):
     delay when it keeps dying. While it is down the workers' stale-heartbeat check
     sends every request to the champion."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, zygote: Zygote | None = None) -> None:
         super().__init__(name="rampart-evaluator-supervisor", daemon=True)
         self.config = config
+        self.zygote = zygote
         self.stopping = threading.Event()
-        self.proc: Child | None = None
+        self.proc: Child | ForkedChild | None = None
         self.restarts = 0
         self.control: ControlBlock | None = None
         self.spawned_at = 0.0
@@ -141,22 +159,45 @@ class _EvaluatorSupervisor(threading.Thread):
     MAX_START_FAILURES = 3
 
     def _spawn(self) -> None:
-        # A fresh interpreter (no resource tracker: rampart.child), started from this
-        # thread: the evaluator's PR_SET_PDEATHSIG fires when this thread ends (after
-        # stop() terminated it) or the process dies.
-        self.proc = Child(
-            "guardrails.process",
-            "run_fleet" if self.config.fleet.enabled else "run",
-            (self.config,),
-            {"parent": os.getpid()},
-        )
-        self.proc.start()
+        self.proc = self._forked() or self._in_fresh_interpreter()
         cpu = self.config.serve.evaluator_cpu
         if cpu >= 0 and self.proc.pid is not None and hasattr(os, "sched_setaffinity"):
             try:
                 os.sched_setaffinity(self.proc.pid, {cpu})
             except OSError as e:
                 print(f"rampart: cannot pin the evaluator to CPU {cpu}: {e}", file=sys.stderr)
+
+    @property
+    def _function(self) -> str:
+        return "run_fleet" if self.config.fleet.enabled else "run"
+
+    def _forked(self) -> ForkedChild | None:
+        """Forked by the zygote, sharing numba's pages with this process; it dies with the
+        zygote, which dies with this process."""
+        if self.zygote is None or not self.zygote.alive:
+            return None
+        child = ForkedChild(
+            self.zygote,
+            "guardrails.process",
+            self._function,
+            (self.config,),
+            {"parent": self.zygote.pid},
+        )
+        try:
+            child.start()
+        except ZygoteGone as e:
+            print(f"rampart: {e}; starting the evaluator on its own", file=sys.stderr)
+            self.zygote = None
+            return None
+        return child
+
+    def _in_fresh_interpreter(self) -> Child:
+        """A fresh interpreter (no resource tracker: rampart.child), started from this
+        thread: the evaluator's PR_SET_PDEATHSIG fires when this thread ends (after stop()
+        terminated it) or the process dies."""
+        child = Child("guardrails.process", self._function, (self.config,), {"parent": os.getpid()})
+        child.start()
+        return child
 
     def run(self) -> None:
         delay = 0.5

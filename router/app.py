@@ -35,7 +35,17 @@ from starlette.routing import Route
 from router import exposition as prom
 from router import layout, paired, recording, residency
 from router import snapshot as snap
-from router.codec import JSON, Rejected, all_finite, decode, encode, kind_of, media_type
+from router.body_deadline import BodyDeadlines
+from router.codec import (
+    JSON,
+    Rejected,
+    all_finite,
+    decode,
+    encode,
+    encode_answer,
+    kind_of,
+    media_type,
+)
 from router.config import Config
 from router.dashboard import Dashboard
 from router.layout import Reject
@@ -80,29 +90,46 @@ def _over(declared: bytes | None, limit: int) -> bool:
         return False
 
 
-async def _read_body(receive: Receive, limit: int, declared: bytes | None) -> bytes:
-    too_large = f"body is over {limit} bytes"
+def _too_large(limit: int) -> BodyNotRead:
+    return BodyNotRead(Reject.BODY_TOO_LARGE, f"body is over {limit} bytes", 413)
+
+
+async def _read_body(
+    receive: Receive, limit: int, declared: bytes | None, deadlines: BodyDeadlines
+) -> bytes:
     if _over(declared, limit):
         # Refused before reading (and before uvicorn's `100 Continue`, so a client
         # that asked first sends nothing); a client already sending sees the close.
-        raise BodyNotRead(Reject.BODY_TOO_LARGE, too_large, 413)
-    chunks = []
+        raise _too_large(limit)
+    chunks: list[bytes] = []
     size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise Rejected(Reject.MALFORMED_BODY, "client disconnected")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:  # chunked: no length was declared
-            raise BodyNotRead(Reject.BODY_TOO_LARGE, too_large, 413)
-        chunks.append(chunk)
-        if not message.get("more_body"):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    task = deadlines.enter()
+    try:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise Rejected(Reject.MALFORMED_BODY, "client disconnected")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:  # chunked: no length was declared
+                raise _too_large(limit)
+            if not message.get("more_body"):
+                if not chunks:  # the whole body in one message, as usual: no copy
+                    return chunk
+                chunks.append(chunk)
+                return b"".join(chunks)
+            chunks.append(chunk)
+    except asyncio.CancelledError:
+        if not deadlines.expired(task):
+            raise
+        late = f"the body did not arrive within {deadlines.timeout_s:g} s"
+        raise BodyNotRead(Reject.BODY_TIMEOUT, late, 408) from None
+    finally:
+        deadlines.leave(task)
 
 
 async def _send(send: Send, status: int, body: bytes, kind: bytes, close: bool = False) -> None:
-    headers = [(b"content-type", kind), (b"content-length", str(len(body)).encode())]
+    headers = [(b"content-type", kind), (b"content-length", b"%d" % len(body))]
     if close:
         headers.append(CLOSE)
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -123,30 +150,41 @@ def _closing_500s(send: Send) -> Send:
     return wrapped
 
 
-def _warm_up(worker: Worker) -> None:
-    """Load the hot path's numba kernels before the first request: loading them from the
-    cache (or compiling) takes over a second, which the first /predict would otherwise
-    spend blocking the loop, and record as its model's latency. They run on a scratch
-    slot with the real argument types, so no counter changes."""
-    scratch = np.zeros(1, layout.slot_dtype(worker.segments.n_cells, worker.n_buckets))
+def warm_kernels(config: Config) -> None:
+    """Load the hot path's numba kernels: from the cache (or compiling) that takes over a
+    second, which the first /predict would otherwise spend blocking the loop, and record
+    as its model's latency. `rampart serve` runs this before it forks the evaluators'
+    zygote, so the kernels and numba's context are pages the two share (rampart.zygote).
+    They run on a scratch slot with the real argument types, so no counter changes."""
+    n_cells, n_buckets = config.segments.n_cells, config.n_buckets
+    scratch = np.zeros(1, layout.slot_dtype(n_cells, n_buckets))
     addr = scratch.ctypes.data
     x = np.full((1, 1), 0.5, np.float32)
     all_finite(x)
+    recording.record_predictions(addr, x)
+    paired.record_pairs(addr, x, x)
+    recording.record_request(addr, 1, 0, 0)
+    recording.bump(addr, layout.Counter.ERR_RAISED)
+    recording.record_event(addr, layout.table_words(n_cells, n_buckets), 0, 0, 1, 0.5)
+
+
+def _warm_up(worker: Worker) -> None:
+    """The kernels (a no-op when `rampart serve` loaded them already) and each model's
+    first run, before the first request."""
+    warm_kernels(worker.config)
+    scratch = np.zeros(1, layout.slot_dtype(worker.segments.n_cells, worker.n_buckets))
     outs = []
     for model in worker.models:
         if model is not None:
             try:  # a model that fails here is the request path's to count, not the start's
                 out = model.predict(np.zeros((1, model.width), np.float32))
             except Exception:
-                out = np.full((1, 1), 0.5, np.float32)
-            recording.record_predictions(addr, out)
+                continue
+            recording.record_predictions(scratch.ctypes.data, out)  # its output's shape
             outs.append(out)
     for champion in outs:  # each model's output type as either arm of a pair
         for challenger in outs:
-            paired.record_pairs(addr, champion, challenger)
-    recording.record_request(addr, 1, 0, 0)
-    recording.bump(addr, layout.Counter.ERR_RAISED)
-    recording.record_event(addr, worker.tables, 0, 0, 1, 0.5)
+            paired.record_pairs(scratch.ctypes.data, champion, challenger)
 
 
 def _error_body(e: Rejected, kind: bytes) -> bytes:
@@ -158,6 +196,7 @@ class App:
         self.config = config
         self.worker: Worker | None = None
         self._ticker: asyncio.Task[None] | None = None
+        self.bodies = BodyDeadlines(config.serve.body_timeout_s)
         # The admin mailbox is SQLite: its calls run on this one thread, never on the event
         # loop, and a flood of admin requests cannot take the threads model loading uses.
         self._admin_thread = ThreadPoolExecutor(1, thread_name_prefix="rampart-admin")
@@ -186,6 +225,8 @@ class App:
         finally:
             self._ticker.cancel()
             self._admin_thread.shutdown(wait=False, cancel_futures=True)
+            if self.worker.shadow is not None:
+                self.worker.shadow.close()
             self.worker.lock.release()
 
     async def _tick(self) -> None:
@@ -193,6 +234,7 @@ class App:
         failure = ""
         while True:
             await asyncio.sleep(period)
+            self.bodies.sweep()
             worker = self.worker
             if worker is not None:
                 try:
@@ -226,7 +268,7 @@ class App:
         (or refused as too large) before any other refusal, so the connection stays usable."""
         worker = self.worker
         content_type, declared = _framing(scope["headers"])
-        body = await _read_body(receive, self.config.serve.max_body_bytes, declared)
+        body = await _read_body(receive, self.config.serve.max_body_bytes, declared, self.bodies)
         if worker is None:
             raise Rejected(Reject.MODEL_UNAVAILABLE, "the worker is starting", 503)
         if scope["method"] != "POST":
@@ -252,8 +294,8 @@ class App:
             payload, slot, cell, error = worker.predict(decode(body, kind))
         except Rejected as e:
             return await self._refuse(send, e, scope)
-        out = encode(payload, kind)
-        recording.record_request(worker.slot_addr[slot], (_perf_ns() - t0) // 1000, cell, error)
+        out = encode_answer(payload, kind)
+        worker.record_request(worker.slot_addr[slot], (_perf_ns() - t0) // 1000, cell, error)
         pairing = worker.pairing
         pair = pairing.pending
         if pair is None:
@@ -324,7 +366,7 @@ class App:
         thread, never on the event loop."""
         try:  # read first (bounded), so that any refusal leaves the connection usable
             declared = _framing(request.scope["headers"])[1]
-            body = await _read_body(request.receive, ADMIN_MAX_BODY, declared)
+            body = await _read_body(request.receive, ADMIN_MAX_BODY, declared, self.bodies)
         except Rejected as e:
             return self._refused(e)
         expected = os.environ.get("RAMPART_ADMIN_TOKEN", "")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import json.encoder
 from typing import Any
 
 import msgpack
@@ -34,6 +35,9 @@ def media_type(headers: list[tuple[bytes, bytes]]) -> bytes:
 
 def kind_of(content_type: bytes | None) -> bytes:
     """MSGPACK or JSON for a Content-Type header's value (None: there was none)."""
+    kind = _EXACT.get(content_type)  # the usual header, as clients send it: one lookup
+    if kind is not None:
+        return kind
     if content_type is None:
         raise Rejected(
             Reject.UNSUPPORTED_MEDIA_TYPE, "no content type; send application/msgpack or JSON", 415
@@ -51,6 +55,11 @@ def kind_of(content_type: bytes | None) -> bytes:
     )
 
 
+_EXACT: dict[bytes | None, bytes] = {MSGPACK: MSGPACK, JSON: JSON}
+# json's own string encoder (what `_dumps` writes a str with, ensure_ascii as by default).
+_quoted = json.encoder.encode_basestring_ascii
+
+
 def decode(body: bytes, kind: bytes) -> Any:
     try:
         if kind == MSGPACK:
@@ -61,10 +70,44 @@ def decode(body: bytes, kind: bytes) -> Any:
         raise Rejected(Reject.MALFORMED_BODY, f"body is not valid {name}: {e}") from None
 
 
+# Built once: `msgpack.packb` and `json.dumps(..., separators=...)` build a packer or an
+# encoder on every call (0.4 µs and ~1 µs). The packer is reused only on the event loop's
+# thread, and packing plain data never leaves C, so no two calls interleave.
+_pack = msgpack.Packer(use_bin_type=True).pack
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def encode(payload: dict[str, Any], kind: bytes) -> bytes:
     if kind == MSGPACK:
-        return msgpack.packb(payload, use_bin_type=True)
-    return json.dumps(payload, separators=(",", ":")).encode()
+        return _pack(payload)
+    return _dumps(payload).encode()
+
+
+_ANSWER_KEYS = ("arm", "model", "predictions", "token")
+_heads: dict[tuple[str, str], str] = {}
+
+
+def encode_answer(payload: dict[str, Any], kind: bytes) -> bytes:
+    """`encode(payload, kind)` of a /predict answer, byte for byte. In JSON (`arm`, `model`,
+    `predictions`, `token`, in that order, as the worker builds it) without walking the
+    map: what comes before the predictions is built once per arm and model, and the
+    predictions and the token are appended (2.3 µs against 5.4 µs for `encode`; in msgpack
+    each call of the packer costs 0.3 µs, so the one call of `encode` is the cheaper).
+    Any other map (an answer with `fallback`, keys in another order) goes through `encode`."""
+    if kind == MSGPACK or tuple(payload) != _ANSWER_KEYS:
+        return encode(payload, kind)
+    # JSON writes a finite float as its repr; NaN and inf (each repr has an "n"; the
+    # worker never answers either) go the general way.
+    predictions = ",".join(map(repr, payload["predictions"]))
+    if "n" in predictions:
+        return encode(payload, kind)
+    key = (payload["arm"], payload["model"])
+    head = _heads.get(key)
+    if head is None:
+        if len(_heads) >= 64:  # arms times models in service: a handful
+            _heads.clear()
+        head = _heads[key] = f'{{"arm":{_quoted(key[0])},"model":{_quoted(key[1])},"predictions":['
+    return f'{head}{predictions}],"token":{_quoted(payload["token"])}}}'.encode()
 
 
 def positional_rows(features: list[Any], max_batch: int) -> np.ndarray:

@@ -52,6 +52,7 @@ class ServeConfig:
     token_ttl_s: int = 3600
     events_per_s: int = 2000  # the event rate the exactly-once filter is sized for (router.dedupe)
     challenger_timeout_ms: float = 50.0
+    body_timeout_s: float = 10.0  # headers to the body's last byte, else 408 (router.body_deadline)
     stale_after_s: float = 3.0
     ticker_s: float = 0.1
     evaluator_cpu: int = -1  # pin the evaluator to this CPU, away from the workers (-1: don't)
@@ -297,6 +298,10 @@ def _serve(values: dict[str, Any]) -> ServeConfig:
     ):
         if getattr(serve, name) <= 0:
             raise ConfigError(f"[serve] {name} must be positive, got {getattr(serve, name)}")
+    if not 0 < serve.body_timeout_s <= 3600:
+        raise ConfigError(
+            f"[serve] body_timeout_s must be in (0, 3600], got {serve.body_timeout_s}"
+        )
     if serve.stale_after_s <= serve.ticker_s:
         raise ConfigError("[serve] stale_after_s must be longer than ticker_s")
     admin = serve.admin_address

@@ -21,10 +21,12 @@ from router.layout import BASIS_POINTS
 from router.shared_memory import SharedMemory
 
 # bits 0-15 split in basis points | bit 16 champion slot | bit 17 challenger
-# present | bits 32-63 generation.
+# present | bit 18 shadow (phase 0: the challenger scores copies, router.shadow) |
+# bits 32-63 generation. Bit 18 is 0 in words written before it existed: no shadow.
 _SPLIT_MASK = 0xFFFF
 _CHAMPION_BIT = 16
 _CHALLENGER_BIT = 17
+_SHADOW_BIT = 18
 _GENERATION_SHIFT = 32
 
 
@@ -50,7 +52,9 @@ class ControlWord(NamedTuple):
         return self.split_bp if self.has_challenger else 0
 
 
-def pack(split_bp: int, champion_slot: int, has_challenger: bool, generation: int) -> int:
+def pack(
+    split_bp: int, champion_slot: int, has_challenger: bool, generation: int, shadow: bool = False
+) -> int:
     if not 0 <= split_bp <= BASIS_POINTS:
         raise ValueError(f"split_bp must be in 0..{BASIS_POINTS}, got {split_bp}")
     if champion_slot not in (0, 1):
@@ -59,6 +63,7 @@ def pack(split_bp: int, champion_slot: int, has_challenger: bool, generation: in
         split_bp
         | (champion_slot << _CHAMPION_BIT)
         | (int(has_challenger) << _CHALLENGER_BIT)
+        | (int(shadow) << _SHADOW_BIT)
         | ((generation & 0xFFFF_FFFF) << _GENERATION_SHIFT)
     )
 
@@ -70,6 +75,12 @@ def unpack(word: int) -> ControlWord:
         bool((word >> _CHALLENGER_BIT) & 1),
         word >> _GENERATION_SHIFT,
     )
+
+
+def shadow_of(word: int) -> bool:
+    """Is the rollout in its shadow phase (phase 0)? Apart from `ControlWord`, whose
+    four fields callers unpack as a tuple."""
+    return bool((word >> _SHADOW_BIT) & 1)
 
 
 class ControlBlock:
@@ -118,10 +129,13 @@ class ControlBlock:
 class ControlWriter(ControlBlock):
     """The single writer of the control block (the evaluator process)."""
 
-    def flip(self, split_bp: int, champion_slot: int, has_challenger: bool) -> None:
+    def flip(
+        self, split_bp: int, champion_slot: int, has_challenger: bool, shadow: bool = False
+    ) -> None:
         """Publish a new split in one aligned store, with the next generation."""
         generation = self.read().generation + 1
-        self.shm.write_control(pack(split_bp, champion_slot, has_challenger, generation))
+        word = pack(split_bp, champion_slot, has_challenger, generation, shadow)
+        self.shm.write_control(word)
 
     def load_slot(self, slot: int, version: int) -> None:
         """Name the model for `slot`; workers load it and start its counts from zero."""

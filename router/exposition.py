@@ -175,7 +175,9 @@ class SnapshotCollector(Collector):
 
     def _serving(self) -> Iterator[Metric]:
         yield self._per_arm(
-            "rampart_requests_total", "Requests assigned to each arm.", Counter.REQUESTS
+            "rampart_requests_total",
+            "Requests assigned to each arm (in the shadow phase, the challenger's runs on copies).",
+            Counter.REQUESTS,
         )
         yield self._per_arm(
             "rampart_predictions_total",
@@ -217,6 +219,12 @@ class SnapshotCollector(Collector):
             "rampart_events_foreign_total",
             "Events counted here for a token another host issued (exactly once only per host).",
             Counter.FOREIGN_EVENTS,
+        )
+        yield self._per_arm(
+            "rampart_shadow_dropped_total",
+            "Shadow-phase copies of requests dropped unjudged: a worker's shadow queue was "
+            "full, or a run was starved of CPU (the challenger arm's model).",
+            Counter.SHADOW_DROPPED,
         )
         if self.dedupe_load is not None:
             fill, false_rate = self.dedupe_load

@@ -50,6 +50,7 @@ class Counter(IntEnum):
     EVENT_DUPLICATES = 10  # events accepted but not counted again (router.dedupe)
     ORPHAN_CLICKS = 11  # clicks refused because their impression was never counted here
     FOREIGN_EVENTS = 12  # events counted here for a token another host issued
+    SHADOW_DROPPED = 13  # shadow copies not judged: the queue was full, or the run starved
     PAIRED = 14  # challenger requests whose rows the champion also scored (router.paired)
     PAIRS_DROPPED = 15  # sampled for pairing but not paired: over the rate cap, or the
     # champion failed on the rows, or the split changed before it ran
@@ -98,6 +99,7 @@ class Reject(StrEnum):
     NOT_FOUND = "not_found"  # a path this listener does not serve
     BAD_CANDIDATE = "bad_candidate"
     CLICK_WITHOUT_IMPRESSION = "click_without_impression"
+    BODY_TIMEOUT = "body_timeout"  # the body did not arrive within [serve] body_timeout_s
 
 
 N_REJECT_SLOTS = 32

@@ -169,41 +169,11 @@ class MlflowRegistry:
 
     def fetch(self, version: int, via: Any = None, local: Registry | None = None) -> ModelRecord:
         """Download version `version`'s ONNX file (by number), verify it, keep a local copy."""
-        from mlflow.artifacts import download_artifacts
-
         mlflow_client = via or self.client
-        local = local or self.local
-        mv = mlflow_client.get_model_version(self.name, str(version))
-        uri = mlflow_client.get_model_version_download_uri(self.name, str(version))
-        with tempfile.TemporaryDirectory(dir=self.state_dir, prefix=".mlflow-") as tmp:
-            path = Path(
-                download_artifacts(
-                    artifact_uri=uri, dst_path=tmp, tracking_uri=self.config.tracking_uri
-                )
-            )
-            onnx = _onnx_file(path, f"{self.name} version {version}")
-            data = onnx.read_bytes()
-            model = Model(onnx, version)  # loads and passes the probe, or ModelError
-        sha = hashlib.sha256(data).hexdigest()
-        pinned = mv.tags.get(TAG_SHA)
-        if pinned and pinned != sha:
-            raise ModelError(
-                f"{self.name} version {version}: artifact sha256 {sha} is not the pinned {pinned}"
-            )
-        champion = self.aliases(mlflow_client).get(CHAMPION) == version
-        record = ModelRecord(
-            version=version,
-            name=model.name,
-            file="",
-            sha256=sha,
-            features=model.features,
-            status=status_of(mv.tags, champion),
-            reason=mv.tags.get(TAG_REASON, ""),
-            registered_at=mv.creation_timestamp / 1000.0,
-        )
-        mirrored = local.mirror(record, data)
+        record, data, pinned = download(mlflow_client, self.config, version, self.state_dir)
+        mirrored = (local or self.local).mirror(record, data)
         if not pinned:
-            mlflow_client.set_model_version_tag(self.name, str(version), TAG_SHA, sha)
+            mlflow_client.set_model_version_tag(self.name, str(version), TAG_SHA, record.sha256)
         return mirrored
 
     def register(self, source: Path, *, start: bool = False, replace: bool = False) -> int:
@@ -238,12 +208,12 @@ class MlflowRegistry:
                 for other in self.versions():
                     if other.tags.get(TAG_STATUS) == Status.QUEUED.value:
                         why = f"replaced in the queue by {version}"
-                        self._write(
+                        self.write(
                             self.client,
                             int(other.version),
                             remote_writes(int(other.version), Status.CANDIDATE, why, ""),
                         )
-            self._write(self.client, version, remote_writes(version, Status.QUEUED, "", ""))
+            self.write(self.client, version, remote_writes(version, Status.QUEUED, "", ""))
             self.client.set_registered_model_alias(self.name, CHALLENGER, str(version))
         return version
 
@@ -303,14 +273,14 @@ class MlflowRegistry:
                 break
         for i, (version, writes) in enumerate(pending):
             try:
-                self._write(mlflow_client, version, writes)
+                self.write(mlflow_client, version, writes)
             except Exception as e:
                 self._error(f"writing version {version}: {e}")
                 for item in pending[i:]:  # in order, on the next round
                     self._outbox.put(item)
                 return
 
-    def _write(self, mlflow_client: Any, version: int, writes: list[tuple[str, Any]]) -> None:
+    def write(self, mlflow_client: Any, version: int, writes: list[tuple[str, Any]]) -> None:
         for kind, arg in writes:
             if kind == "tag":
                 mlflow_client.set_model_version_tag(self.name, str(version), arg[0], arg[1])
@@ -319,24 +289,31 @@ class MlflowRegistry:
             elif self.aliases(mlflow_client).get(arg) == version:
                 mlflow_client.delete_registered_model_alias(self.name, arg)
 
+    def waiting(self, mlflow_client: Any) -> list[int]:
+        """What MLflow says waits for a rollout, first to start first: the versions tagged
+        queued (`models register --start`), and the `@challenger` version if it has no
+        status yet (tagged queued now)."""
+        challenger = self.aliases(mlflow_client).get(CHALLENGER)
+        waiting: list[tuple[float, int]] = []
+        for mv in self.versions(mlflow_client):
+            version, tags = int(mv.version), mv.tags
+            if version == challenger and TAG_STATUS not in tags:
+                self.write(mlflow_client, version, remote_writes(version, Status.QUEUED, "", ""))
+                tags = mlflow_client.get_model_version(self.name, str(version)).tags
+            if tags.get(TAG_STATUS) == Status.QUEUED.value:
+                waiting.append((float(tags.get(TAG_QUEUED, "0") or 0), version))
+        return [v for _, v in sorted(waiting)]
+
     def poll(self, mlflow_client: Any = None, local: Registry | None = None) -> list[int]:
         """Queue what MLflow says waits: the `@challenger` version if it has no status yet,
         and versions tagged queued (`models register --start` elsewhere); unqueue locally
         what MLflow no longer has queued. Returns the versions newly queued."""
         mlflow_client = mlflow_client or self.client
         local = local or self.local
-        challenger = self.aliases(mlflow_client).get(CHALLENGER)
-        waiting: list[tuple[float, int]] = []
-        for mv in self.versions(mlflow_client):
-            version, tags = int(mv.version), mv.tags
-            if version == challenger and TAG_STATUS not in tags:
-                self._write(mlflow_client, version, remote_writes(version, Status.QUEUED, "", ""))
-                tags = mlflow_client.get_model_version(self.name, str(version)).tags
-            if tags.get(TAG_STATUS) == Status.QUEUED.value:
-                waiting.append((float(tags.get(TAG_QUEUED, "0") or 0), version))
+        waiting = self.waiting(mlflow_client)
         added = []
         already = {r.version for r in local.queued()}
-        for _, version in sorted(waiting):
+        for version in waiting:
             if version in already:
                 continue
             try:
@@ -346,7 +323,7 @@ class MlflowRegistry:
                     record = self.fetch(version, mlflow_client, local)
                 except ModelError as e:  # a broken artifact never reaches a rollout
                     why = f"artifact failed verification: {e}"
-                    self._write(
+                    self.write(
                         mlflow_client, version, remote_writes(version, Status.FAILED, why, "")
                     )
                     continue
@@ -356,15 +333,53 @@ class MlflowRegistry:
                 continue
             local.queue(version)
             added.append(version)
-        queued_remotely = {v for _, v in waiting}
         for record in local.queued():
-            if record.version not in queued_remotely:
+            if record.version not in waiting:
                 local.set_status(record.version, Status.CANDIDATE, "no longer queued in MLflow")
         return added
 
     def _error(self, text: str) -> None:
         self.errors = [*self.errors[-9:], text]
         print(f"rampart: mlflow registry: {text}", file=sys.stderr, flush=True)
+
+
+def download(
+    mlflow_client: Any, config: RegistryConfig, version: int, scratch: Path
+) -> tuple[ModelRecord, bytes, bool]:
+    """Version `version`'s ONNX file, downloaded by number into `scratch` and verified (it
+    loads and passes the probe; its sha256 is the pinned one, if pinned): its record (status
+    from MLflow's aliases and tags), its bytes, and whether its sha256 was pinned already."""
+    from mlflow.artifacts import download_artifacts
+
+    name = config.model_name
+    mv = mlflow_client.get_model_version(name, str(version))
+    uri = mlflow_client.get_model_version_download_uri(name, str(version))
+    with tempfile.TemporaryDirectory(dir=scratch, prefix=".mlflow-") as tmp:
+        path = Path(
+            download_artifacts(artifact_uri=uri, dst_path=tmp, tracking_uri=config.tracking_uri)
+        )
+        onnx = _onnx_file(path, f"{name} version {version}")
+        data = onnx.read_bytes()
+        model = Model(onnx, version)  # loads and passes the probe, or ModelError
+    sha = hashlib.sha256(data).hexdigest()
+    pinned = mv.tags.get(TAG_SHA)
+    if pinned and pinned != sha:
+        raise ModelError(
+            f"{name} version {version}: artifact sha256 {sha} is not the pinned {pinned}"
+        )
+    aliases = mlflow_client.get_registered_model(name).aliases or {}
+    champion = int(aliases.get(CHAMPION, 0) or 0) == version
+    record = ModelRecord(
+        version=version,
+        name=model.name,
+        file="",
+        sha256=sha,
+        features=model.features,
+        status=status_of(mv.tags, champion),
+        reason=mv.tags.get(TAG_REASON, ""),
+        registered_at=mv.creation_timestamp / 1000.0,
+    )
+    return record, data, bool(pinned)
 
 
 def _onnx_file(path: Path, what: str) -> Path:

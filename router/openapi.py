@@ -37,6 +37,7 @@ def _refusals(*statuses: int, kinds: tuple[str, ...] = BOTH) -> dict[str, Schema
         400: "Bad input (reason code in `error`)",
         401: "No or wrong admin token (`unauthorized`)",
         405: "Not POST (`method_not_allowed`)",
+        408: "The body did not arrive within `[serve] body_timeout_s` (`body_timeout`)",
         413: "Body over the limit (`body_too_large`) or too many events (`too_many_events`)",
         415: "Content type neither JSON nor msgpack (`unsupported_media_type`)",
         503: "No model can answer (`model_unavailable`)",
@@ -210,7 +211,13 @@ COMPONENTS: dict[str, Schema] = {
         "description": "The fields named here are a contract; the document has more.",
         "required": ["phase", "state", "split_bp", "models", "guardrails", "rollout"],
         "properties": {
-            "phase": {"type": "integer", "minimum": 0, "maximum": 5},
+            "phase": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": 5,
+                "description": "0: no rollout, or its shadow phase (`phase_name` says which)",
+            },
+            "phase_name": {"type": "string", "description": "none, shadow, or 1-5"},
             "state": {"type": "string"},
             "split_bp": {"type": "integer", "minimum": 0, "maximum": 10_000},
             "effective_split_bp": {"type": "integer", "minimum": 0, "maximum": 10_000},
@@ -263,7 +270,7 @@ def _serving(summary: str, request: str, answer: str) -> Schema:
             "requestBody": {"required": True, "content": _content(_ref(request))},
             "responses": {
                 "200": _answer("Answered in the request's content type", _ref(answer)),
-                **_refusals(400, 405, 413, 415, 503),
+                **_refusals(400, 405, 408, 413, 415, 503),
             },
         }
     }
@@ -293,7 +300,7 @@ def _admin(command: Command) -> Schema:
                     _ref("CommandAnswer"),
                     json_only,
                 ),
-                **_refusals(400, 401, 413, kinds=json_only),
+                **_refusals(400, 401, 408, 413, kinds=json_only),
             },
         }
     }

@@ -65,6 +65,13 @@ def record_request(slot_addr: int, latency_us: int, cell: int, error: int) -> No
     w[_SEG_REQUESTS + 2 * cell + 1] += error
 
 
+def request_recorder() -> Any:
+    """`record_request` compiled for int arguments, called without numba's dispatcher,
+    which matches the types of every call's arguments (~0.2 µs of a ~0.35 µs call). It
+    converts each argument with int() itself, so it is called with ints only."""
+    return record_request.compile((types.int64,) * 4)
+
+
 @numba.njit(cache=True)
 def record_predictions(slot_addr: int, predictions: np.ndarray) -> int:
     """Validate a model's output and, if every value is a probability, add them

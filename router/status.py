@@ -77,6 +77,7 @@ class RolloutInfo(TypedDict):
 
 class PhaseInfo(TypedDict):
     phase: int
+    name: str  # "shadow" for phase 0, else the number
     split_bp: int
     min_s: float
     max_s: float
@@ -119,7 +120,8 @@ class EvaluatorInfo(TypedDict):
 class EvaluatorStatus(TypedDict, total=False):
     """What the evaluator publishes each tick."""
 
-    phase: int  # 0: no rollout, 1-5
+    phase: int  # 0: no rollout, or the shadow phase of one (phase_name says which); 1-5
+    phase_name: str  # "none" (no rollout), "shadow" (phase 0), "1"-"5"
     state: str  # "idle" or a rollout state
     split_bp: int  # the challenger's share in force
     rollout: RolloutInfo | None  # the current rollout, or None
@@ -158,6 +160,18 @@ class ArmCounts(TypedDict):
     clicks: int
 
 
+class ShadowStatus(TypedDict):
+    """The shadow phase as the answering worker sees it (router.shadow)."""
+
+    active: bool  # copies of champion requests go to the challenger now
+    runs: int  # challenger runs on copies recorded, every worker (the challenger's model)
+    dropped: int  # copies not judged (a full queue, a starved run), every worker
+    queued: int  # copies in this worker's queue (the one running included)
+    sample: float
+    max_per_s: float  # per worker
+    queue: int  # copies that may wait per worker, besides the one running
+
+
 class WorkerStatus(TypedDict):
     """What the answering worker adds."""
 
@@ -167,13 +181,20 @@ class WorkerStatus(TypedDict):
     arms: dict[str, ArmCounts]
     rejected: dict[str, int]
     workers: int
+    shadow: ShadowStatus | None  # None: no [phases.0]
 
 
 class Status(EvaluatorStatus, WorkerStatus):
     """`GET /status`."""
 
 
-IDLE: EvaluatorStatus = {"phase": 0, "state": "idle", "guardrails": [], "rollout": None}
+IDLE: EvaluatorStatus = {
+    "phase": 0,
+    "phase_name": "none",
+    "state": "idle",
+    "guardrails": [],
+    "rollout": None,
+}
 
 
 def encode(status: EvaluatorStatus) -> bytes:

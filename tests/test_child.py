@@ -7,11 +7,6 @@ import signal
 import threading
 from pathlib import Path
 
-from support.models import write_model
-from support.server import register, serving
-
-from bench.bench_footprint import role
-from bench.bench_predict_servers import process_tree
 from rampart.child import Child
 
 
@@ -72,14 +67,3 @@ def test_child_starts_while_another_thread_changes_the_environment() -> None:
     for child in children:
         child.join(60)
         assert child.exitcode == 0
-
-
-def test_serve_runs_its_evaluator_without_a_resource_tracker(tmp_path: Path) -> None:
-    """`rampart serve --workers 1` is two processes: itself (the worker) and the evaluator."""
-    state = tmp_path / "state"
-    register(state, write_model(tmp_path / "champion.onnx"))
-    with serving(state) as server:
-        evaluator = int(server.status()["evaluator"]["pid"])
-        tree = process_tree(server.proc.pid)
-        roles = sorted(role(pid, server.proc.pid, evaluator) for pid in tree)
-        assert roles == ["evaluator", "serve"], roles

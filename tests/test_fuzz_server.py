@@ -45,6 +45,7 @@ TIMEOUT_MS = 50.0  # [serve] challenger_timeout_ms (the default, said out loud)
 # The champion's model time on top of it, on a shared 2-core machine: the tiny test model
 # runs in tens of microseconds; the rest is room for the scheduler, not for the model.
 MODEL_TIME_MS = 150.0
+BODY_TIMEOUT_S = 2.0  # [serve] body_timeout_s, shorter than the default for the slow-body test
 RAW_REQUESTS = 300
 ROW = [0.1, 0.2, 0.3, 0.4]
 VALID = {"request_id": "r1", "features": [ROW], "segment": {"device_type": "mobile"}}
@@ -75,7 +76,9 @@ def _from_msgpack(ctx: Any, response: Any) -> Any:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     state = register_pair(tmp_path_factory.mktemp("fuzz-server") / "state")
     config = state.parent / "rampart.toml"
-    config.write_text(f"[serve]\nchallenger_timeout_ms = {TIMEOUT_MS}\n")
+    config.write_text(
+        f"[serve]\nchallenger_timeout_ms = {TIMEOUT_MS}\nbody_timeout_s = {BODY_TIMEOUT_S}\n"
+    )
     with serving(state, workers=2, config=config) as s:
         s.start_rollout("2")  # both arms in play
         yield s
@@ -327,6 +330,44 @@ def test_body_declared_over_the_limit_is_refused_unread_and_closes(server: Serve
         assert b'"error":"body_too_large"' in answer
     finally:
         conn.close()
+
+
+@pytest.mark.parametrize(
+    ("path", "sent"), [("/predict", b""), ("/predict", b'{"req'), ("/admin/rollout/start", b"{")]
+)
+def test_body_that_stops_arriving_gets_408_and_a_close(
+    server: Server, path: str, sent: bytes
+) -> None:
+    """Headers, then part of the body (or none), then nothing: the request is answered 408
+    `body_timeout` by its deadline and the connection closed, as nginx's client_body_timeout
+    does; without a deadline the request waited for as long as the client kept it open."""
+    before = _rejected(server, "body_timeout")
+    conn = Connection(server.port)
+    try:
+        sock = conn.sock
+        sock.settimeout(60)  # far past the deadline: a missing answer fails, it does not hang
+        sock.sendall(
+            f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            f"authorization: Bearer {ADMIN_TOKEN}\r\ncontent-length: 100\r\n\r\n".encode()
+            + sent
+        )
+        with requests.post(  # meanwhile the worker answers others
+            f"{server.url}/predict", json=VALID, timeout=30
+        ) as other:
+            assert other.status_code == 200
+        answer = b""
+        while chunk := sock.recv(65536):  # the server closes after its answer
+            answer += chunk
+        head = answer.split(b"\r\n\r\n", 1)[0].lower()
+        assert head.startswith(b"http/1.1 408"), answer[:200]
+        assert b"connection: close" in head and b'"error":"body_timeout"' in answer
+    finally:
+        conn.close()
+    assert _rejected(server, "body_timeout") == before + 1
+
+
+def _rejected(server: Server, reason: str) -> int:
+    return int(server.status()["rejected"].get(reason, 0))
 
 
 def test_no_predict_took_longer_than_the_challenger_timeout_plus_model_time(

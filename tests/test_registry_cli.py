@@ -41,9 +41,6 @@ def test_models_register_start_queues_and_list_shows_positions(
     [
         pytest.param(["--replace"], "--replace goes with --start", id="replace-alone"),
         pytest.param(
-            ["--start", "--fleet", "redis://127.0.0.1:1/0"], "single-host", id="start-in-fleet"
-        ),
-        pytest.param(
             ["--registry-backend", "mlflow"], "[registry] tracking_uri is required", id="no-uri"
         ),
     ],

@@ -45,7 +45,7 @@ def _serve(
         pytest.param(
             '[alerts]\nslack_webhok = "https://hooks.example/x"\n',
             "rampart: unknown key(s) in [alerts]: ['slack_webhok']; known: ['allow_hosts', "
-            "'backoff_s', 'deadline_s', 'max_attempts', 'max_backoff_s', 'slack_webhook', "
+            "'backoff_s', 'deadline_s', 'max_attempts', 'max_backoff_s', 'proxy', 'slack_webhook', "
             "'timeout_s', 'webhook_url']",
             id="alerts-misspelled",
         ),

@@ -111,7 +111,8 @@
       ` ${arm}`,
     ]));
     const phase = phaseOf(st), state = stateOf(st), split = st.split_bp ?? 0;
-    setValue("phase", phase, phase ? `${phase} / 5` : "none");
+    const shadow = st.phase_name === "shadow";
+    setValue("phase", shadow ? "shadow" : phase, shadow ? "shadow" : phase ? `${phase} / 5` : "none");
     setValue("state", state, STATE_LABEL[state] ?? state, `state-${state}`);
     setValue("split", split, `${(split / 100).toFixed(2)}%`);
     const eff = st.effective_split_bp;
@@ -143,7 +144,8 @@
     byId("timeline").replaceChildren(...phasesOf(st).map((p) => {
       const result = p.result || "pending";
       const parts = [
-        h("div", { class: "title" }, h("span", { text: `Phase ${p.phase}` }), h("span", { text: `${(p.split_bp ?? 0) / 100}%` })),
+        h("div", { class: "title" }, h("span", { text: p.name === "shadow" ? "Shadow" : `Phase ${p.phase}` }),
+          h("span", { text: p.name === "shadow" ? "copies" : `${(p.split_bp ?? 0) / 100}%` })),
         h("div", { class: "meta", text: `${hours(p.min_s)} – ${hours(p.max_s)}${p.min_impressions ? ` · ≥ ${count(p.min_impressions)} impr.` : ""}` }),
       ];
       if (result === "current" && r && isNum(r.time_in_phase_s)) {
@@ -162,7 +164,7 @@
       }
       return h("li", { class: `step step-${result}`, testid: "phase-step", "data-phase": p.phase, "data-result": result }, ...parts);
     }));
-    const next = st.next || (phaseOf(st) ? "" : "No rollout in progress: rampart rollout start VERSION starts one at 3%.");
+    const next = st.next || (phaseOf(st) || st.rollout ? "" : "No rollout in progress: rampart rollout start VERSION starts one at 3%.");
     byId("next").textContent = next || "—";
   }
 

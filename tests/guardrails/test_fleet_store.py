@@ -457,6 +457,44 @@ def test_model_status_promotion_is_one_flip_and_fenced(store: FleetStore) -> Non
         store.get_model(9)
 
 
+def test_model_queue_keeps_order_replaces_and_refuses(store: FleetStore) -> None:
+    for name in "abcd":
+        store.put_model(model(name), name.encode())
+    assert store.queue_model(2) == [] and store.queue_model(3) == []
+    assert store.queue_model(2) == []  # already queued: stays where it is
+    assert [m["version"] for m in store.queued_models()] == [2, 3]
+    assert store.queue_model(4, replace=True) == [2, 3]
+    assert [m["version"] for m in store.queued_models()] == [4]
+    assert (store.get_model(2)["status"], store.get_model(2)["reason"]) == (
+        "candidate",
+        "replaced in the queue by 4",
+    )
+    with pytest.raises(ValueError, match="model 1 is champion"):
+        store.queue_model(1)
+    with pytest.raises(KeyError, match="no model version 9"):
+        store.queue_model(9)
+    store.queue_model(2)
+    assert [m["version"] for m in store.queued_models()] == [4, 2]  # back of the queue
+
+
+def test_model_status_records_its_rollout_and_leaves_the_queue(store: FleetStore) -> None:
+    store.put_model(model("a"), b"a")
+    store.put_model(model("b"), b"b")
+    store.queue_model(2)
+    epoch = leader(store).epoch
+    assert store.set_model_status(epoch, 2, "challenger", "rollout started", "r-1")
+    assert store.queued_models() == []
+    assert raw(store).zcard(store.key("queue")) == 0
+    got = store.get_model(2)
+    assert (got["status"], got["reason"], got["rollout_id"]) == (
+        "challenger",
+        "rollout started",
+        "r-1",
+    )
+    assert store.set_model_statuses(epoch, {2: ("champion", ""), 1: ("retired", "")}, "r-1")
+    assert {m["version"]: m["rollout_id"] for m in store.models()} == {1: "r-1", 2: "r-1"}
+
+
 # --- wake-ups -----------------------------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ from guardrails.policy import (
     decide,
 )
 from router.config import Config, ConfigError
+from router.shadow import ShadowConfig
 
 
 def policy(data: dict[str, Any]) -> Policy:
@@ -101,6 +102,12 @@ def test_policy_sample_scale_scales_minimum_impressions() -> None:
     assert p.min_s(1) == 24 * HOUR
 
 
+def test_policy_shadow_phase_only_when_configured() -> None:
+    assert policy({}).shadow is None
+    shadow = policy({"phases": {"0": {"min_hours": 1, "sample": 0.5, "queue": 8}}}).shadow
+    assert shadow == ShadowConfig(min_hours=1.0, sample=0.5, queue=8)
+
+
 # --- configuration mistakes ---------------------------------------------------------------------
 
 
@@ -109,7 +116,15 @@ def test_policy_sample_scale_scales_minimum_impressions() -> None:
     [
         pytest.param({"rollout": {"speed": 2}}, ["[rollout]", "speed"], id="unknown-rollout-key"),
         pytest.param({"phases": {"6": {}}}, ["[phases]", "6"], id="unknown-phase"),
-        pytest.param({"phases": {"0": {}}}, ["[phases]", "0"], id="phase-zero"),
+        pytest.param({"phases": {"7": {}}}, ["[phases]", "7", "0 (shadow)"], id="phase-seven"),
+        pytest.param(
+            {"phases": {"0": {"split_bp": 100}}}, ["[phases.0]", "split_bp"], id="shadow-split"
+        ),
+        pytest.param({"phases": {"0": {"sample": 0}}}, ["[phases.0]", "sample"], id="sample-0"),
+        pytest.param({"phases": {"0": {"queue": 0}}}, ["[phases.0]", "queue"], id="queue-0"),
+        pytest.param(
+            {"phases": {"0": {"min_requests": -1}}}, ["[phases.0]", "min_requests"], id="runs"
+        ),
         pytest.param(
             {"phases": {"2": {"duration": 3}}}, ["[phases.2]", "duration"], id="unknown-phase-key"
         ),

@@ -6,6 +6,7 @@ The scenarios share one server and one simulator (a rollout after another, as a 
 out model after model), which saves a server start per scenario. `promote` and
 `broken-constant` run as the release train's two legs, queued at once and started by the
 evaluator; the train runs after the scenarios its promotion would change the champion for;
+the train's models come from a real MLflow registry (sqlite), whose tags show its outcomes;
 scenarios with a server fault run last, so the server is restarted once, with their `[faults]`
 config.
 """
@@ -81,7 +82,11 @@ def test_scenarios_cover_every_scenario_once() -> None:
 
 def _train(session: Session) -> None:
     """Two candidates queued at once; the evaluator starts the first by itself and rolls it
-    back, then starts the second by itself and promotes it; the registry holds both outcomes."""
+    back, then starts the second by itself and promotes it; the registry holds both outcomes.
+    It runs on a real MLflow registry (a sqlite store and an artifact directory): its outcomes
+    are checked in MLflow's tags and aliases and in the local registry the server keeps its
+    copies in, in the one run (a server restart, not a second 150 s train)."""
+    session.switch_registry("mlflow")
     verdict = session.train(tuple(SCENARIOS[n] for n in TRAIN))
     first, second = verdict["legs"]
     for leg, name in zip((first, second), TRAIN, strict=True):
@@ -90,6 +95,16 @@ def _train(session: Session) -> None:
         assert (leg["guardrail"] or "") in expected.guardrails, leg
     assert verdict["passed"]
     assert list(verdict["registry"].values()) == ["failed", "champion"]
+    # MLflow: A failed with the guardrail's reason, B promoted and @champion, @challenger gone.
+    (_, tags_a), (b, tags_b) = verdict["mlflow"]["versions"].items()
+    assert tags_a["rampart.status"] == "failed", tags_a
+    assert tags_a["rampart.reason"].startswith(first["guardrail"]), tags_a
+    assert tags_a["rampart.rollout_id"] == first["rollout"]
+    assert (tags_b["rampart.status"], tags_b["rampart.rollout_id"]) == (
+        "promoted",
+        second["rollout"],
+    )
+    assert verdict["mlflow"]["aliases"] == {"champion": int(b)}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, id=n) for n in ORDER])

@@ -13,8 +13,9 @@ from typing import Any
 
 import httpx
 import msgpack
+import numpy as np
 import pytest
-from support.models import LARGE_VALUE, write_model
+from support.models import LARGE_VALUE, run_model, write_model
 from support.server import (
     HOLD_SPLIT,
     Server,
@@ -340,3 +341,29 @@ def test_arms_with_different_features_take_their_own_inputs(tmp_path: Path) -> N
         assert {by_name[rid]["model"] for rid in champions} == {"tiny:1"}
         assert {a["fallback"] for a in by_position.values()} == {"challenger_features"}
         assert server.status()["models"]["challenger"]["features"] == ["f3", "f1", "extra"]
+
+
+def test_slow_challenger_is_cut_at_its_deadline(tmp_path: Path) -> None:
+    """A challenger whose run takes far longer than challenger_timeout_ms: its run is
+    stopped at the deadline, so the request waits the timeout plus the champion's run,
+    not the challenger's whole run."""
+    slow = write_model(tmp_path / "b.onnx", kind="slow")
+    start = time.perf_counter()
+    run_model(slow, np.zeros((1, len(ROW)), dtype=np.float32))
+    full_s = time.perf_counter() - start  # one whole run, on this machine, now
+    config = _held_rollout(tmp_path, slow, serve="challenger_timeout_ms = 50\n")
+    with serving(tmp_path / "state", config=config) as server:
+        server.start_rollout("2")
+        seed = server.hash_seed()
+        with server.evaluator_stopped(), httpx.Client(base_url=server.url, timeout=30) as client:
+            took, answers = [], []
+            for rid in request_ids(seed, 300, "challenger", 5):
+                sent = time.perf_counter()
+                answers.append(_answer(client, rid))
+                took.append(time.perf_counter() - sent)
+            timeouts = server.metric(
+                "rampart_model_errors_total", arm="challenger", model_version="2", kind="timeout"
+            )
+    assert all(a["arm"] == "champion" and a["fallback"] == "challenger_timeout" for a in answers)
+    assert timeouts == 5
+    assert max(took) < full_s / 2, (took, full_s)

@@ -16,6 +16,8 @@ from router.codec import (
     all_finite,
     decode,
     encode,
+    encode_answer,
+    kind_of,
     media_type,
     named_rows,
     positional_rows,
@@ -76,6 +78,51 @@ def test_codec_encode_writes_compact_json_and_binary_msgpack() -> None:
     )
     packed = encode({"token": b"\x01\x02"}, MSGPACK)
     assert msgpack.unpackb(packed, raw=False) == {"token": b"\x01\x02"}  # bin, not str
+
+
+def _answer(predictions: list[float], model: str = "ctr-mlp:3") -> dict[str, Any]:
+    return {"arm": "champion", "model": model, "predictions": predictions, "token": "Ab-_" * 13}
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param(_answer([0.012345679104328156]), id="one-row"),
+        pytest.param(_answer([1e-05, 3.2e-07, 0.0, 1.0, 0.5]), id="exponents-and-ends"),
+        pytest.param(_answer([i / 997 for i in range(100)]), id="100-rows"),
+        pytest.param(_answer([0.5], model='modèle "ü"\\:2'), id="label-needing-escapes"),
+        pytest.param({**_answer([0.5]), "arm": "challenger"}, id="challenger"),
+        pytest.param({**_answer([0.5]), "fallback": "challenger_timeout"}, id="fallback"),
+        pytest.param(_answer([float("nan"), float("inf")]), id="non-finite"),
+        pytest.param({"token": "t", "predictions": [0.5], "model": "m", "arm": "a"}, id="order"),
+    ],
+)
+@pytest.mark.parametrize(
+    "kind", [pytest.param(JSON, id="json"), pytest.param(MSGPACK, id="msgpack")]
+)
+def test_encode_answer_writes_what_encode_writes(payload: dict[str, Any], kind: bytes) -> None:
+    expected = (
+        json.dumps(payload, separators=(",", ":")).encode()
+        if kind == JSON
+        else msgpack.packb(payload, use_bin_type=True)
+    )
+    for _ in range(2):  # the first call builds the answer's head, the second reuses it
+        assert encode_answer(payload, kind) == expected == encode(payload, kind)
+
+
+def test_encode_answer_heads_are_per_arm_and_model() -> None:
+    a = encode_answer(_answer([0.5], model="a:1"), JSON)
+    b = encode_answer(_answer([0.5], model="b:2"), JSON)
+    assert json.loads(a)["model"] == "a:1"
+    assert json.loads(b)["model"] == "b:2"
+
+
+def test_kind_of_exact_header_and_none() -> None:
+    assert kind_of(b"application/msgpack") is MSGPACK
+    assert kind_of(b"application/json") is JSON
+    with pytest.raises(Rejected) as e:
+        kind_of(None)
+    assert e.value.status == 415
 
 
 @pytest.mark.parametrize(

@@ -123,6 +123,11 @@ def test_config_load_refuses_an_unreadable_file(
             id="segments-unknown-dimension",
         ),
         pytest.param(
+            {"serve": {"body_timeout_s": 0}},
+            "[serve] body_timeout_s must be in (0, 3600], got 0.0",
+            id="body-timeout",
+        ),
+        pytest.param(
             {"faults": {"challenger_delay_ms": -1.0}},
             "[faults] challenger_delay_ms must be in [0, 60000]",
             id="negative-delay",

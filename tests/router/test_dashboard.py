@@ -162,8 +162,9 @@ class Dashboard:
 
 def mismatch(shown: dict[str, Any], status: dict[str, Any]) -> str | None:
     """How the page differs from a /status document, or None."""
+    shadow = status.get("phase_name") == "shadow"
     want: dict[str, Any] = {
-        "phase": str(status["phase"]),
+        "phase": "shadow" if shadow else str(status["phase"]),
         "split": str(status["split_bp"]),
         "splitText": f"{status['split_bp'] / 100:.2f}%",
         "stale": bool(status.get("stale")),
@@ -520,4 +521,34 @@ def test_dashboard_shows_the_fleet_and_an_unreachable_store(browser: Any, server
     dash.wait_for_polls(2)
     assert not card.is_visible()
     assert dash.errors == [] and dash.foreign == []
+    dash.close()
+
+
+def test_dashboard_names_the_shadow_phase(browser: Any, server: Server) -> None:
+    import json
+
+    now = time.time()
+    status = full_status(now)
+    shadow_step = {"phase": 0, "name": "shadow", "split_bp": 0, "min_s": 3600.0}
+    shadow_step |= {"max_s": 86400.0, "min_impressions": 0, "entered": now - 60}
+    shadow_step |= {"exited": None, "result": "current"}
+    later = [
+        dict(p, name=str(p["phase"]), entered=None, result="pending") for p in status["phases"]
+    ]
+    status |= {"phase": 0, "phase_name": "shadow", "split_bp": 0, "phases": [shadow_step, *later]}
+    status["rollout"] |= {"phase": 0, "time_in_phase_s": 60.0}
+    dash = Dashboard(browser, server)
+    dash.page.route(
+        "**/status",
+        lambda route: route.fulfill(
+            status=200, content_type="application/json", body=json.dumps(status)
+        ),
+    )
+    dash.open()
+    dash.wait_for_polls(1)
+    shown = dash.read()
+    assert mismatch(shown, status) is None
+    assert shown["phase"] == "shadow" and shown["steps"][:2] == ["current", "pending"]
+    first = dash.page.get_by_test_id("phase-step").first.inner_text()
+    assert first.startswith("Shadow") and "copies" in first
     dash.close()

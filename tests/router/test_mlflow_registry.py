@@ -1,76 +1,31 @@
 """The MLflow registry backend (router/mlflow_registry.py) against a real MLflow store: a
 sqlite:/// tracking and registry database with a local artifact directory, used directly by
-MlflowClient (no server process). Models are logged as run artifacts and registered with
-`create_model_version`, as an ML team's pipeline does."""
+MlflowClient (no server process; tests/support/mlflow_store.py)."""
 
 from __future__ import annotations
 
 import hashlib
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support.mlflow_store import NAME, Store
 from support.models import write_corrupt, write_model
 from support.traffic import Traffic
 
 from guardrails import evaluator as evaluator_mod
 from guardrails.alerts import Alerter
 from guardrails.evaluator import Evaluator
-from router.config import Config, RegistryConfig
+from router.config import Config
 from router.mailbox import Command
-from router.mlflow_registry import MlflowRegistry, client
+from router.mlflow_registry import MlflowRegistry
 from router.models import ModelError
 from router.registry import Registry, Status
 
 pytest.importorskip("mlflow")
 pytest.importorskip("sqlalchemy")
-
-NAME = "ctr"
-
-
-@pytest.fixture(scope="session")
-def template_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An empty MLflow database, made once: creating its tables takes seconds."""
-    root = tmp_path_factory.mktemp("mlflow-template")
-    client(f"sqlite:///{root}/mlflow.db").search_experiments()
-    return root / "mlflow.db"
-
-
-class Store:
-    """A fresh MLflow store (a copy of the template) and its artifact directory."""
-
-    def __init__(self, root: Path, template: Path) -> None:
-        shutil.copyfile(template, root / "mlflow.db")
-        self.uri = f"sqlite:///{root}/mlflow.db"
-        self.client = client(self.uri)
-        self.experiment = self.client.create_experiment(
-            "rampart", artifact_location=(root / "artifacts").as_uri()
-        )
-        self.client.create_registered_model(NAME)
-        self.root = root
-
-    def log(self, model: Path, alias: str = "") -> int:
-        """Log `model` as a run's artifact and register it: the new version number."""
-        run = self.client.create_run(self.experiment)
-        self.client.log_artifact(run.info.run_id, str(model), "model")
-        mv = self.client.create_model_version(
-            NAME, f"{run.info.artifact_uri}/model", run_id=run.info.run_id
-        )
-        if alias:
-            self.client.set_registered_model_alias(NAME, alias, mv.version)
-        return int(mv.version)
-
-    def tags(self, version: int) -> dict[str, str]:
-        return dict(self.client.get_model_version(NAME, str(version)).tags)
-
-    def aliases(self) -> dict[str, int]:
-        return {a: int(v) for a, v in self.client.get_registered_model(NAME).aliases.items()}
-
-    def config(self, poll_s: float = 10.0) -> RegistryConfig:
-        return RegistryConfig("mlflow", self.uri, NAME, poll_s)
 
 
 @pytest.fixture

@@ -34,6 +34,17 @@ def test_record_kernels_write_their_slot_only(tmp_path: Path) -> None:
     assert all(o["counters"].sum() == 0 and o["latency"].sum() == 0 for o in others)
 
 
+def test_request_recorder_records_as_the_kernel_does(tmp_path: Path) -> None:
+    shm = shared_memory.SharedMemory.open(tmp_path, GEOMETRY)
+    record = recording.request_recorder()
+    recording.record_request(shm.slot_address(0, 0), 1500, 4, 1)
+    record(shm.slot_address(0, 1), 1500, 4, 1)
+    assert shm.slabs["slots"][0, 0].tobytes() == shm.slabs["slots"][0, 1].tobytes()
+    assert shm.slabs["slots"][0, 1]["counters"][Counter.REQUESTS] == 1
+    with pytest.raises(TypeError):  # it converts its arguments with int(), no further
+        record(shm.slot_address(0, 1), None, 4, 1)
+
+
 @pytest.mark.parametrize(
     ("values", "counter"),
     [

@@ -150,7 +150,13 @@ def test_status_reader_fresh_waits_for_the_next_publication(pipe: Pipe) -> None:
 
 
 def test_status_idle_document_says_no_rollout() -> None:
-    assert IDLE == {"phase": 0, "state": "idle", "guardrails": [], "rollout": None}
+    assert IDLE == {
+        "phase": 0,
+        "phase_name": "none",
+        "state": "idle",
+        "guardrails": [],
+        "rollout": None,
+    }
 
 
 # -- what a worker serves ---------------------------------------------------------------------

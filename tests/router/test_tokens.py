@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from router.tokens import MAX_ROWS, TOKEN_CHARS, TokenError, TokenSigner
+from router.tokens import MAX_ROWS, TOKEN_CHARS, TokenError, TokenSigner, derive_key
 
 SECRET = b"0123456789abcdef0123"
 SIGNER = TokenSigner(SECRET, ttl_s=60, host=0xABCDEF01)
@@ -18,6 +19,14 @@ def test_token_roundtrip_carries_claims() -> None:
     claims = SIGNER.verify(token, 1_000_010)
     assert (claims.version, claims.arm, claims.cell, claims.issued) == (7, 1, 300, 1_000_000)
     assert (claims.rows, claims.host) == (5, 0xABCDEF01)
+
+
+def test_token_mac_is_keyed_blake2b_of_the_body() -> None:
+    # The format is a contract with /events on every host: 28 bytes of claims, then
+    # BLAKE2b keyed with the derived key over them, truncated to 11 bytes.
+    raw = base64.urlsafe_b64decode(SIGNER.sign(7, 1, 300, 1_000_000, rows=5))
+    body, mac = raw[:28], raw[28:]
+    assert mac == hashlib.blake2b(body, key=derive_key(SECRET), digest_size=11).digest()
 
 
 def test_token_each_signature_has_its_own_nonce() -> None:
@@ -41,6 +50,16 @@ def test_token_nonce_counter_wrap_draws_a_new_prefix() -> None:
     signer._counter = (1 << 32) - 1  # as if 4 billion answers were signed
     wrapped = signer.next_nonce()
     assert wrapped & 0xFFFFFFFF == 0 and wrapped != first and wrapped >> 32 != first >> 32
+
+
+def test_token_signed_at_the_counter_wrap_has_a_new_prefix() -> None:
+    signer = TokenSigner(SECRET, 60)
+    first = signer.verify(signer.sign(1, 0, 0, 1_000_000), 1_000_000).nonce
+    signer._counter = (1 << 32) - 1
+    wrapped = signer.verify(signer.sign(1, 0, 0, 1_000_000), 1_000_000).nonce
+    after = signer.verify(signer.sign(1, 0, 0, 1_000_000), 1_000_000).nonce
+    assert wrapped & 0xFFFFFFFF == 0 and wrapped >> 32 != first >> 32
+    assert after == wrapped + 1
 
 
 def test_token_rows_past_the_limit_are_capped() -> None:

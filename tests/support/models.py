@@ -18,6 +18,9 @@ defaults (weights 0.1 each, bias -3.9) answer CTR-like values, about 2% for smal
 - "wrong_input_type": the linear model over an int64 input.
 - "two_inputs": two float32 inputs "features" and "extra", both [N, F]; output = linear(a + b).
 - "wrong_output_shape": output [N, 3] (three sigmoids).
+- "slow": the linear model plus zero times the result of a Loop of `iterations` (default
+  2,000) 256×256 MatMul+Tanh steps: slow by construction (~0.6 s a run on a 2-core test
+  machine, whatever the batch), and made of many kernels, so a run can be cut between them.
 
 `output_shape` "N1" gives [N, 1] outputs, "N" gives [N] (not for "wrong_output_shape").
 The feature names go into metadata_props["features"] unless `feature_metadata` is False.
@@ -53,7 +56,9 @@ KINDS = (
     "wrong_input_type",
     "two_inputs",
     "wrong_output_shape",
+    "slow",
 )
+SLOW_SIDE = 256  # the slow kind's Loop state is SLOW_SIDE × SLOW_SIDE
 
 
 def feature_names(features: Sequence[str] | int) -> list[str]:
@@ -73,6 +78,7 @@ def write_model(
     name: str = NAME,
     feature_metadata: bool = True,
     metadata: dict[str, str] | None = None,
+    iterations: int = 2000,
 ) -> Path:
     """Write a small ONNX model of `kind` (see the module docstring) to `path`; return the path.
 
@@ -90,6 +96,7 @@ def write_model(
         name=name,
         feature_metadata=feature_metadata,
         metadata=metadata,
+        iterations=iterations,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(model.SerializeToString())
@@ -107,6 +114,7 @@ def build_model(
     name: str = NAME,
     feature_metadata: bool = True,
     metadata: dict[str, str] | None = None,
+    iterations: int = 2000,
 ) -> onnx.ModelProto:
     """The model `write_model` writes, as an onnx.ModelProto."""
     if kind not in KINDS:
@@ -155,6 +163,34 @@ def build_model(
         too_large = op("Cast", op("Greater", x, const(LARGE_VALUE)), to=TensorProto.FLOAT)
         return op("ReduceSum", too_large, const([1], np.int64), keepdims=1)
 
+    def slow_zero(n: int) -> str:
+        """A scalar 0 that takes `n` Loop steps of a SLOW_SIDE² MatMul and Tanh to compute."""
+        side = SLOW_SIDE
+        body = helper.make_graph(
+            [
+                helper.make_node("MatMul", ["state_in", "body_w"], ["product"]),
+                helper.make_node("Tanh", ["product"], ["state_out"]),
+                helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            ],
+            "slow_body",
+            [
+                helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+                helper.make_tensor_value_info("state_in", TensorProto.FLOAT, [side, side]),
+            ],
+            [
+                helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+                helper.make_tensor_value_info("state_out", TensorProto.FLOAT, [side, side]),
+            ],
+            initializer=[numpy_helper.from_array(np.eye(side, dtype=np.float32) * 0.5, "body_w")],
+        )
+        # The start depends on the input, so no optimizer can fold the Loop at load.
+        no_input = op("Mul", op("ReduceSum", x, keepdims=0), const(0.0))
+        start = op("Add", const(np.eye(side)), no_input)
+        out = f"t{len(nodes)}"
+        nodes.append(helper.make_node("Loop", [const(n, np.int64), "", start], [out], body=body))
+        return op("Mul", op("ReduceSum", out, keepdims=0), const(0.0))
+
     if kind in ("linear", "wrong_input_type", "two_inputs"):
         y = linear()
     elif kind == "constant":
@@ -174,6 +210,8 @@ def build_model(
         picked = op("Gather", const([0.0]), index, axis=0)  # [N, F]; raises for index 1000
         zero = op("ReduceSum", picked, const([1], np.int64), keepdims=1)
         y = op("Add", linear(), zero)
+    elif kind == "slow":
+        y = op("Add", linear(), slow_zero(iterations))
     elif kind == "raise_on_batch":
         y = op("Reshape", linear(), const([1, 1], np.int64))
     else:  # wrong_output_shape

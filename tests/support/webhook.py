@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import ssl
 import threading
 import time
 from collections import deque
@@ -103,10 +104,15 @@ class _Server(ThreadingHTTPServer):
 
 
 @contextlib.contextmanager
-def webhook() -> Iterator[Hook]:
-    """A receiver on a free loopback port, shut down when the block ends."""
+def webhook(tls: ssl.SSLContext | None = None) -> Iterator[Hook]:
+    """A receiver on a free loopback port, shut down when the block ends; https with the
+    certificate of `tls` (a server-side context) when given."""
     server = _Server(("127.0.0.1", 0), _Handler)
-    server.hook = Hook(f"http://127.0.0.1:{server.server_address[1]}")
+    scheme = "http"
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+        scheme = "https"
+    server.hook = Hook(f"{scheme}://127.0.0.1:{server.server_address[1]}")
     server.stopping = threading.Event()
     thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
     thread.start()
