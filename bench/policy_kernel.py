@@ -14,7 +14,9 @@ The simulated world, which the kernel takes as given:
 - the challenger never errs or times out, answers in WORLD_LATENCY_US, its predictions have
   the champion's distribution, and it is calibrated (predicted clicks = its clicks).
 So predictions_in_range, error_rate, segment_error_rate, latency_p99, prediction_spread,
-prediction_shift, calibration and calibration_buckets only wait for their samples; the
+prediction_shift, calibration and calibration_buckets only wait for their samples (and the
+paired checks pass with the challenger's first 200 requests, all paired, before the 500
+predictions the spread waits for); the
 simulation varies what the other checks judge (`LOOK`): impressions and clicks per arm,
 requests per arm since the phase started (sample_ratio), time in the phase and in all.
 
@@ -336,6 +338,11 @@ class World:
         bucket_clicks, bucket_impressions = np.zeros(self.n_buckets), np.zeros(self.n_buckets)
         bucket_clicks[bucket], bucket_impressions[bucket] = clicks, impressions
         latency = WORLD_LATENCY_US if impressions else 0
+        # Every request paired, on the same rows as the champion, with the same prediction.
+        values = (np.array(WORLD_BINS) + 0.5) / layout.N_PRED_BINS
+        counts = hist[list(WORLD_BINS)].astype(np.float64)
+        s, q = float(counts @ values), float(counts @ values**2)
+        paired = np.array([counts.sum(), s, s, q, q, q])
         return ArmMetrics(
             requests=impressions,
             errors=0,
@@ -350,6 +357,9 @@ class World:
             clicks=clicks,
             predicted=float(clicks),
             pred_hist=hist,
+            paired=paired,
+            paired_requests=impressions,
+            pairs_dropped=0,
             bucket_clicks=bucket_clicks,
             bucket_impressions=bucket_impressions,
             bucket_predicted=bucket_clicks.copy(),

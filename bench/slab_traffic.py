@@ -38,6 +38,7 @@ class SyntheticWorkers:
         self.cell_ctr = 0.02 * factor / float(self.cell_share @ factor)
         # Predictions: Beta(2, 90) with a little uniform mass, so every bin sees some.
         centres = (np.arange(layout.N_PRED_BINS) + 0.5) / layout.N_PRED_BINS
+        self.centres = centres
         density = centres * (1 - centres) ** 89
         self.pred_p = 0.999 * density / density.sum() + 0.001 / layout.N_PRED_BINS
         bucket_of = np.minimum(
@@ -89,7 +90,12 @@ class SyntheticWorkers:
         counters[Counter.CANDIDATES] += n * self.CANDIDATES
         counters[Counter.ERR_RAISED] += int(errors.sum())
         f["latency"][w, slot][self.lat_index] += rng.multinomial(n, self.lat_p)
-        f["pred_hist"][w, slot] += rng.multinomial(n * self.CANDIDATES, self.pred_p)
+        hist = rng.multinomial(n * self.CANDIDATES, self.pred_p)
+        f["pred_hist"][w, slot] += hist
+        # Every request paired (router.paired), the challenger agreeing with the champion.
+        s, q = float(hist @ self.centres), float(hist @ self.centres**2)
+        f["paired"][w, slot] += [hist.sum(), s, s, q, q, q]
+        counters[Counter.PAIRED] += n
         f["seg_requests"][w, slot][:, 0] += requests
         f["seg_requests"][w, slot][:, 1] += errors
         # One impression per answered request, clicked with the cell's CTR.

@@ -10,6 +10,7 @@ uplift, duration, sample) are the current phase's own.
     safety.py       phase 1: predictions in range, errors, latency, output spread and shift,
                     sample ratio, clicks
     calibration.py  phase 2: predicted / actual clicks, overall and per bucket
+    paired.py       phase 1 on: the arms on the same rows (when [paired] scoring is on)
     comparison.py   phase 3 on: early rollback (ab_worse), segment degradation (phase 4 on)
     advance.py      what advancing waits for
     shadow.py       phase 0 (shadow): the phase-1 checks that need no clicks
@@ -23,6 +24,7 @@ from guardrails.advance import advance_checks
 from guardrails.calibration import calibration, calibration_buckets
 from guardrails.comparison import ab_worse, segment_degradation
 from guardrails.evidence import Evidence, Result, SegmentRow, gather
+from guardrails.paired import paired_correlation, paired_mean_ratio, paired_spread
 from guardrails.policy import Policy
 from guardrails.safety import (
     clicks_per_10k,
@@ -47,6 +49,9 @@ BREACH_CHECKS: tuple[tuple[int, Check], ...] = (
     (1, latency_p99),
     (1, prediction_spread),
     (1, prediction_shift),
+    (1, paired_spread),
+    (1, paired_correlation),
+    (1, paired_mean_ratio),
     (1, sample_ratio),
     (1, clicks_per_10k),
     (2, calibration),
@@ -56,11 +61,19 @@ BREACH_CHECKS: tuple[tuple[int, Check], ...] = (
 )
 
 
+PAIRED_CHECKS = (paired_spread, paired_correlation, paired_mean_ratio)
+
+
 def evaluate(p: Policy, e: Evidence, phase: int) -> list[Result]:
-    """Every result that applies in `phase`, breach checks first."""
+    """Every result that applies in `phase`, breach checks first (the paired ones only with
+    paired scoring on: without it they would wait forever)."""
     if phase == 0:
         return shadow_checks(p, e)
-    results = [check(p, e) for since, check in BREACH_CHECKS if since <= phase]
+    results = [
+        check(p, e)
+        for since, check in BREACH_CHECKS
+        if since <= phase and (p.paired or check not in PAIRED_CHECKS)
+    ]
     return results + advance_checks(p, e, phase)
 
 
@@ -79,6 +92,9 @@ __all__ = [
     "evaluate",
     "gather",
     "latency_p99",
+    "paired_correlation",
+    "paired_mean_ratio",
+    "paired_spread",
     "prediction_shift",
     "prediction_spread",
     "predictions_in_range",

@@ -30,9 +30,9 @@ from router import layout
 from router.shared_memory import STATE_FILE, SharedMemory
 from router.snapshot import SlotTotals
 
-FORMAT = 2
+FORMAT = 3  # 3: the paired sums
 _FIELDS = tuple(SlotTotals.__dataclass_fields__)
-_FLOAT_FIELDS = ("seg_pred_sum", "bucket_pred_sum")
+_FLOAT_FIELDS = ("paired", "seg_pred_sum", "bucket_pred_sum")
 _INT_FIELDS = tuple(f for f in _FIELDS if f not in _FLOAT_FIELDS)
 _SIGNED = (np.int8, np.int16, np.int32, np.int64)
 _UNSIGNED = (np.uint16, np.uint32)

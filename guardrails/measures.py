@@ -289,6 +289,9 @@ class ArmMetrics:
     clicks: int
     predicted: float  # sum of predicted CTR over impressions
     pred_hist: npt.NDArray[np.int64]
+    paired: npt.NDArray[np.float64]  # the paired sums (router.paired; guardrails.paired)
+    paired_requests: int
+    pairs_dropped: int
     bucket_clicks: npt.NDArray[np.float64]
     bucket_impressions: npt.NDArray[np.float64]
     bucket_predicted: npt.NDArray[np.float64]
@@ -329,6 +332,9 @@ def measure(totals: SlotTotals, codes: SegmentCodes) -> ArmMetrics:
         clicks=totals.clicks,
         predicted=float(totals.seg_pred_sum.sum()),
         pred_hist=totals.pred_hist,
+        paired=np.asarray(totals.paired, np.float64),
+        paired_requests=int(c[layout.Counter.PAIRED]),
+        pairs_dropped=int(c[layout.Counter.PAIRS_DROPPED]),
         bucket_clicks=totals.bucket_events[:, 1].astype(np.float64),
         bucket_impressions=totals.bucket_events[:, 0].astype(np.float64),
         bucket_predicted=totals.bucket_pred_sum.astype(np.float64),

@@ -81,6 +81,11 @@ class Guards:
     max_segment_degradation: float = 0.05
     segment_probability: float = 0.9
     literal_p_worse: float = 0.9
+    # The paired checks (guardrails.paired), on rows both arms scored.
+    min_paired_spread: float = 0.25  # challenger sd / champion sd on the same rows
+    min_paired_correlation: float = 0.5
+    paired_mean_low: float = 0.5  # mean challenger / mean champion prediction, same rows
+    paired_mean_high: float = 2.0
     # Evidence minimums (never scaled: they are about noise).
     min_requests: int = 200
     min_latency_samples: int = 200
@@ -91,6 +96,7 @@ class Guards:
     min_calibration_clicks: int = 200
     min_bucket_clicks: int = 50
     min_segment_clicks: int = 200
+    min_paired_rows: int = 200
     # Two-sided confidence of the error-rate and calibration intervals (per look).
     confidence: float = 0.999
 
@@ -108,6 +114,7 @@ class Policy:
     window_s: float = 60.0  # recent window for error rate and latency (wall seconds)
     load_timeout_s: float = 30.0  # workers must load the challenger within this
     journal_every_s: float = 60.0  # a metrics record in the event log this often (wall)
+    paired: bool = True  # [paired] scoring is on: the paired checks apply
     shadow: ShadowConfig | None = None  # [phases.0]: rollouts start in the shadow phase
 
     @property
@@ -169,9 +176,8 @@ class Policy:
             for p in DEFAULT_PHASES
         )
         shadow = ShadowConfig.from_raw(raw)
-        policy = typed_section(
-            cls, "rollout", rollout, extra={"phases": phases, "guards": guards, "shadow": shadow}
-        )
+        extra = {"phases": phases, "guards": guards, "paired": config.paired.on, "shadow": shadow}
+        policy = typed_section(cls, "rollout", rollout, extra=extra)
         policy.validate()
         return policy
 
@@ -216,6 +222,10 @@ class Policy:
         for f in dataclasses.fields(g):
             if f.name.startswith("min_") and getattr(g, f.name) < 0:
                 raise ConfigError(f"[guardrails] {f.name} must not be negative")
+        if not 0 < g.paired_mean_low < 1 < g.paired_mean_high:
+            raise ConfigError("[guardrails] needs paired_mean_low < 1 < paired_mean_high")
+        if not -1 < g.min_paired_correlation < 1:
+            raise ConfigError("[guardrails] min_paired_correlation must be in (-1, 1)")
         if not 0.5 < g.confidence < 1:
             raise ConfigError("[guardrails] confidence must be in (0.5, 1)")
 

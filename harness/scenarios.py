@@ -45,7 +45,13 @@ SCENARIOS = {
     s.name: s
     for s in (
         Scenario("promote", "challenger_better", "promoted", 5, ("",)),
-        Scenario("broken-constant", "broken_constant", "rolled_back", 1, ("prediction_spread",)),
+        Scenario(
+            "broken-constant",
+            "broken_constant",
+            "rolled_back",
+            1,
+            ("paired_spread", "prediction_spread"),  # paired first, unless pairing is off
+        ),
         Scenario("broken-nan", "broken_nan", "rolled_back", 1, ("predictions_in_range",)),
         Scenario("broken-raise", "broken_raise", "rolled_back", 1, ("error_rate",)),
         # The champion's own model, 25 ms slower per call: 2.5x the 10 ms p99 bound, half the

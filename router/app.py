@@ -33,7 +33,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from router import exposition as prom
-from router import layout, recording, residency
+from router import layout, paired, recording, residency
 from router import snapshot as snap
 from router.body_deadline import BodyDeadlines
 from router.codec import (
@@ -162,6 +162,7 @@ def warm_kernels(config: Config) -> None:
     x = np.full((1, 1), 0.5, np.float32)
     all_finite(x)
     recording.record_predictions(addr, x)
+    paired.record_pairs(addr, x, x)
     recording.record_request(addr, 1, 0, 0)
     recording.bump(addr, layout.Counter.ERR_RAISED)
     recording.record_event(addr, layout.table_words(n_cells, n_buckets), 0, 0, 1, 0.5)
@@ -172,6 +173,7 @@ def _warm_up(worker: Worker) -> None:
     first run, before the first request."""
     warm_kernels(worker.config)
     scratch = np.zeros(1, layout.slot_dtype(worker.segments.n_cells, worker.n_buckets))
+    outs = []
     for model in worker.models:
         if model is not None:
             try:  # a model that fails here is the request path's to count, not the start's
@@ -179,6 +181,10 @@ def _warm_up(worker: Worker) -> None:
             except Exception:
                 continue
             recording.record_predictions(scratch.ctypes.data, out)  # its output's shape
+            outs.append(out)
+    for champion in outs:  # each model's output type as either arm of a pair
+        for challenger in outs:
+            paired.record_pairs(scratch.ctypes.data, champion, challenger)
 
 
 def _error_body(e: Rejected, kind: bytes) -> bytes:
@@ -290,7 +296,14 @@ class App:
             return await self._refuse(send, e, scope)
         out = encode_answer(payload, kind)
         worker.record_request(worker.slot_addr[slot], (_perf_ns() - t0) // 1000, cell, error)
+        pairing = worker.pairing
+        pair = pairing.pending
+        if pair is None:
+            return await _send(send, 200, out, kind)
+        pairing.pending = None
         await _send(send, 200, out, kind)
+        # The answer is sent: the champion's run on its rows is in no request's latency.
+        pairing.score(pair, worker.shm.control_word())
 
     async def _events(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:

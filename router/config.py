@@ -26,6 +26,7 @@ KNOWN_SECTIONS = (
     "faults",
     "fleet",
     "registry",
+    "paired",
     "rollout",
     "phases",
     "guardrails",
@@ -130,6 +131,23 @@ class RegistryConfig:
 
 
 @dataclass(frozen=True)
+class PairedConfig:
+    """Paired scoring (router.paired): on challenger requests the champion also scores the
+    same rows, after the answer is sent, for the paired guardrails."""
+
+    enabled: bool = True
+    fraction: float = 1.0  # of challenger requests (sampled evenly, not at random)
+    max_per_s: float = 100.0  # paired requests per second per worker (a token bucket)
+    # Pair while the challenger's share is at most this (phase 2's default share): past it
+    # the A/B comparison has the evidence, and pairing would cost up to half the model CPU.
+    max_split_bp: int = 1000
+
+    @property
+    def on(self) -> bool:
+        return self.enabled and self.fraction > 0 and self.max_per_s > 0
+
+
+@dataclass(frozen=True)
 class Config:
     serve: ServeConfig = field(default_factory=ServeConfig)
     segments: SegmentSpace = field(default_factory=lambda: SegmentSpace.from_config({}))
@@ -138,6 +156,7 @@ class Config:
     fleet: FleetConfig = field(default_factory=FleetConfig)
     raw: dict[str, Any] = field(default_factory=dict)  # every section, for the evaluator
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    paired: PairedConfig = field(default_factory=PairedConfig)
 
     @property
     def n_buckets(self) -> int:
@@ -207,7 +226,9 @@ class Config:
             raise ConfigError("[faults] challenger_delay_ms must be in [0, 60000]")
         fleet = _fleet(data.get("fleet", {}))
         registry = _registry(data.get("registry", {}))
-        return cls(_serve(data.get("serve", {})), segments, width, faults, fleet, data, registry)
+        serve = _serve(data.get("serve", {}))
+        paired = _paired(data.get("paired", {}))
+        return cls(serve, segments, width, faults, fleet, data, registry, paired)
 
 
 def _asdict(section: Any) -> dict[str, Any]:
@@ -319,6 +340,17 @@ def _registry(values: dict[str, Any]) -> RegistryConfig:
     if not 0.1 <= registry.poll_s <= 3600:
         raise ConfigError(f"[registry] poll_s must be in [0.1, 3600], got {registry.poll_s}")
     return registry
+
+
+def _paired(values: dict[str, Any]) -> PairedConfig:
+    paired: PairedConfig = typed_section(PairedConfig, "paired", values)
+    if not 0 <= paired.fraction <= 1:
+        raise ConfigError(f"[paired] fraction must be in [0, 1], got {paired.fraction}")
+    if not 0 <= paired.max_per_s <= 100_000:
+        raise ConfigError(f"[paired] max_per_s must be in [0, 100000], got {paired.max_per_s}")
+    if not 0 < paired.max_split_bp <= 10_000:
+        raise ConfigError(f"[paired] max_split_bp must be in (0, 10000], got {paired.max_split_bp}")
+    return paired
 
 
 def check_secrets(fleet: bool) -> None:

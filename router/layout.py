@@ -26,7 +26,7 @@ import numpy as np
 from router import hdr
 
 MAGIC = 0x3154524150_4D4152  # "RAMPART1" little-endian-ish tag
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2  # 2: paired sums in every slot (router.paired)
 N_SLOTS = 2
 CONTROL_BYTES = 4096
 PAGE = 4096
@@ -51,9 +51,15 @@ class Counter(IntEnum):
     ORPHAN_CLICKS = 11  # clicks refused because their impression was never counted here
     FOREIGN_EVENTS = 12  # events counted here for a token another host issued
     SHADOW_DROPPED = 13  # shadow copies not judged: the queue was full, or the run starved
+    PAIRED = 14  # challenger requests whose rows the champion also scored (router.paired)
+    PAIRS_DROPPED = 15  # sampled for pairing but not paired: over the rate cap, or the
+    # champion failed on the rows, or the split changed before it ran
 
 
 N_COUNTERS = 16
+# The paired sums of a challenger slot, over rows both arms scored: (b = the champion's
+# prediction, c = the challenger's) n, sum b, sum c, sum b^2, sum c^2, sum b*c.
+N_PAIRED = 6
 ERROR_COUNTERS = (
     Counter.ERR_RAISED,
     Counter.ERR_TIMEOUT,
@@ -157,6 +163,7 @@ def slot_dtype(n_cells: int, n_buckets: int) -> np.dtype:
             ("counters", "<i8", (N_COUNTERS,)),
             ("latency", "<i8", (hdr.COUNTS_LEN,)),
             ("pred_hist", "<i8", (N_PRED_BINS,)),
+            ("paired", "<f8", (N_PAIRED,)),  # see N_PAIRED
             ("seg_requests", "<i8", (n_cells, 2)),  # requests, errors
             ("seg_events", "<i8", (n_cells, 2)),  # impressions, clicks
             ("seg_pred_sum", "<f8", (n_cells,)),  # sum of predicted CTR over impressions
@@ -207,6 +214,7 @@ _FIXED = slot_dtype(1, 1)
 COUNTERS_WORD = _word(_FIXED, "counters")
 LATENCY_WORD = _word(_FIXED, "latency")
 PRED_HIST_WORD = _word(_FIXED, "pred_hist")
+PAIRED_WORD = _word(_FIXED, "paired")
 SEG_REQUESTS_WORD = _word(_FIXED, "seg_requests")
 
 

@@ -20,6 +20,7 @@ _SLOT_FIELDS = (
     "counters",
     "latency",
     "pred_hist",
+    "paired",
     "seg_requests",
     "seg_events",
     "seg_pred_sum",
@@ -33,6 +34,7 @@ class SlotTotals:
     counters: np.ndarray
     latency: np.ndarray
     pred_hist: np.ndarray
+    paired: np.ndarray  # layout.N_PAIRED sums over paired rows (router.paired)
     seg_requests: np.ndarray
     seg_events: np.ndarray
     seg_pred_sum: np.ndarray

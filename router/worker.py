@@ -29,6 +29,7 @@ from router.events import EventCounter
 from router.layout import Counter, Reject
 from router.mailbox import AdminMailbox
 from router.models import Model
+from router.paired import Pairing
 from router.registry import Registry
 from router.shadow import Shadow, ShadowConfig
 from router.shared_memory import SharedMemory, SlabLock
@@ -94,6 +95,7 @@ class Worker:
         self.challenger_delay_s = config.faults.challenger_delay_ms / 1000
         self.rejects = self.slab["rejects"]
         self.evaluator_status = StatusReader(state, self.shm, self.slab_index)
+        self.pairing = Pairing(config.paired)
         # A feature too large for float32 becomes inf and is refused as non_finite_feature:
         # numpy's overflow warning on the request path would only fill the log.
         np.seterr(over="ignore")
@@ -236,6 +238,9 @@ class Worker:
             if fallback is None:
                 model = self.models[slot]
                 assert model is not None
+                if self.pairing.on:  # the champion scores these rows after the answer
+                    addr = self.slot_addr[slot]
+                    self.pairing.offer(route.word, route.split_bp, champion, addr, x, out)
                 return self._answer(model, out, 1, cell), slot, cell, 0
         out = self._champion(route.champion, x)
         payload = self._answer(champion, out, 0, cell)

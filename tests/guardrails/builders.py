@@ -10,6 +10,7 @@ from guardrails.measures import ArmMetrics, SegmentCodes, measure
 from guardrails.policy import Policy
 from router import hdr, layout
 from router.config import Config
+from router.paired import pair_sums_reference
 from router.snapshot import SlotTotals
 
 CONFIG = Config.from_dict({})
@@ -59,6 +60,12 @@ class Slot:
         np.add.at(self.t.pred_hist, bins, 1)
         return self
 
+    def pairs(self, champion: np.ndarray, challenger: np.ndarray) -> Slot:
+        """Rows both arms scored (router.paired), one request each."""
+        self.t.paired[:] += pair_sums_reference(champion, challenger)
+        self.t.counters[layout.Counter.PAIRED] += champion.size
+        return self
+
     def events(
         self, impressions: int, clicks: int, *, prediction: float = 0.02, cell: int = NEWS_MOBILE
     ) -> Slot:
@@ -83,11 +90,14 @@ def served(n: int, seed: int = 0, shift: float = 0.0) -> np.ndarray:
 
 
 def healthy(scale: int = 1, seed: int = 0) -> Slot:
-    """An arm that passes every guardrail: no errors, 0.8 ms, calibrated, CTR 2%."""
+    """An arm that passes every guardrail: no errors, 0.8 ms, calibrated, CTR 2%, and (as a
+    challenger) the champion's predictions on the rows it paired."""
+    predictions = served(5_000 * scale, seed)
     return (
         Slot()
         .requests(5_000 * scale)
-        .predictions(served(5_000 * scale, seed))
+        .predictions(predictions)
+        .pairs(predictions[:1000], predictions[:1000])
         .events(20_000 * scale, 400 * scale)
     )
 

@@ -205,6 +205,9 @@ PHASE_1 = [
     "latency_p99",
     "prediction_spread",
     "prediction_shift",
+    "paired_spread",
+    "paired_correlation",
+    "paired_mean_ratio",
     "sample_ratio",
     "clicks_per_10k",
 ]
@@ -231,10 +234,17 @@ def test_evaluate_lists_the_phase_checks(phase: int) -> None:
     assert all(r.phase == phase for r in results[len(BREACH[phase]) :])
 
 
+def test_evaluate_leaves_the_paired_checks_out_when_paired_scoring_is_off() -> None:
+    off = dataclasses.replace(POLICY, paired=False)
+    names = [r.name for r in ci.evaluate(off, against(healthy())(), 1)]
+    assert names == [n for n in PHASE_1 if not n.startswith("paired_")] + ADVANCE[1]
+
+
 def better_pair(phase: int, **kw: Any) -> Evidence:
     """A champion and a challenger 5% better in CTR, with enough data for phase 5."""
     champ = Slot().requests(50_000).predictions(served(50_000, 1)).events(2 * 10**6, 40_000)
-    chall = Slot().requests(5_000).predictions(served(5_000, 2)).events(10**6, 21_000)
+    rows = served(5_000, 2)
+    chall = Slot().requests(5_000).predictions(rows).pairs(rows, rows).events(10**6, 21_000)
     return evidence(champ, chall, split_bp=POLICY.phase(phase).split_bp, **kw)
 
 

@@ -199,7 +199,7 @@ def test_equal_challenger_is_stopped_at_phase_four_maximum_duration(rig: Rig) ->
         pytest.param("error_rate", {"challenger": {"errors": 5}}, id="errors"),
         pytest.param("latency_p99", {"challenger": {"latency_us": 25_000}}, id="slow"),
         pytest.param(
-            "prediction_spread",
+            "paired_spread",  # the paired rows show it ticks before 500 predictions per arm
             {"challenger": {"predictions": np.full(4, 0.02)}},
             id="constant",
         ),
@@ -226,6 +226,22 @@ def test_phase_one_breach_rolls_back_in_the_tick_that_sees_it(
     # The flip happened in the tick whose evidence first showed the breach.
     states = {g["name"]: g["state"] for g in event.data["guardrails"]}
     assert states[guardrail] == "fail"
+
+
+def test_constant_challenger_without_paired_scoring_is_caught_by_its_spread(
+    tmp_path: Path,
+) -> None:
+    rig = _rig(tmp_path, paired={"enabled": False})
+    try:
+        rig.start()
+        rig.run(60, challenger={"predictions": np.full(4, 0.02)})
+        r = rig.evaluator.rollout
+        assert r is not None and r.state == "rolled_back"
+        event = rig.evaluator.journal.events(r.id, kinds=("rolled_back",))[0]
+        assert event.data["guardrail"] == "prediction_spread"
+        assert not any(g["name"].startswith("paired_") for g in event.data["guardrails"])
+    finally:
+        rig.evaluator.close()
 
 
 def test_miscalibrated_challenger_rolls_back_in_phase_two(rig: Rig) -> None:

@@ -212,6 +212,8 @@ def test_dashboard_follows_the_rollout_and_its_rollback(browser: Any, server: Se
     wait_for(lambda: _page_matches_status(dash), STATE_S, "page vs /status")
     shown = dash.read()
     assert shown["split"] == "300" and shown["splitText"] == "3.00%"
+    paired = {"paired_spread", "paired_correlation", "paired_mean_ratio"}
+    assert paired <= {name for name, *_ in shown["guardrails"]}
     assert (
         shown["lines"] == ["champion", "challenger"]
         or server.status()["arms"]["challenger"]["impressions"] == 0

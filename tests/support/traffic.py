@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from router import control, layout, recording
+from router import control, layout, paired, recording
 from router.config import Config
 from router.shared_memory import SharedMemory
 
@@ -45,15 +45,22 @@ class Traffic:
         cell: int = 0,
         predictions: np.ndarray | None = None,
     ) -> None:
+        """Challenger requests are paired as a worker pairs them (router.paired): the
+        champion scores each one's row too, the same value as a healthy challenger's, a
+        value of its own when `predictions` are given."""
         addr = self.shm.slot_address(self.index, self.slot(arm))
         for i in range(n):
             error = 1 if i < errors else 0
             if error:
                 recording.bump(addr, layout.Counter.ERR_RAISED)
-            elif predictions is not None:
-                recording.record_predictions(addr, predictions[i % len(predictions)].reshape(1))
             else:
-                recording.record_predictions(addr, np.array([self.rng.beta(2, 90)]))
+                champion = np.array([self.rng.beta(2, 90)])
+                out = champion if predictions is None else predictions[i % len(predictions)]
+                out = out.reshape(1)
+                recording.record_predictions(addr, out)
+                if arm == "challenger" and 0 <= out[0] <= 1:
+                    paired.record_pairs(addr, champion, out)
+                    recording.bump(addr, layout.Counter.PAIRED)
             recording.record_request(addr, latency_us, cell, error)
 
     def events(
