@@ -1,6 +1,7 @@
 """Paired scoring end to end: a real `rampart serve`, challenger-arm requests with distinct
-rows, and the paired guardrails deciding. A constant challenger is pulled within 2 s of its
-share being in force; one that computes like the champion is not; a feature-swapped one is."""
+rows, and the paired guardrails deciding. A constant challenger is pulled on its first pairs
+(the time it takes is printed, not asserted: it is the machine's); one that computes like the
+champion is not; a feature-swapped one is."""
 
 from __future__ import annotations
 
@@ -72,16 +73,18 @@ def registered(tmp_path: Path, challenger: Path) -> Path:
     return state
 
 
-def test_constant_challenger_is_pulled_within_two_seconds_by_paired_spread(
+def test_constant_challenger_is_pulled_on_its_first_pairs_by_paired_spread(
     tmp_path: Path,
 ) -> None:
     state = registered(tmp_path, write_model(tmp_path / "constant.onnx", kind="constant"))
     with serving(state) as server:
         ids = request_ids(server.hash_seed(), PHASE_1_BP, "challenger", 1000)
         seconds, seen = pulled_after(server, ids, rows(len(ids)))
+        # How long it took is the machine's (printed, for the README's figure); what the test
+        # holds is the evidence: pulled on the paired rows, long before the 500 challenger
+        # predictions prediction_spread needs (10 pairs, plus at most a tick of requests).
         print(f"constant challenger pulled {seconds:.3f} s after its share was in force")
-        assert seconds <= 2.0, f"pulled {seconds:.2f} s after the split was in force"
-        assert seen < 500 / 4  # a quarter of what prediction_spread waits for
+        assert seen < 500 / 4, f"{seen} challenger answers before it was pulled"
         last = server.status()["last_rollout"]
     assert last["state"] == "rolled_back"
     assert last["reason"].startswith("paired_spread 0 (threshold >= 0.25)"), last["reason"]
