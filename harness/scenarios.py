@@ -124,6 +124,21 @@ sample_scale = 0.03
 window_s = 10.0
 journal_every_s = 1.0
 
+# Each phase's maximum is three times its minimum (the policy's is 1.5-2x): a phase advances
+# at its minimum when the evidence is there, and no scenario ends at a maximum, so this only
+# gives a simulator slowed by a busy machine the policy hours its evidence takes (one that
+# fell below ~420 requests/s stopped segment-regression at phase 2's maximum).
+[phases.1]
+max_hours = 72.0
+[phases.2]
+max_hours = 144.0
+[phases.3]
+max_hours = 216.0
+[phases.4]
+max_hours = 216.0
+[phases.5]
+max_hours = 144.0
+
 [guardrails]
 min_requests = 100
 min_latency_samples = 100

@@ -78,7 +78,7 @@ def _serve(
         pytest.param(
             "[servee]\nport = 1\n",
             "rampart: unknown config section(s) ['servee']; known: ['serve', 'segments', "
-            "'calibration', 'faults', 'fleet', 'registry', 'rollout', 'phases', 'guardrails', "
+            "'calibration', 'faults', 'fleet', 'registry', 'paired', 'rollout', 'phases', 'guardrails', "
             "'alerts']",
             id="section",
         ),
