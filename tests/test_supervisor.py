@@ -78,8 +78,8 @@ def _serve(
         pytest.param(
             "[servee]\nport = 1\n",
             "rampart: unknown config section(s) ['servee']; known: ['serve', 'segments', "
-            "'calibration', 'faults', 'fleet', 'registry', 'paired', 'rollout', 'phases', 'guardrails', "
-            "'alerts']",
+            "'calibration', 'faults', 'fleet', 'registry', 'paired', 'rollout', 'phases', "
+            "'guardrails', 'alerts']",
             id="section",
         ),
         pytest.param(
