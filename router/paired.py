@@ -15,7 +15,6 @@ evaluator sums them over workers (guardrails.paired judges them).
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numba
@@ -24,8 +23,8 @@ import numpy as np
 from router import layout, recording
 from router.config import PairedConfig
 from router.layout import Counter
+from router.rate_cap import RateCap
 
-_perf_ns = time.perf_counter_ns
 _PAIRED = layout.PAIRED_WORD
 _N = layout.N_PAIRED
 # Typed as Any, as in router.recording: mypy cannot see through numba's intrinsic.
@@ -71,10 +70,7 @@ class Pairing:
         self.on = config.on
         self.fraction = config.fraction
         self.max_split_bp = config.max_split_bp
-        self.rate_per_ns = config.max_per_s / 1e9
-        self.burst = max(1.0, config.max_per_s)  # a second's worth
-        self.tokens = self.burst
-        self.last_ns = _perf_ns()
+        self.cap = RateCap(config.max_per_s)
         self.credit = 0.0
         # (route word, champion model, challenger slot address, rows, challenger output)
         self.pending: tuple[int, Any, int, np.ndarray, np.ndarray] | None = None
@@ -90,14 +86,9 @@ class Pairing:
         if self.credit < 1.0:
             return
         self.credit -= 1.0
-        now = _perf_ns()
-        tokens = min(self.burst, self.tokens + (now - self.last_ns) * self.rate_per_ns)
-        self.last_ns = now
-        if tokens < 1.0:
-            self.tokens = tokens
+        if not self.cap.take():
             recording.bump(addr, Counter.PAIRS_DROPPED)
             return
-        self.tokens = tokens - 1.0
         self.pending = (word, champion, addr, x, out)
 
     def score(self, pair: tuple[int, Any, int, np.ndarray, np.ndarray], word: int) -> None:

@@ -40,6 +40,7 @@ from router.config import ConfigError, typed_section
 from router.control import shadow_of
 from router.deadline import RunDeadline
 from router.layout import Counter
+from router.rate_cap import RateCap
 from router.snapshot import SlotTotals
 from router.status import ShadowStatus
 
@@ -54,7 +55,6 @@ MAX_QUEUE = 100_000
 # is never held long by one copy, and a run slowed only by its low priority is not cut.
 DEADLINE_FACTOR = 10
 _cpu_ns = time.thread_time_ns
-_monotonic = time.monotonic
 _random = random.random
 _sleep = time.sleep
 _ERR_RAISED = int(Counter.ERR_RAISED)
@@ -123,10 +123,7 @@ class Shadow:
         self.config = config
         self.worker = worker
         self.sample = config.sample
-        self.rate = config.max_per_s
-        self.burst = max(1.0, config.max_per_s)  # at most a second's copies at once
-        self.tokens = self.burst
-        self.last = _monotonic()
+        self.cap = RateCap(config.max_per_s)  # at most a second's copies at once
         self.capacity = config.queue
         self.offered = 0
         self.done = 0
@@ -144,13 +141,8 @@ class Shadow:
         sample, the rate cap), or drop them (the queue is full). Never waits."""
         if self.sample < 1.0 and _random() >= self.sample:
             return
-        now = _monotonic()
-        tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
-        self.last = now
-        if tokens < 1.0:
-            self.tokens = tokens
+        if not self.cap.take():
             return
-        self.tokens = tokens - 1.0
         if self.closed:
             return
         if self.offered - self.done > self.capacity:  # `queue` waiting besides the one running
@@ -174,7 +166,7 @@ class Shadow:
             "dropped": challenger.counter(Counter.SHADOW_DROPPED),
             "queued": self.pending(),
             "sample": self.sample,
-            "max_per_s": self.rate,
+            "max_per_s": self.cap.per_s,
             "queue": self.capacity,
         }
 

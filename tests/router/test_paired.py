@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router import layout, paired
+from router import layout, rate_cap
 from router.config import Config, ConfigError, PairedConfig
 from router.layout import Counter
 from router.paired import Pairing, pair_sums_reference, record_pairs
@@ -107,7 +107,7 @@ def test_pairing_rate_cap_bounds_champion_runs_under_a_flood(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     now = [0]
-    monkeypatch.setattr(paired, "_perf_ns", lambda: now[0])
+    monkeypatch.setattr(rate_cap, "_perf_ns", lambda: now[0])
     slot, champion = Slot(), Champion()
     pairing = Pairing(PairedConfig(max_per_s=10.0))
     for _ in range(1000):  # a flood: 1,000 challenger answers in one instant
