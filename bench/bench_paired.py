@@ -78,15 +78,6 @@ function request()
   i = i % #bodies + 1
   return wrk.format(nil, nil, nil, bodies[i])
 end
-
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    'WRK-RESULT {"requests":%d,"duration_us":%d,"non_2xx":%d,"socket_errors":%d,' ..
-    '"p50_us":%d,"p99_us":%d,"max_us":%d}\\n',
-    summary.requests, summary.duration, e.status, e.connect + e.read + e.write + e.timeout,
-    latency:percentile(50), latency:percentile(99), latency.max))
-end
 """
 
 
@@ -261,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
                 started[name] = start(root, name)
                 body_file = clients.write_bodies(root / f"{name}.bin", bodies(started[name], width))
                 script = root / f"{name}.lua"
-                script.write_text(ROTATING_LUA.replace("BODY_PATH", str(body_file)))
+                lua = ROTATING_LUA.replace("BODY_PATH", str(body_file))
+                script.write_text(lua + clients.WRK_DONE_LUA)
                 scripts[name] = script
                 clients.closed_loop(servers.port_of(started[name]), script, 3)  # warm
             for r in range(args.rounds):

@@ -154,14 +154,8 @@ def open_loop(
     return OpenLoop(summary, lat, jit)
 
 
-WRK_LUA = """-- one body from a file, posted again and again; the result as one JSON line
-local f = assert(io.open("BODY_PATH", "rb"))
-local body = f:read("*a")
-f:close()
-wrk.method = "POST"
-wrk.body = body
-wrk.headers["Content-Type"] = "CONTENT_TYPE"
-
+# wrk's end of run: the result as one JSON line (`WRK-RESULT {...}`) for `closed_loop` to read.
+WRK_DONE_LUA = """
 function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
@@ -173,10 +167,22 @@ end
 """
 
 
+WRK_LUA = """-- one body from a file, posted again and again; the result as one JSON line
+local f = assert(io.open("BODY_PATH", "rb"))
+local body = f:read("*a")
+f:close()
+wrk.method = "POST"
+wrk.body = body
+wrk.headers["Content-Type"] = "CONTENT_TYPE"
+
+"""
+
+
 def wrk_script(path: Path, body: bytes, content_type: str) -> Path:
     body_path = path.with_suffix(".body")
     body_path.write_bytes(body)
     text = WRK_LUA.replace("BODY_PATH", str(body_path)).replace("CONTENT_TYPE", content_type)
+    text += WRK_DONE_LUA
     path.write_text(text)
     return path
 
