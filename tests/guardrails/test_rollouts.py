@@ -75,6 +75,15 @@ def test_journal_save_without_baseline_keeps_the_stored_one(journal: Journal) ->
     assert_same_totals(got.baseline, baseline())
 
 
+def test_journal_save_keeps_the_start_the_rollout_moved_to(journal: Journal) -> None:
+    """A rollout starts when its challenger is loaded everywhere, not when it was asked
+    for: the later start must be what a restarted evaluator reads back."""
+    r = rollout(state=RolloutState.LOADING, started=1_000.0, phase_started=1_000.0)
+    journal.save(r)
+    journal.save(dataclasses.replace(r, state=RolloutState.RUNNING, started=1_001.5))
+    assert journal.get("r1").started == 1_001.5
+
+
 def test_journal_save_new_rollout_without_baseline_has_none(journal: Journal) -> None:
     journal.save(rollout(baseline=baseline()))
     assert journal.get("r1").baseline is None
