@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import os
 import secrets
@@ -26,6 +27,7 @@ import uvloop
 
 from harness import simulator
 from harness.disturb import disturb
+from harness.ledger import Ledger
 from harness.mlflow_store import MlflowStore
 from harness.redis_process import private_redis
 from harness.scenario_models import model_path
@@ -278,37 +280,29 @@ class Session:
     def train(self, legs: tuple[Scenario, ...], timeout_s: float = 420.0) -> dict[str, Any]:
         """The release train: every leg's challenger registered and queued at once (as
         `models register --start`), started by the evaluator one after another, never by an
-        admin command. One verdict per leg, and each version's status in the registry."""
+        admin command. One verdict per leg, and each version's status in the registry.
+        Each leg is followed in the server's journal (harness.ledger), not by sampling
+        `/status`: a leg pulled within a second must not be missed."""
         from router.registry import Registry
 
-        began = time.monotonic()
+        deadline = time.monotonic() + timeout_s
         versions = [self.register(s.challenger, start=True) for s in legs]
-        watch = Watch(self.serve, self.on_status)
+        ledger = Ledger(self.state)
         verdicts = []
-        for s, version in zip(legs, versions, strict=True):
-            leg_began = time.monotonic()
-            alerts_before = len(self.alerts)
-
-            def running(st: Status, v: int = version) -> bool:
-                return str((st.get("rollout") or {}).get("challenger")) == str(v)
-
-            rollout_id = watch.until(running, began + timeout_s, any_state=True)["rollout"]["id"]
-            started_wall = time.time()
-            watch.phases.clear()
-
-            # The next leg starts on the tick after this one ends: /status shows this one
-            # ended for that whole tick.
-            def ended(st: Status, r: str = rollout_id) -> bool:
-                return not st.get("rollout") and (st.get("last_rollout") or {}).get("id") == r
-
-            final = watch.until(ended, began + timeout_s)
-            # Judged at once: the next leg's challenger answers must not reach this timeline.
-            stats = self.traffic.settle()
-            alert = self.alerts[-1] if len(self.alerts) > alerts_before else None
-            seconds = time.monotonic() - leg_began
-            verdicts.append(
-                verdict(s, final, list(watch.phases), stats, alert, {}, seconds, started_wall)
-            )
+        try:
+            for s, version in zip(legs, versions, strict=True):
+                leg_began = time.monotonic()
+                ledger.until(version, lambda r: True, deadline, self._show)
+                r = ledger.until(version, lambda r: not r.state.active, deadline, self._show)
+                # Judged at once: the next leg's challenger answers must not reach this
+                # timeline (the next leg starts on the tick after this one ends).
+                stats = self.traffic.settle()
+                alert = self._alert_for(r.id)
+                seconds = time.monotonic() - leg_began
+                final, phases = ledger.final(r), ledger.phases(r)
+                verdicts.append(verdict(s, final, phases, stats, alert, {}, seconds, r.started))
+        finally:
+            ledger.close()
         registry = Registry(self.state)
         try:
             statuses = {str(v): registry.get(v).status.value for v in versions}
@@ -319,6 +313,22 @@ class Session:
         if self.mlflow is not None:  # the outcomes as MLflow holds them
             result["mlflow"] = self.mlflow.outcomes(versions)
         return result
+
+    def _show(self) -> None:
+        """The live `/status` to `on_status` (progress display), if anyone watches."""
+        if self.on_status is not None:
+            with contextlib.suppress(httpx.HTTPError):
+                self.on_status(self.serve.status())
+
+    def _alert_for(self, rollout_id: str, timeout_s: float = 5.0) -> dict[str, Any] | None:
+        """The webhook's last payload naming `rollout_id`: delivery runs on its own thread,
+        after the flip, so it may come a little later."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            mine = [a for a in self.alerts if rollout_id in json.dumps(a)]
+            if mine or time.monotonic() >= deadline:
+                return mine[-1] if mine else None
+            time.sleep(0.1)
 
 
 def register_in_fleet(url: str, path: Path) -> int:
