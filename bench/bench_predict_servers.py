@@ -30,7 +30,7 @@ PLAIN_CONFIG = f"[serve]\nworkers = 1\nevaluator_cpu = {SERVER_CORE}\n"
 
 # Phases 1-3 last half a second of policy clock each (1 h at the scenarios' time_scale):
 # the rollout reaches phase 4 as soon as the evidence allows, and is paused there.
-QUICK_PHASES = "".join(f"\n[phases.{n}]\nmin_hours = 1.0\n" for n in (1, 2, 3))
+QUICK_PHASES = (1, 2, 3)  # one policy hour each on the scaled clock: half a second
 
 
 def rollout_config() -> str:
@@ -39,7 +39,11 @@ def rollout_config() -> str:
     latency; a rollback on it would end the rollout being measured)."""
     text = re.sub(r"evaluator_cpu = \S+", f"evaluator_cpu = {SERVER_CORE}", server_config())
     text = text.replace("[guardrails]\n", "[guardrails]\nmax_p99_ms = 1000.0\n", 1)
-    return text + QUICK_PHASES
+    for n in QUICK_PHASES:  # the scenarios' config has a section per phase already
+        section = f"[phases.{n}]\n"
+        assert section in text, section
+        text = text.replace(section, f"{section}min_hours = 1.0\n", 1)
+    return text
 
 
 def n_features() -> int:
