@@ -177,7 +177,7 @@ def _parts_of(
     import numpy as np
 
     from router import recording
-    from router.app import _framing, _read_body, _send
+    from router.app import _read_body, _send, framing
     from router.codec import decode, encode, kind_of, positional_rows
 
     worker = app.worker
@@ -227,7 +227,7 @@ def _parts_of(
         )
 
     return {
-        "framing + kind_of": best(lambda: kind_of(_framing(headers)[0])),
+        "framing + kind_of": best(lambda: kind_of(framing(headers)[0])),
         "_read_body": timed(read_n),
         "decode": best(lambda: decode(body, kind)),
         "Worker.predict (all)": best(lambda: worker.predict(req)),

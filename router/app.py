@@ -68,7 +68,7 @@ class BodyNotRead(Rejected):
     (else uvicorn reads and drops the rest, however long, before the next request)."""
 
 
-def _framing(headers: list[tuple[bytes, bytes]]) -> tuple[bytes | None, bytes | None]:
+def framing(headers: list[tuple[bytes, bytes]]) -> tuple[bytes | None, bytes | None]:
     """Content-Type and Content-Length of a request, in one pass over its headers."""
     content_type = length = None
     for name, value in headers:
@@ -191,6 +191,18 @@ def _error_body(e: Rejected, kind: bytes) -> bytes:
     return encode({"error": e.reason, "detail": e.detail}, kind)
 
 
+def _answer_kind(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """A refusal answers in the request's type when it named one we speak, else JSON."""
+    try:
+        return media_type(headers)
+    except Rejected:
+        return JSON
+
+
+# status, body, media type, and the champion's paired run to do once the answer is sent
+Answer = tuple[int, bytes, bytes, "paired.Pair | None"]
+
+
 class App:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -263,55 +275,74 @@ class App:
             return await self.starlette(scope, receive, _closing_500s(send))
         await self.starlette(scope, receive, send)
 
-    async def _body(self, scope: Scope, receive: Receive) -> tuple[Worker, bytes, bytes]:
-        """The worker, the media type and the body of a hot-path request. The body is read
+    async def _body(self, scope: Scope, receive: Receive) -> tuple[Worker, bytes | None, bytes]:
+        """The worker, the Content-Type and the body of a hot-path request. The body is read
         (or refused as too large) before any other refusal, so the connection stays usable."""
         worker = self.worker
-        content_type, declared = _framing(scope["headers"])
+        content_type, declared = framing(scope["headers"])
         body = await _read_body(receive, self.config.serve.max_body_bytes, declared, self.bodies)
         if worker is None:
             raise Rejected(Reject.MODEL_UNAVAILABLE, "the worker is starting", 503)
         if scope["method"] != "POST":
             raise Rejected(Reject.METHOD_NOT_ALLOWED, "use POST", 405)
-        return worker, kind_of(content_type), body
+        return worker, content_type, body
 
     async def _refuse(self, send: Send, e: Rejected, scope: Scope) -> None:
         if self.worker is not None:
             self.worker.reject(e.reason)
-        # Answer in the request's type when it named one we speak, else JSON.
-        try:
-            kind = media_type(scope["headers"])
-        except Rejected:
-            kind = JSON
+        kind = _answer_kind(scope["headers"])
         await _send(send, e.status, _error_body(e, kind), kind, isinstance(e, BodyNotRead))
 
-    async def _predict(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def answer(
+        self,
+        worker: Worker,
+        predict: bool,
+        content_type: bytes | None,
+        body: bytes,
+        headers: list[tuple[bytes, bytes]],
+    ) -> Answer:
+        """`/predict` (or `/events`) on a whole POSTed body, at once: the status, the answer,
+        its media type, and the champion's paired run to do once the answer is sent. The
+        ASGI handlers below and `router.http_fast` (which answers without an ASGI task)
+        both answer through here."""
         try:
-            worker, kind, body = await self._body(scope, receive)
+            kind = kind_of(content_type)
+            if not predict:
+                return 200, encode(worker.events(decode(body, kind)), kind), kind, None
             # Time in the handler: from the whole body, so a slow client or network is
             # not counted as the model's latency (the latency_p99 guardrail reads it).
             t0 = _perf_ns()
             payload, slot, cell, error = worker.predict(decode(body, kind))
         except Rejected as e:
-            return await self._refuse(send, e, scope)
+            worker.reject(e.reason)
+            kind = _answer_kind(headers)
+            return e.status, _error_body(e, kind), kind, None
         out = encode_answer(payload, kind)
         worker.record_request(worker.slot_addr[slot], (_perf_ns() - t0) // 1000, cell, error)
         pairing = worker.pairing
         pair = pairing.pending
-        if pair is None:
-            return await _send(send, 200, out, kind)
-        pairing.pending = None
-        await _send(send, 200, out, kind)
-        # The answer is sent: the champion's run on its rows is in no request's latency.
-        pairing.score(pair, worker.shm.control_word())
+        if pair is not None:
+            pairing.pending = None
+        return 200, out, kind, pair
+
+    async def _predict(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            worker, content_type, body = await self._body(scope, receive)
+        except Rejected as e:
+            return await self._refuse(send, e, scope)
+        status, out, kind, pair = self.answer(worker, True, content_type, body, scope["headers"])
+        await _send(send, status, out, kind)
+        if pair is not None:
+            # The answer is sent: the champion's run on its rows is in no request's latency.
+            worker.pairing.score(pair, worker.shm.control_word())
 
     async def _events(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            worker, kind, body = await self._body(scope, receive)
-            result = worker.events(decode(body, kind))
+            worker, content_type, body = await self._body(scope, receive)
         except Rejected as e:
             return await self._refuse(send, e, scope)
-        await _send(send, 200, encode(result, kind), kind)
+        status, out, kind, _ = self.answer(worker, False, content_type, body, scope["headers"])
+        await _send(send, status, out, kind)
 
     # -- Starlette routes ------------------------------------------------------
     async def healthz(self, request: Request) -> Response:
@@ -365,7 +396,7 @@ class App:
         ADMIN_DEADLINE_S in all. The mailbox is SQLite: every call runs on the admin
         thread, never on the event loop."""
         try:  # read first (bounded), so that any refusal leaves the connection usable
-            declared = _framing(request.scope["headers"])[1]
+            declared = framing(request.scope["headers"])[1]
             body = await _read_body(request.receive, ADMIN_MAX_BODY, declared, self.bodies)
         except Rejected as e:
             return self._refused(e)

@@ -63,6 +63,11 @@ def pair_sums_reference(champion: np.ndarray, challenger: np.ndarray) -> np.ndar
     return np.array([b.size, b.sum(), c.sum(), b @ b, c @ c, b @ c])
 
 
+# A kept challenger request: (route word, champion model, challenger slot address, rows,
+# challenger output)
+Pair = tuple[int, Any, int, np.ndarray, np.ndarray]
+
+
 class Pairing:
     """One worker's paired scoring: which challenger requests to pair, and pairing them."""
 
@@ -72,8 +77,7 @@ class Pairing:
         self.max_split_bp = config.max_split_bp
         self.cap = RateCap(config.max_per_s)
         self.credit = 0.0
-        # (route word, champion model, challenger slot address, rows, challenger output)
-        self.pending: tuple[int, Any, int, np.ndarray, np.ndarray] | None = None
+        self.pending: Pair | None = None
 
     def offer(
         self, word: int, split_bp: int, champion: Any, addr: int, x: np.ndarray, out: np.ndarray
@@ -91,7 +95,7 @@ class Pairing:
             return
         self.pending = (word, champion, addr, x, out)
 
-    def score(self, pair: tuple[int, Any, int, np.ndarray, np.ndarray], word: int) -> None:
+    def score(self, pair: Pair, word: int) -> None:
         """Run the champion on a kept request's rows and add the pairs. `word` is the control
         word now: a request from before a change of split or slots is dropped, since its
         slot may hold another challenger by now. Never raises: the answer is already sent."""
