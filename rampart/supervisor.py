@@ -97,6 +97,8 @@ def _run(
         os.kill(os.getpid(), signal.SIGTERM)
 
     previous = signal.signal(signal.SIGTERM, _terminated)
+    from router.http_fast import FastHttpToolsProtocol
+
     settings = uvicorn.Config(
         "router.listeners:create_app",
         factory=True,
@@ -104,7 +106,8 @@ def _run(
         port=config.serve.port,
         workers=config.serve.workers,
         loop="uvloop",
-        http="httptools",
+        # uvicorn's httptools protocol, answering a whole /predict or /events in place.
+        http=FastHttpToolsProtocol if config.serve.answer_in_place else "httptools",
         access_log=False,
         log_level="warning",
         # No `server: uvicorn` on every answer: it names the server to whoever asks, and

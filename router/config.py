@@ -56,6 +56,8 @@ class ServeConfig:
     stale_after_s: float = 3.0
     ticker_s: float = 0.1
     evaluator_cpu: int = -1  # pin the evaluator to this CPU, away from the workers (-1: don't)
+    # A whole /predict or /events answered without an ASGI task, in one write (router.http_fast)
+    answer_in_place: bool = True
     # Admin endpoints on their own listener, "host:port" or "unix:/path/to.sock"; the main
     # port then answers /admin/... with 404. Empty: admin on the main port.
     admin_listen: str = ""

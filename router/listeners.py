@@ -22,7 +22,7 @@ ADMIN_PREFIX = "/admin/"
 READ_ONLY = frozenset({"/status", "/healthz", "/readyz"})  # also on the admin listener
 
 
-def _is_admin_listener(server: tuple[str, int | None] | None, admin: Address) -> bool:
+def is_admin_listener(server: tuple[str, int | None] | None, admin: Address) -> bool:
     if server is None:
         return False
     if admin.path:
@@ -44,7 +44,7 @@ class AdminSplit:
         if scope["type"] == "http":
             path: str = scope["path"]
             is_admin_path = path.startswith(ADMIN_PREFIX) or path == "/admin"
-            if _is_admin_listener(scope.get("server"), self.admin):
+            if is_admin_listener(scope.get("server"), self.admin):
                 if not (is_admin_path or path in READ_ONLY):
                     return await self._not_found(send, f"{self.admin} serves only admin")
             elif is_admin_path:
