@@ -37,6 +37,7 @@ from bench import bench_predict_clients as clients
 from bench import bench_predict_servers as servers
 
 ORDER = ("rampart", "bare")
+ASGI = "rampart-asgi"  # `--with-asgi`: rampart with `[serve] answer_in_place = false`
 PAYLOADS = {  # name: (rows, JSON?)
     "1 row msgpack": (1, False),
     "1 row JSON": (1, True),
@@ -45,11 +46,13 @@ PAYLOADS = {  # name: (rows, JSON?)
 TARGETS = {"1 row msgpack": 1.0, "1 row JSON": 1.0, "100 rows msgpack": 0.97}
 
 
-def alternate(rounds: int, run: Callable[[str], Any]) -> dict[str, list[Any]]:
+def alternate(
+    rounds: int, run: Callable[[str], Any], order: tuple[str, ...] = ORDER
+) -> dict[str, list[Any]]:
     """`run(contender)` in A B, B A, A B ... order; results per contender in run order."""
-    out: dict[str, list[Any]] = {n: [] for n in ORDER}
+    out: dict[str, list[Any]] = {n: [] for n in order}
     for r in range(rounds):
-        for name in ORDER if r % 2 == 0 else ORDER[::-1]:
+        for name in order if r % 2 == 0 else order[::-1]:
             out[name].append(run(name))
     return out
 
@@ -108,6 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--closed-only", action="store_true", help="throughput only: skip both open-loop sections"
     )
+    parser.add_argument(
+        "--with-asgi",
+        action="store_true",
+        help=f"closed loop: also {ASGI}, rampart answering through its ASGI handlers only",
+    )
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
@@ -125,19 +133,24 @@ def main(argv: list[str] | None = None) -> int:
             "load_average_before": os.getloadavg(),
         }
         bare = servers.Bare()
-        serve = None
+        serve = asgi = None
+        order = (*ORDER, ASGI) if args.with_asgi else ORDER
         try:
             serve = servers.start_rampart(root / "plain", servers.PLAIN_CONFIG)
             ports = {"rampart": servers.port_of(serve), "bare": bare.port}
             assert serve.proc is not None
             pids = {"rampart": serve.proc.pid, "bare": bare.proc.pid}
+            if args.with_asgi:
+                asgi = servers.start_rampart(root / "asgi", servers.ASGI_CONFIG)
+                assert asgi.proc is not None
+                ports[ASGI], pids[ASGI] = servers.port_of(asgi), asgi.proc.pid
             n_features = servers.n_features()
             report["closed_loop"] = closed = {}
             for payload, (rows, as_json) in PAYLOADS.items():
                 bodies = servers.bodies(n_features, rows, as_json)
                 kind = clients.JSON if as_json else clients.MSGPACK
                 script = clients.wrk_script(root / f"{rows}-{as_json}.lua", bodies[0], kind)
-                for name in ORDER:  # warm: JIT, caches, the connection pool
+                for name in order:  # warm: JIT, caches, the connection pool
                     clients.closed_loop(ports[name], script, 2)
 
                 def run(
@@ -158,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  closed loop {payload} {name}: {json.dumps(out)}", flush=True)
                     return out
 
-                listed = alternate(args.rounds, run)
+                listed = alternate(args.rounds, run, order)
                 med = {n: statistics.median(x["rps"] for x in v) for n, v in listed.items()}
                 eff = {n: statistics.median(x["per_cpu_s"] for x in v) for n, v in listed.items()}
                 closed[payload] = {
@@ -173,6 +186,15 @@ def main(argv: list[str] | None = None) -> int:
                     "cpu_ratio": eff["rampart"] / eff["bare"],
                     "target": TARGETS[payload],
                 }
+                if args.with_asgi:
+                    closed[payload][ASGI] = {
+                        "ratio": med[ASGI] / med["bare"],
+                        "cpu_ratio": eff[ASGI] / eff["bare"],
+                        "in_place_over_asgi_cpu_ratio": eff["rampart"] / eff[ASGI],
+                    }
+            if asgi is not None:
+                asgi.stop()
+                asgi = None
             if args.closed_only:
                 return _finish(report, out, "predict_closed.json")
             rate = round(closed["1 row msgpack"]["median_rps"]["rampart"] / 2)
@@ -210,8 +232,9 @@ def main(argv: list[str] | None = None) -> int:
                 }
                 report["open_loop_rollout"] = section
         finally:
-            if serve is not None:
-                serve.stop()
+            for server in (serve, asgi):
+                if server is not None:
+                    server.stop()
             bare.stop()
     return _finish(report, out, "predict.json")
 
@@ -231,6 +254,7 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
             "ratio": round(v["ratio"], 3),
             "requests_per_cpu_s": v["median_requests_per_cpu_s"],
             "cpu_ratio": round(v["cpu_ratio"], 3),
+            **({ASGI: v[ASGI]} if ASGI in v else {}),
         }
         for k, v in report["closed_loop"].items()
     }

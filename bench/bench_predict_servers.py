@@ -27,6 +27,7 @@ SERVER_CORE = 0
 EVENTS_CORE = 1
 
 PLAIN_CONFIG = f"[serve]\nworkers = 1\nevaluator_cpu = {SERVER_CORE}\n"
+ASGI_CONFIG = PLAIN_CONFIG + "answer_in_place = false\n"  # every request through the ASGI app
 
 # Phases 1-3 last half a second of policy clock each (1 h at the scenarios' time_scale):
 # the rollout reaches phase 4 as soon as the evidence allows, and is paused there.
