@@ -1,0 +1,5 @@
+"""The guardrails: the evaluator and its checks."""
+
+from router.kernel_cache import configure
+
+configure()

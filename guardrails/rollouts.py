@@ -162,7 +162,8 @@ class Journal:
             " ended, outcome, reason, paused, phase_requests, phases)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (id) DO UPDATE SET state = excluded.state, phase = excluded.phase,"
-            " started = excluded.started, phase_started = excluded.phase_started, ended = excluded.ended,"
+            " started = excluded.started, phase_started = excluded.phase_started,"
+            " ended = excluded.ended,"
             " outcome = excluded.outcome, reason = excluded.reason, paused = excluded.paused,"
             " phase_requests = excluded.phase_requests, phases = excluded.phases",
             (r.id, *row),
