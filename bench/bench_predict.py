@@ -12,7 +12,9 @@ medians and ratios are reported and every run is listed.
    `--seconds` per contender: p50, p99, p99.9, max and the client's send jitter;
    a. with no rollout;
    b. during a rollout held in phase 4 (paused there), with the ad-server simulator posting
-      /predict, impressions and clicks at `--events-rate` on the client's core.
+      /predict, impressions and clicks at `--events-rate` on the client's core during
+      rampart's runs (stopped during the bare server's: on core 0 it would be a neighbour
+      only the bare server pays for).
 
     python -m bench.bench_predict [--rounds 3] [--closed-seconds 5] [--runs 5] [--seconds 10]
     python -m bench.bench_predict --closed-only   # throughput only: predict_closed.json
@@ -23,6 +25,7 @@ Run it under `flock /tmp/rampart-bench.lock`. Results: bench/results/predict.jso
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -64,15 +67,18 @@ def open_loop_section(
     rate: int,
     runs: int,
     seconds: float,
+    during: Callable[[str], contextlib.AbstractContextManager[None]] | None = None,
 ) -> dict[str, Any]:
     """`runs` alternating open-loop runs per contender at `rate`; medians and per-run ratios,
-    each run with its server's CPU time and time spent waiting for the CPU."""
+    each run with its server's CPU time and time spent waiting for the CPU. `during(name)`
+    wraps each of contender `name`'s runs (the simulator's events to rampart)."""
 
     def one(name: str) -> dict[str, Any]:
         tree = servers.process_tree(pids[name])
-        cpu0, wait0 = servers.sched_ns(tree)
-        result = clients.open_loop(ports[name], body_file, rate, seconds).report()
-        cpu1, wait1 = servers.sched_ns(tree)
+        with during(name) if during is not None else contextlib.nullcontext():
+            cpu0, wait0 = servers.sched_ns(tree)
+            result = clients.open_loop(ports[name], body_file, rate, seconds).report()
+            cpu1, wait1 = servers.sched_ns(tree)
         result["server_cpu_s"] = (cpu1 - cpu0) / 1e9
         result["server_runqueue_wait_s"] = (wait1 - wait0) / 1e9
         print(f"  open loop {name}: {json.dumps(result)}", flush=True)
@@ -213,14 +219,19 @@ def main(argv: list[str] | None = None) -> int:
                 ports["rampart"] = servers.port_of(serve)
                 assert serve.proc is not None
                 pids["rampart"] = serve.proc.pid
-                events = servers.Events(serve.url, args.events_rate)
-                try:
-                    print(f"open loop at {rate} req/s, rollout paused in phase 4", flush=True)
-                    section = open_loop_section(
-                        ports, pids, body_file, rate, args.runs, args.seconds
-                    )
-                finally:
-                    events.stop()
+                print(f"open loop at {rate} req/s, rollout paused in phase 4", flush=True)
+                live = serve
+
+                def events_to_rampart(name: str) -> contextlib.AbstractContextManager[None]:
+                    # Only during rampart's runs: the simulator's traffic to rampart on core 0
+                    # during the bare server's runs would be a neighbour the bare one pays for.
+                    if name != "rampart":
+                        return contextlib.nullcontext()
+                    return servers.events_flowing(live, args.events_rate)
+
+                section = open_loop_section(
+                    ports, pids, body_file, rate, args.runs, args.seconds, events_to_rampart
+                )
                 status = serve.status()
                 section["rollout"] = {
                     "phase_4_after_s": climb_s,

@@ -26,12 +26,20 @@ def throughput(report: dict[str, Any]) -> list[str]:
         "| ratio of requests per server CPU-second | target |",
         "|---|---|---|---|---|---|",
     ]
+    asgi = any("rampart-asgi" in c for c in report["closed_loop"].values())
+    if asgi:  # `--with-asgi`: rampart answering through its ASGI handlers only, beside
+        rows[0] += " rampart-asgi req/s | its ratio per server CPU-second |"
+        rows[1] += "---|---|"
     for name, c in report["closed_loop"].items():
         per_round = ", ".join(_f(r) for r in c["ratio_per_round"])
-        rows.append(
+        row = (
             f"| {name} | {_f(c['median_rps']['rampart'], 0)} | {_f(c['median_rps']['bare'], 0)} "
             f"| {_f(c['ratio'])} ({per_round}) | {_opt(c.get('cpu_ratio'))} | ≥ {c['target']:g} |"
         )
+        if asgi:
+            via_asgi = c["rampart-asgi"]["cpu_ratio"]
+            row += f" {_f(c['median_rps']['rampart-asgi'], 0)} | {_f(via_asgi)} |"
+        rows.append(row)
     return rows
 
 

@@ -12,6 +12,7 @@ import secrets
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +197,28 @@ class Events:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, 9)
                 self.proc.wait()
+
+
+@contextlib.contextmanager
+def events_flowing(serve: Serve, rate: float, timeout_s: float = 30.0) -> Iterator[None]:
+    """The simulator sending to `serve` at `rate` from before the block (its first
+    impressions counted) to its end."""
+
+    def impressions() -> int:
+        arms = serve.status().get("arms") or {}
+        return sum(int(a.get("impressions", 0)) for a in arms.values())
+
+    before = impressions()
+    events = Events(serve.url, rate)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while impressions() == before:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the simulator's events never reached rampart")
+            time.sleep(0.1)
+        yield
+    finally:
+        events.stop()
 
 
 def hold_phase4(serve: Serve, climb_rate: float = 1500.0, timeout_s: float = 300.0) -> float:
