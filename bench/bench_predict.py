@@ -18,6 +18,7 @@ medians and ratios are reported and every run is listed.
 
     python -m bench.bench_predict [--rounds 3] [--closed-seconds 5] [--runs 5] [--seconds 10]
     python -m bench.bench_predict --closed-only   # throughput only: predict_closed.json
+    python -m bench.bench_predict --open-rate 6400   # the open loop only: predict_open.json
 
 Run it under `flock /tmp/rampart-bench.lock`. Results: bench/results/predict.json.
 """
@@ -122,6 +123,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help=f"closed loop: also {ASGI}, rampart answering through its ASGI handlers only",
     )
+    parser.add_argument(
+        "--open-rate",
+        type=int,
+        default=0,
+        help="skip the closed loop; the open loop at this rate (results: predict_open.json)",
+    )
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
@@ -152,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
                 ports[ASGI], pids[ASGI] = servers.port_of(asgi), asgi.proc.pid
             n_features = servers.n_features()
             report["closed_loop"] = closed = {}
-            for payload, (rows, as_json) in PAYLOADS.items():
+            # `--open-rate`: the open-loop sections alone, at that rate.
+            for payload, (rows, as_json) in PAYLOADS.items() if not args.open_rate else ():
                 bodies = servers.bodies(n_features, rows, as_json)
                 kind = clients.JSON if as_json else clients.MSGPACK
                 script = clients.wrk_script(root / f"{rows}-{as_json}.lua", bodies[0], kind)
@@ -203,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                 asgi = None
             if args.closed_only:
                 return _finish(report, out, "predict_closed.json")
-            rate = round(closed["1 row msgpack"]["median_rps"]["rampart"] / 2)
+            rate = args.open_rate or round(closed["1 row msgpack"]["median_rps"]["rampart"] / 2)
             body_file = clients.write_bodies(
                 root / "bodies.bin", servers.bodies(n_features, 1, False)
             )
@@ -247,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
                 if server is not None:
                     server.stop()
             bare.stop()
-    return _finish(report, out, "predict.json")
+    return _finish(report, out, "predict_open.json" if args.open_rate else "predict.json")
 
 
 def _finish(report: dict[str, Any], out: Path, name: str) -> int:

@@ -182,8 +182,10 @@ class Events:
 
     def __init__(self, url: str, rate: float, seconds: float = 3600.0) -> None:
         cmd = [sys.executable, "-m", "harness.simulator", "--url", url, "--rate", str(rate)]
+        # Background traffic at nice 10: on the client's core it must not make the measuring
+        # client late (its send jitter is part of every latency it reports).
         self.proc = subprocess.Popen(
-            [*pin(EVENTS_CORE), *cmd, "--seconds", str(seconds), "--seed", "3"],
+            [*pin(EVENTS_CORE), "nice", "-n", "10", *cmd, "--seconds", str(seconds), "--seed", "3"],
             start_new_session=True,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
