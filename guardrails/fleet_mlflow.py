@@ -37,6 +37,7 @@ from router.mlflow_registry import (
     MlflowRegistry,
     download,
     remote_writes,
+    set_tag,
 )
 from router.models import ModelError
 from router.registry import Status
@@ -101,7 +102,7 @@ class FleetMlflow:
                 "MLflow as the fleet's registry, register models in MLflow only"
             )
         if not pinned:
-            via.set_model_version_tag(self.name, str(version), TAG_SHA, record.sha256)
+            set_tag(via, self.name, version, TAG_SHA, record.sha256)
         return model
 
     def poll(self, via: Any) -> list[int]:

@@ -173,7 +173,7 @@ class MlflowRegistry:
         record, data, pinned = download(mlflow_client, self.config, version, self.state_dir)
         mirrored = (local or self.local).mirror(record, data)
         if not pinned:
-            mlflow_client.set_model_version_tag(self.name, str(version), TAG_SHA, record.sha256)
+            set_tag(mlflow_client, self.name, version, TAG_SHA, record.sha256)
         return mirrored
 
     def register(self, source: Path, *, start: bool = False, replace: bool = False) -> int:
@@ -283,7 +283,7 @@ class MlflowRegistry:
     def write(self, mlflow_client: Any, version: int, writes: list[tuple[str, Any]]) -> None:
         for kind, arg in writes:
             if kind == "tag":
-                mlflow_client.set_model_version_tag(self.name, str(version), arg[0], arg[1])
+                set_tag(mlflow_client, self.name, version, arg[0], arg[1])
             elif kind == "alias":
                 mlflow_client.set_registered_model_alias(self.name, arg, str(version))
             elif self.aliases(mlflow_client).get(arg) == version:
@@ -341,6 +341,25 @@ class MlflowRegistry:
     def _error(self, text: str) -> None:
         self.errors = [*self.errors[-9:], text]
         print(f"rampart: mlflow registry: {text}", file=sys.stderr, flush=True)
+
+
+TAG_WRITE_ATTEMPTS = 3
+
+
+def set_tag(mlflow_client: Any, name: str, version: int, key: str, value: str) -> None:
+    """Set a version's tag, last writer wins. MLflow's SQL store sets a tag by reading it and
+    then inserting or updating it, so when another process (the CLI, the evaluator's
+    thread, a fleet leader) sets the same new tag in between, the insert fails on the
+    table's unique key; the next attempt reads the row and updates it."""
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(TAG_WRITE_ATTEMPTS):
+        try:
+            mlflow_client.set_model_version_tag(name, str(version), key, value)
+            return
+        except MlflowException as e:
+            if "UNIQUE constraint" not in str(e) or attempt == TAG_WRITE_ATTEMPTS - 1:
+                raise
 
 
 def download(

@@ -13,6 +13,7 @@ config.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import tomllib
@@ -87,7 +88,14 @@ def _train(session: Session) -> None:
     are checked in MLflow's tags and aliases and in the local registry the server keeps its
     copies in, in the one run (a server restart, not a second 150 s train)."""
     session.switch_registry("mlflow")
-    verdict = session.train(tuple(SCENARIOS[n] for n in TRAIN))
+    try:
+        verdict = session.train(tuple(SCENARIOS[n] for n in TRAIN))
+    except BaseException:
+        # The scenarios after this one share the server and its state: a train that
+        # failed midway must not leave them a rollout in progress.
+        with contextlib.suppress(Exception):
+            session.serve.admin("stop")
+        raise
     first, second = verdict["legs"]
     for leg, name in zip((first, second), TRAIN, strict=True):
         expected = SCENARIOS[name]

@@ -241,3 +241,41 @@ def test_mlflow_models_cli_registers_queues_and_lists(
     lines = capsys.readouterr().out.splitlines()
     assert "@champion" in lines[0] and "champion" in lines[0].split()[2:]
     assert "@challenger" in lines[1] and "queued     position 1" in lines[1]
+
+
+class _RacedOnce:
+    """A real MLflow client whose first tag write loses the race MLflow's SQL store has:
+    another process inserted the same new tag between this write's read and its insert.
+    That moment cannot be made to happen on demand, so the first call raises what MLflow
+    raises then (seen in a busy-machine run of the train scenario); the rest go through."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.raced = False
+
+    def set_model_version_tag(self, name: str, version: str, key: str, value: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        if not self.raced:
+            self.raced = True
+            self.client.set_model_version_tag(name, version, key, "the other writer's")
+            raise MlflowException(
+                "(sqlite3.IntegrityError) UNIQUE constraint failed: model_version_tags.workspace,"
+                " model_version_tags.key, model_version_tags.name, model_version_tags.version",
+                error_code="BAD_REQUEST",
+            )
+        self.client.set_model_version_tag(name, version, key, value)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+
+def test_mlflow_registry_tag_write_that_loses_the_insert_race_is_retried(
+    store: Store, opened: Any, tmp_path: Path
+) -> None:
+    store.log(write_model(tmp_path / "a.onnx"), "champion")
+    two = store.log(write_model(tmp_path / "b.onnx", weights=[0.2] * 4))
+    registry = opened()
+    raced = _RacedOnce(registry.client)
+    registry.write(raced, two, [("tag", ("rampart.reason", "mine"))])
+    assert raced.raced and store.tags(two)["rampart.reason"] == "mine"  # last writer wins
