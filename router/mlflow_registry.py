@@ -88,14 +88,13 @@ def remote_writes(
         return [("tag", (TAG_RETIRED, reason or "retired"))]
     else:
         status_tag = status.value
-    writes: list[tuple[str, Any]] = [
-        ("tag", (TAG_STATUS, status_tag)),
-        ("tag", (TAG_REASON, reason)),
-    ]
+    writes: list[tuple[str, Any]] = []
+    if status == Status.QUEUED:
+        # Before the status: a reader that sees "queued" sees its place in the queue too.
+        writes.append(("tag", (TAG_QUEUED, f"{time.time():.6f}")))
+    writes += [("tag", (TAG_STATUS, status_tag)), ("tag", (TAG_REASON, reason))]
     if rollout_id:
         writes.append(("tag", (TAG_ROLLOUT, rollout_id)))
-    if status == Status.QUEUED:
-        writes.append(("tag", (TAG_QUEUED, f"{time.time():.6f}")))
     if status == Status.CHAMPION:
         writes.append(("alias", CHAMPION))
     if status in (Status.CHAMPION, Status.FAILED):
@@ -301,7 +300,7 @@ class MlflowRegistry:
                 self.write(mlflow_client, version, remote_writes(version, Status.QUEUED, "", ""))
                 tags = mlflow_client.get_model_version(self.name, str(version)).tags
             if tags.get(TAG_STATUS) == Status.QUEUED.value:
-                waiting.append((float(tags.get(TAG_QUEUED, "0") or 0), version))
+                waiting.append((queued_at(mv, tags), version))
         return [v for _, v in sorted(waiting)]
 
     def poll(self, mlflow_client: Any = None, local: Registry | None = None) -> list[int]:
@@ -341,6 +340,15 @@ class MlflowRegistry:
     def _error(self, text: str) -> None:
         self.errors = [*self.errors[-9:], text]
         print(f"rampart: mlflow registry: {text}", file=sys.stderr, flush=True)
+
+
+def queued_at(mv: Any, tags: dict[str, str]) -> float:
+    """When a queued version was queued: its tag, or, without one (being written, or
+    queued by hand), when it was registered; never 0, which would put it first."""
+    try:
+        return float(tags[TAG_QUEUED])
+    except (KeyError, ValueError):
+        return float(mv.creation_timestamp or 0) / 1000.0
 
 
 TAG_WRITE_ATTEMPTS = 3

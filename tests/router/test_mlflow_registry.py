@@ -20,7 +20,7 @@ from guardrails.alerts import Alerter
 from guardrails.evaluator import Evaluator
 from router.config import Config
 from router.mailbox import Command
-from router.mlflow_registry import MlflowRegistry
+from router.mlflow_registry import MlflowRegistry, remote_writes
 from router.models import ModelError
 from router.registry import Registry, Status
 
@@ -279,3 +279,20 @@ def test_mlflow_registry_tag_write_that_loses_the_insert_race_is_retried(
     raced = _RacedOnce(registry.client)
     registry.write(raced, two, [("tag", ("rampart.reason", "mine"))])
     assert raced.raced and store.tags(two)["rampart.reason"] == "mine"  # last writer wins
+
+
+def test_mlflow_registry_a_version_seen_queued_before_its_queue_time_is_not_put_first(
+    store: Store, opened: Any, tmp_path: Path
+) -> None:
+    """A poll can read a version between two of its tag writes. Seen "queued" with no
+    `rampart.queued_at` yet, the second candidate once sorted first (at time 0) and the
+    train started it before the first."""
+    registry = opened()
+    registry.register(write_model(tmp_path / "a.onnx"))
+    first = registry.register(write_model(tmp_path / "b.onnx", weights=[0.2] * 4), start=True)
+    second = store.log(write_model(tmp_path / "c.onnx", weights=[0.3] * 4))
+    registry.client.set_model_version_tag(NAME, str(second), "rampart.status", "queued")
+    assert registry.waiting(registry.client) == [first, second]
+    # And what `models register --start` writes puts the queue time before the status.
+    keys = [arg[0] for kind, arg in remote_writes(second, Status.QUEUED, "", "") if kind == "tag"]
+    assert keys.index("rampart.queued_at") < keys.index("rampart.status")
