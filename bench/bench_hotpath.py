@@ -177,8 +177,8 @@ def _parts_of(
     import numpy as np
 
     from router import recording
-    from router.app import _read_body, _send, framing
     from router.codec import decode, encode, kind_of, positional_rows
+    from router.raw_asgi import framing, read_body, send_answer
 
     worker = app.worker
     model = worker.models[worker.route.champion]
@@ -200,11 +200,11 @@ def _parts_of(
 
     async def read_n() -> None:
         for _ in range(n):
-            await _read_body(receive, 1 << 20, None, app.bodies)
+            await read_body(receive, 1 << 20, None, app.bodies)
 
     async def send_n() -> None:
         for _ in range(n):
-            await _send(drop, 200, b"x", kind)
+            await send_answer(drop, 200, b"x", kind)
 
     async def empty_n() -> None:
         for _ in range(n):

@@ -4,7 +4,9 @@ A small front dispatch hands `/predict` and `/events` to raw ASGI handlers and
 everything else to Starlette: Starlette's routing and request objects cost more
 per request than the hot path's whole budget (measured: a request/response
 Route served 0.63x the throughput of a bare ASGI callable; this dispatch ~0.9x).
-The serving logic itself is `router.worker.Worker`.
+The serving logic itself is `router.worker.Worker`; reading a hot-path body and sending its
+answer is `router.raw_asgi`; `router.http_fast` answers the common request without ASGI,
+through `App.answer` as the handlers here do.
 
 Every request gets an answer, and a keep-alive connection is closed only when the
 answer says so (`Connection: close`): a body over the limit that was not read to its
@@ -37,14 +39,12 @@ from router import layout, paired, recording, residency
 from router import snapshot as snap
 from router.body_deadline import BodyDeadlines
 from router.codec import (
-    JSON,
     Rejected,
     all_finite,
     decode,
     encode,
     encode_answer,
     kind_of,
-    media_type,
 )
 from router.config import Config
 from router.dashboard import Dashboard
@@ -52,102 +52,23 @@ from router.layout import Reject
 from router.mailbox import Command, MailboxUnavailable
 from router.models import Model
 from router.openapi import SCHEMA
+from router.raw_asgi import (
+    BodyNotRead,
+    answer_kind,
+    closing_500s,
+    error_body,
+    framing,
+    read_body,
+    send_answer,
+)
 from router.status import encode as encode_status
-from router.types import Message, Receive, Scope, Send
+from router.types import Receive, Scope, Send
 from router.worker import Worker
 
 _perf_ns = time.perf_counter_ns
 ADMIN_DEADLINE_S = 5.0
 ADMIN_MAX_BODY = 64 * 1024  # {"version": "..."}: anything near this is not a command
-CLOSE = (b"connection", b"close")
 T = TypeVar("T")
-
-
-class BodyNotRead(Rejected):
-    """A body refused before it was read to its end: the answer closes the connection
-    (else uvicorn reads and drops the rest, however long, before the next request)."""
-
-
-def framing(headers: list[tuple[bytes, bytes]]) -> tuple[bytes | None, bytes | None]:
-    """Content-Type and Content-Length of a request, in one pass over its headers."""
-    content_type = length = None
-    for name, value in headers:
-        if name == b"content-type":
-            if content_type is None:
-                content_type = value
-        elif name == b"content-length":
-            length = value
-    return content_type, length
-
-
-def _over(declared: bytes | None, limit: int) -> bool:
-    # Fewer digits than the limit cannot be over it: the usual case costs no int().
-    if declared is None or len(declared) < len(str(limit)):
-        return False
-    try:
-        return int(declared) > limit
-    except ValueError:  # the HTTP parser refuses these first
-        return False
-
-
-def _too_large(limit: int) -> BodyNotRead:
-    return BodyNotRead(Reject.BODY_TOO_LARGE, f"body is over {limit} bytes", 413)
-
-
-async def _read_body(
-    receive: Receive, limit: int, declared: bytes | None, deadlines: BodyDeadlines
-) -> bytes:
-    if _over(declared, limit):
-        # Refused before reading (and before uvicorn's `100 Continue`, so a client
-        # that asked first sends nothing); a client already sending sees the close.
-        raise _too_large(limit)
-    chunks: list[bytes] = []
-    size = 0
-    task = deadlines.enter()
-    try:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise Rejected(Reject.MALFORMED_BODY, "client disconnected")
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:  # chunked: no length was declared
-                raise _too_large(limit)
-            if not message.get("more_body"):
-                if not chunks:  # the whole body in one message, as usual: no copy
-                    return chunk
-                chunks.append(chunk)
-                return b"".join(chunks)
-            chunks.append(chunk)
-    except asyncio.CancelledError:
-        if not deadlines.expired(task):
-            raise
-        late = f"the body did not arrive within {deadlines.timeout_s:g} s"
-        raise BodyNotRead(Reject.BODY_TIMEOUT, late, 408) from None
-    finally:
-        deadlines.leave(task)
-
-
-async def _send(send: Send, status: int, body: bytes, kind: bytes, close: bool = False) -> None:
-    headers = [(b"content-type", kind), (b"content-length", b"%d" % len(body))]
-    if close:
-        headers.append(CLOSE)
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-def _closing_500s(send: Send) -> Send:
-    """`send` that adds `Connection: close` to a 500. Starlette's error middleware answers
-    an unhandled exception with a 500 and re-raises it; uvicorn then closes the connection
-    at once, and a keep-alive client that was not told so sends its next request into the
-    closing socket (seen as a reset with no answer)."""
-
-    async def wrapped(message: Message) -> None:
-        if message["type"] == "http.response.start" and message["status"] == 500:
-            message = {**message, "headers": [*message.get("headers", ()), CLOSE]}
-        await send(message)
-
-    return wrapped
 
 
 def warm_kernels(config: Config) -> None:
@@ -185,18 +106,6 @@ def _warm_up(worker: Worker) -> None:
     for champion in outs:  # each model's output type as either arm of a pair
         for challenger in outs:
             paired.record_pairs(scratch.ctypes.data, champion, challenger)
-
-
-def _error_body(e: Rejected, kind: bytes) -> bytes:
-    return encode({"error": e.reason, "detail": e.detail}, kind)
-
-
-def _answer_kind(headers: list[tuple[bytes, bytes]]) -> bytes:
-    """A refusal answers in the request's type when it named one we speak, else JSON."""
-    try:
-        return media_type(headers)
-    except Rejected:
-        return JSON
 
 
 # status, body, media type, and the champion's paired run to do once the answer is sent
@@ -272,7 +181,7 @@ class App:
                 return await self._predict(scope, receive, send)
             if path == "/events":
                 return await self._events(scope, receive, send)
-            return await self.starlette(scope, receive, _closing_500s(send))
+            return await self.starlette(scope, receive, closing_500s(send))
         await self.starlette(scope, receive, send)
 
     async def _body(self, scope: Scope, receive: Receive) -> tuple[Worker, bytes | None, bytes]:
@@ -280,7 +189,7 @@ class App:
         (or refused as too large) before any other refusal, so the connection stays usable."""
         worker = self.worker
         content_type, declared = framing(scope["headers"])
-        body = await _read_body(receive, self.config.serve.max_body_bytes, declared, self.bodies)
+        body = await read_body(receive, self.config.serve.max_body_bytes, declared, self.bodies)
         if worker is None:
             raise Rejected(Reject.MODEL_UNAVAILABLE, "the worker is starting", 503)
         if scope["method"] != "POST":
@@ -290,8 +199,8 @@ class App:
     async def _refuse(self, send: Send, e: Rejected, scope: Scope) -> None:
         if self.worker is not None:
             self.worker.reject(e.reason)
-        kind = _answer_kind(scope["headers"])
-        await _send(send, e.status, _error_body(e, kind), kind, isinstance(e, BodyNotRead))
+        kind = answer_kind(scope["headers"])
+        await send_answer(send, e.status, error_body(e, kind), kind, isinstance(e, BodyNotRead))
 
     def answer(
         self,
@@ -315,8 +224,8 @@ class App:
             payload, slot, cell, error = worker.predict(decode(body, kind))
         except Rejected as e:
             worker.reject(e.reason)
-            kind = _answer_kind(headers)
-            return e.status, _error_body(e, kind), kind, None
+            kind = answer_kind(headers)
+            return e.status, error_body(e, kind), kind, None
         out = encode_answer(payload, kind)
         worker.record_request(worker.slot_addr[slot], (_perf_ns() - t0) // 1000, cell, error)
         pairing = worker.pairing
@@ -331,10 +240,9 @@ class App:
         except Rejected as e:
             return await self._refuse(send, e, scope)
         status, out, kind, pair = self.answer(worker, True, content_type, body, scope["headers"])
-        await _send(send, status, out, kind)
+        await send_answer(send, status, out, kind)
         if pair is not None:
-            # The answer is sent: the champion's run on its rows is in no request's latency.
-            worker.pairing.score(pair, worker.shm.control_word())
+            worker.score_pair(pair)  # the answer is sent
 
     async def _events(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -342,7 +250,7 @@ class App:
         except Rejected as e:
             return await self._refuse(send, e, scope)
         status, out, kind, _ = self.answer(worker, False, content_type, body, scope["headers"])
-        await _send(send, status, out, kind)
+        await send_answer(send, status, out, kind)
 
     # -- Starlette routes ------------------------------------------------------
     async def healthz(self, request: Request) -> Response:
@@ -397,7 +305,7 @@ class App:
         thread, never on the event loop."""
         try:  # read first (bounded), so that any refusal leaves the connection usable
             declared = framing(request.scope["headers"])[1]
-            body = await _read_body(request.receive, ADMIN_MAX_BODY, declared, self.bodies)
+            body = await read_body(request.receive, ADMIN_MAX_BODY, declared, self.bodies)
         except Rejected as e:
             return self._refused(e)
         expected = os.environ.get("RAMPART_ADMIN_TOKEN", "")

@@ -26,8 +26,9 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from router.app import App, framing
+from router.app import App
 from router.listeners import AdminSplit, is_admin_listener
+from router.raw_asgi import framing
 
 HOT_PATHS = {b"/predict": True, b"/events": False}  # the raw URL -> is /predict
 # What this protocol reads or sets on uvicorn's, checked once per connection (and `url`,
@@ -199,8 +200,7 @@ class FastHttpToolsProtocol(HttpToolsProtocol):
             self._unset_keepalive_if_required()
             self._idle = True
         if pair is not None:
-            # The answer is sent: the champion's run on its rows is in no request's latency.
-            worker.pairing.score(pair, worker.shm.control_word())
+            worker.score_pair(pair)  # the answer is sent
 
     def _write_500(self) -> None:
         text, kind = b"Internal Server Error", b"text/plain; charset=utf-8"

@@ -29,7 +29,7 @@ from router.events import EventCounter
 from router.layout import Counter, Reject
 from router.mailbox import AdminMailbox
 from router.models import Model
-from router.paired import Pairing
+from router.paired import Pair, Pairing
 from router.registry import Registry
 from router.shadow import Shadow, ShadowConfig
 from router.shared_memory import SharedMemory, SlabLock
@@ -177,6 +177,11 @@ class Worker:
 
     def reject(self, reason: Reject) -> None:
         self.rejects[layout.REJECT_INDEX[reason]] += 1
+
+    def score_pair(self, pair: Pair) -> None:
+        """Once its answer is sent: the champion's run on a kept challenger request's rows,
+        in no request's latency (`router.paired`)."""
+        self.pairing.score(pair, self.shm.control_word())
 
     def token(self, version: int, arm: int, cell: int, rows: int) -> str:
         """This answer's own token: a fresh nonce, signed (~1.2 µs)."""
