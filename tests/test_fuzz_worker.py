@@ -10,7 +10,6 @@ seconds in all): the server-level fuzz (`test_fuzz_server.py`) covers the socket
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,14 +17,11 @@ import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.in_process import served_state
 from support.models import write_model
 
-from guardrails.evaluator import prepare
 from router.codec import JSON, MSGPACK, Rejected, decode, media_type
-from router.config import Config
-from router.control import ControlWriter
 from router.layout import REJECT_REASONS, Reject
-from router.registry import Registry
 from router.worker import Worker
 
 SETTINGS = settings(
@@ -40,19 +36,8 @@ NAMES = ["f0", "f1", "f2", "f3", "x"]
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
     tmp = tmp_path_factory.mktemp("fuzz-worker")
-    # The heartbeat is written once: a long stale timeout keeps the split in force.
-    config = Config.from_dict({"serve": {"state_dir": str(tmp / "state"), "stale_after_s": 3600.0}})
-    registry = Registry(config.state_path)
-    registry.register(write_model(tmp / "a.onnx"))
-    registry.register(write_model(tmp / "b.onnx", features=["f3", "x"]))
-    registry.close()
-    shm = prepare(config)
-    control = ControlWriter(shm)
-    control.claim(os.getpid())
-    control.load_slot(0, 1)
-    control.load_slot(1, 2)
-    control.flip(5000, 0, True)
-    control.beat()
+    models = [write_model(tmp / "a.onnx"), write_model(tmp / "b.onnx", features=["f3", "x"])]
+    config, shm = served_state(tmp, models, split_bp=5000)
     w = Worker(config)
     assert w.route.split_bp == 5000, "both arms must be in play"
     yield w

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import socket
 from collections.abc import Iterator
@@ -24,17 +23,14 @@ import msgpack
 import pytest
 import uvicorn
 import uvloop
+from support.in_process import served_state
 from support.models import write_model
 from support.server import register_pair, serving
 from uvicorn.server import ServerState
 
-from guardrails.evaluator import prepare
 from router import http_fast
 from router.app import App, _warm_up
-from router.config import Config
-from router.control import ControlWriter
 from router.http_fast import FastHttpToolsProtocol
-from router.registry import Registry
 from router.worker import Worker
 
 ROW = [0.5, -1.0, 2.0, 0.25]
@@ -145,16 +141,7 @@ def test_a_body_in_two_parts_is_answered(two_servers: tuple[int, int]) -> None:
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
     tmp = tmp_path_factory.mktemp("http-fast-app")
-    config = Config.from_dict({"serve": {"state_dir": str(tmp / "state"), "stale_after_s": 3600.0}})
-    registry = Registry(config.state_path)
-    registry.register(write_model(tmp / "a.onnx"))
-    registry.close()
-    shm = prepare(config)
-    control = ControlWriter(shm)
-    control.claim(os.getpid())
-    control.load_slot(0, 1)
-    control.flip(0, 0, False)
-    control.beat()
+    config, shm = served_state(tmp, [write_model(tmp / "a.onnx")])
     application = App(config)
     application.worker = Worker(config)
     _warm_up(application.worker)
