@@ -258,7 +258,6 @@ class Session:
         """Roll out the scenario's challenger and return the verdict when the rollout ends."""
         self.inject_faults(s.challenger_delay_ms)
         began = time.monotonic()
-        alerts_before = len(self.alerts)
         version = self.register(s.challenger)
         started_wall = time.time()
         rollout_id = self.serve.admin("start", {"version": str(version)})["rollout"]
@@ -270,10 +269,7 @@ class Session:
 
         final = watch.until(ended, began + timeout_s)
         stats = self.traffic.settle()  # answers in flight at the flip reach the timeline
-        deadline = time.monotonic() + 5.0  # delivery runs on its own thread, after the flip
-        while len(self.alerts) == alerts_before and time.monotonic() < deadline:
-            time.sleep(0.1)
-        alert = self.alerts[-1] if len(self.alerts) > alerts_before else None
+        alert = self._alert_for(rollout_id)
         seconds = time.monotonic() - began
         return verdict(s, final, watch.phases, stats, alert, extra, seconds, started_wall)
 
