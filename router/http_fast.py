@@ -179,8 +179,8 @@ class FastHttpToolsProtocol(HttpToolsProtocol):
     # -- answering in place ------------------------------------------------------------------------
     def _answer(self, predict: bool, body: bytes) -> None:
         app = self.hot
-        worker = app.worker if app is not None else None
-        assert app is not None and worker is not None  # checked by _eligible
+        assert app is not None and app.worker is not None  # checked by _eligible
+        worker = app.worker
         keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
         try:
             content_type = self._content_type
@@ -197,8 +197,7 @@ class FastHttpToolsProtocol(HttpToolsProtocol):
         if not keep_alive:
             self.transport.close()
         else:
-            self._unset_keepalive_if_required()
-            self._idle = True
+            self._idle = True  # the keep-alive timer (unset as the bytes came) is armed after them
         if pair is not None:
             worker.score_pair(pair)  # the answer is sent
 

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 PACKAGES = ("router", "guardrails")
+_configured = False
 
 
 def source_key(root: Path) -> str:
@@ -49,9 +50,10 @@ def cache_dir(root: Path, environ: Mapping[str, str] = os.environ) -> Path:
 def configure() -> None:
     """Point numba's cache at this source's directory (once per process; before numba is
     imported it is the environment variable numba reads at import)."""
-    if getattr(configure, "done", False):
+    global _configured
+    if _configured:
         return
-    configure.done = True  # type: ignore[attr-defined]
+    _configured = True
     try:
         path = cache_dir(Path(__file__).resolve().parent.parent)
         path.mkdir(parents=True, exist_ok=True)
