@@ -288,7 +288,6 @@ class Session:
         try:
             for s, version in zip(legs, versions, strict=True):
                 leg_began = time.monotonic()
-                ledger.until(version, lambda r: True, deadline, self._show)
                 r = ledger.until(version, lambda r: not r.state.active, deadline, self._show)
                 # Judged at once: the next leg's challenger answers must not reach this
                 # timeline (the next leg starts on the tick after this one ends).
