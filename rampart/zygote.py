@@ -196,6 +196,7 @@ class ForkedChild:
 # -- the zygote process ---------------------------------------------------------------------------
 def _zygote(sock: socket.socket, serve: int) -> int:
     lifeline.die_with_parent(serve)
+    zygote = os.getpid()  # the children's parent, named before they are forked
     # LLVM's code, paged in to load the kernels: the zygote never runs numba, and a page
     # the worker and the evaluators drop (router.residency) but the zygote kept mapped
     # would count whole here. A child that needs one pages it back from the file.
@@ -235,7 +236,7 @@ def _zygote(sock: socket.socket, serve: int) -> int:
                 if pid == 0:
                     os.close(wake_r)
                     os.close(wake_w)
-                    _child(sock, call)  # never returns
+                    _child(sock, call, zygote)  # never returns
                 children.add(pid)
                 sock.sendall(_REPLY.pack(b"S", pid, 0))
         for pid, code in _reaped():
@@ -255,9 +256,14 @@ def _reaped() -> list[tuple[int, int]]:
         out.append((pid, os.waitstatus_to_exitcode(status)))
 
 
-def _child(sock: socket.socket, call: tuple[str, str, tuple[Any, ...], dict[str, Any]]) -> None:
+def _child(
+    sock: socket.socket, call: tuple[str, str, tuple[Any, ...], dict[str, Any]], zygote: int
+) -> None:
     """In the forked child: run `call` as a fresh process would, then exit."""
-    lifeline.die_with_parent(os.getppid())  # not inherited from the zygote: set again
+    # Not inherited from the zygote: set again. Its pid from before the fork, not
+    # getppid(): a zygote that died before this line leaves a getppid() of the reaper,
+    # which would "match" and leave this child running with no one to stop it.
+    lifeline.die_with_parent(zygote)
     sock.close()
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)

@@ -122,3 +122,32 @@ def test_evaluator_starts_on_its_own_when_the_zygote_is_gone(tmp_path: Path) -> 
         assert parent_of(int(again["evaluator"]["pid"])) == server.proc.pid
     finally:
         stop_server(server)
+
+
+ORPHAN = r"""
+import os, socket
+from rampart import zygote as z
+
+_, theirs = socket.socketpair()
+r, w = os.pipe()
+middle = os.fork()
+if middle == 0:  # the zygote's stand-in: forks a child, and is gone before the child starts
+    stand_in = os.getpid()
+    child = os.fork()
+    if child == 0:
+        os.read(r, 1)  # until the stand-in is dead (the child now has another parent)
+        z._child(theirs, ("time", "sleep", (600,), {}), stand_in)
+    print(child, flush=True)
+    os._exit(0)
+os.waitpid(middle, 0)
+os.write(w, b"x")
+"""
+
+
+def test_a_child_whose_zygote_died_before_it_started_dies_too() -> None:
+    """A child is given its zygote's pid from before the fork. Read as getppid() once the
+    zygote was gone, it named the reaper that adopted the child, and the child ran on with
+    no one to stop it (seen: the server-death test's driver waited 120 s on its pipe)."""
+    out = subprocess.run([sys.executable, "-c", ORPHAN], capture_output=True, text=True, timeout=60)
+    child = int(out.stdout.split()[0])
+    wait_for(lambda: not _alive(child), 10, "the orphaned child gone", every=0.02)
