@@ -155,6 +155,8 @@ class _EvaluatorSupervisor(threading.Thread):
         self.control: ControlBlock | None = None
         self.spawned_at = 0.0
         self.gave_up = ""  # why it stopped restarting, if it did
+        # When `_hung` last looked, and when it last found this thread had been stopped.
+        self.checked_at = self.resumed_at = beat_ns() / 1e9
 
     STARTUP_GRACE_S = 300.0
     # An evaluator that dies before its first heartbeat this many times in a row, the same
@@ -251,16 +253,24 @@ class _EvaluatorSupervisor(threading.Thread):
             return ""
 
     def _hung(self, started: float) -> bool:
-        """Alive but silent: no heartbeat for twice the workers' stale timeout. Before its
-        first heartbeat an evaluator gets STARTUP_GRACE_S: the first start on a machine
-        compiles the numba kernels, which can take a minute."""
+        """Alive but silent: no heartbeat for twice the workers' stale timeout, counted
+        from when this thread last ran too. Before its first heartbeat an evaluator gets
+        STARTUP_GRACE_S: the first start on a machine compiles the numba kernels, which can
+        take a minute."""
         if self.control is None:
             self.control = ControlBlock(SharedMemory.attach(self.config.state_path))
+        now = beat_ns() / 1e9
+        limit = 2 * self.config.serve.stale_after_s
+        if now - self.checked_at > limit:
+            # This thread was stopped as well (a frozen cgroup, a paused VM, SIGSTOP to the
+            # process group): the evaluator's silence meanwhile says nothing, and on resume
+            # it may not have run yet. It gets the whole limit again from now.
+            self.resumed_at = now
+        self.checked_at = now
         beat = self.control.heartbeat_ns() / 1e9
         if beat < self.spawned_at:
             return time.monotonic() - started > self.STARTUP_GRACE_S
-        age = beat_ns() / 1e9 - beat
-        return age > 2 * self.config.serve.stale_after_s
+        return now - max(beat, self.resumed_at) > limit
 
     STOP_S = 5.0
 

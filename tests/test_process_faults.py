@@ -291,6 +291,42 @@ def test_evaluator_sigkilled_workers_fail_safe_then_it_is_restarted(tmp_path: Pa
         assert status["split_bp"] == 300
 
 
+def test_a_frozen_server_keeps_its_evaluator_when_it_thaws(tmp_path: Path) -> None:
+    """A frozen cgroup or a paused VM stops every process at once: on resume the evaluator's
+    heartbeat is old, but it was stopped, not hung. The supervisor was stopped as well, and
+    must not replace it, even if it runs again first."""
+    config = tmp_path / "rampart.toml"
+    config.write_text(f"[serve]\nstale_after_s = {STALE_AFTER_S}\n")
+    state = register_pair(tmp_path / "state")
+    with serving(state, workers=1, config=config) as server:
+        evaluator = int(server.status()["evaluator"]["pid"])
+        frozen = [server.proc.pid, *_descendants(server.proc.pid)]
+        assert evaluator in frozen
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            # Frozen until the heartbeat is older than the supervisor's limit (twice the
+            # stale timeout): what it would replace a hung evaluator for.
+            wait_for(
+                lambda: beat_ns() / 1e9 - _heartbeat_s(state) > 2 * STALE_AFTER_S + 0.5,
+                STATE_S,
+                "a heartbeat past the supervisor's limit",
+            )
+            # The server thaws first and its supervisor (a look every 0.5 s) sees the old
+            # heartbeat while the evaluator is still stopped.
+            for pid in frozen:
+                if pid != evaluator:
+                    os.kill(pid, signal.SIGCONT)
+            time.sleep(1.0)
+        finally:
+            for pid in frozen:
+                os.kill(pid, signal.SIGCONT)
+        thawed = beat_ns() / 1e9
+        wait_for(lambda: _heartbeat_s(state) > thawed, STATE_S, "a heartbeat after the thaw")
+        assert _alive(evaluator)
+        assert int(server.status()["evaluator"]["pid"]) == evaluator
+
+
 class InFlight:
     """One /predict on a raw keep-alive connection whose body is held back half-way: a
     request in flight by construction, for as long as the test likes."""
