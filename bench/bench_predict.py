@@ -11,14 +11,17 @@ medians and ratios are reported and every run is listed.
    send time): at half of rampart's median max (one row, msgpack), `--runs` runs of
    `--seconds` per contender: p50, p99, p99.9, max and the client's send jitter;
    a. with no rollout;
-   b. during a rollout held in phase 4 (paused there), with the ad-server simulator posting
-      /predict, impressions and clicks at `--events-rate` on the client's core during
+   b. during a rollout held in phase 4 (paused there), with /predict and its impressions and
+      clicks at `--events-rate` from wrk (servers.WrkEvents) on the client's core during
       rampart's runs (stopped during the bare server's: on core 0 it would be a neighbour
       only the bare server pays for).
+   `--control` adds a second bare server to both sections: its ratios to the first, run by
+   run, are what the same server scores against itself here (the noise floor of a ratio).
 
     python -m bench.bench_predict [--rounds 3] [--closed-seconds 5] [--runs 5] [--seconds 10]
     python -m bench.bench_predict --closed-only   # throughput only: predict_closed.json
     python -m bench.bench_predict --open-rate 6400   # the open loop only: predict_open.json
+    python -m bench.bench_predict --open-rate 6400 --control   # and the noise floor
 
 Run it under `flock /tmp/rampart-bench.lock`. Results: bench/results/predict.json.
 """
@@ -42,6 +45,7 @@ from bench import bench_predict_servers as servers
 
 ORDER = ("rampart", "bare")
 ASGI = "rampart-asgi"  # `--with-asgi`: rampart with `[serve] answer_in_place = false`
+CONTROL = "bare-control"  # `--control`: a second bare server, the open loop's noise floor
 PAYLOADS = {  # name: (rows, JSON?)
     "1 row msgpack": (1, False),
     "1 row JSON": (1, True),
@@ -68,43 +72,55 @@ def open_loop_section(
     rate: int,
     runs: int,
     seconds: float,
-    during: Callable[[str], contextlib.AbstractContextManager[None]] | None = None,
+    during: Callable[[str], contextlib.AbstractContextManager[dict[str, float] | None]]
+    | None = None,
+    order: tuple[str, ...] = ORDER,
+    ready: dict[str, Callable[[], None]] | None = None,
 ) -> dict[str, Any]:
     """`runs` alternating open-loop runs per contender at `rate`; medians and per-run ratios,
     each run with its server's CPU time and time spent waiting for the CPU. `during(name)`
-    wraps each of contender `name`'s runs (the simulator's events to rampart)."""
+    wraps each of contender `name`'s runs (the simulator's events to rampart). With
+    CONTROL in `order`, a second bare server's ratios to the first are the noise floor: what
+    the same server scores against itself from one run to the next. The other contenders
+    are stopped during each run (servers.paused); `ready[name]()` waits, once `name` runs
+    again, for the state it serves in (rampart: its evaluator's heartbeat fresh)."""
 
     def one(name: str) -> dict[str, Any]:
         tree = servers.process_tree(pids[name])
-        with during(name) if during is not None else contextlib.nullcontext():
+        with (
+            servers.paused([pids[n] for n in order if n != name]),
+            during(name) if during is not None else contextlib.nullcontext() as events,
+        ):
+            if ready and name in ready:
+                ready[name]()
             cpu0, wait0 = servers.sched_ns(tree)
             result = clients.open_loop(ports[name], body_file, rate, seconds).report()
             cpu1, wait1 = servers.sched_ns(tree)
+        if events:  # filled in as the block ends
+            result["events"] = events
         result["server_cpu_s"] = (cpu1 - cpu0) / 1e9
         result["server_runqueue_wait_s"] = (wait1 - wait0) / 1e9
         print(f"  open loop {name}: {json.dumps(result)}", flush=True)
         return result
 
-    listed = alternate(runs, one)
+    listed = alternate(runs, one, order)
     keys = ("p50_ms", "p99_ms", "p99.9_ms", "max_ms")
-    medians = {n: {k: statistics.median(r[k] for r in listed[n]) for k in keys} for n in ORDER}
-    for n in ORDER:
+    medians = {n: {k: statistics.median(r[k] for r in listed[n]) for k in keys} for n in order}
+    for n in order:
         medians[n]["jitter_p99_ms"] = statistics.median(r["jitter"]["p99_ms"] for r in listed[n])
         medians[n]["server_runqueue_wait_s"] = statistics.median(
             r["server_runqueue_wait_s"] for r in listed[n]
         )
         medians[n]["kept_up"] = all(r["kept_up"] for r in listed[n])
-    paired = list(zip(listed["rampart"], listed["bare"], strict=True))
-    return {
-        "rate": rate,
-        "seconds": seconds,
-        "runs": listed,
-        "median": medians,
-        "p99_ratio_per_run": [a["p99_ms"] / b["p99_ms"] for a, b in paired],
-        "p99.9_ratio_per_run": [a["p99.9_ms"] / b["p99.9_ms"] for a, b in paired],
-        "p99_ratio": medians["rampart"]["p99_ms"] / medians["bare"]["p99_ms"],
-        "p99.9_ratio": medians["rampart"]["p99.9_ms"] / medians["bare"]["p99.9_ms"],
-    }
+    section: dict[str, Any] = {"rate": rate, "seconds": seconds, "runs": listed, "median": medians}
+    for name, prefix in (("rampart", ""), (CONTROL, "control_")):
+        if name not in order:
+            continue
+        paired = list(zip(listed[name], listed["bare"], strict=True))
+        for q in ("p99", "p99.9"):
+            section[f"{prefix}{q}_ratio_per_run"] = [a[f"{q}_ms"] / b[f"{q}_ms"] for a, b in paired]
+            section[f"{prefix}{q}_ratio"] = medians[name][f"{q}_ms"] / medians["bare"][f"{q}_ms"]
+    return section
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,8 +145,14 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="skip the closed loop; the open loop at this rate (results: predict_open.json)",
     )
+    parser.add_argument(
+        "--control",
+        action="store_true",
+        help=f"open loop: also {CONTROL}, a second bare server (the runs' noise floor)",
+    )
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args(argv)
+    servers.exit_cleanly_on_sigterm()
     if shutil.which("wrk") is None:
         parser.error("wrk is not installed (Debian: apt-get install wrk)")
     out = Path(args.out)
@@ -146,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             "load_average_before": os.getloadavg(),
         }
         bare = servers.Bare()
+        control = servers.Bare() if args.control else None
         serve = asgi = None
         order = (*ORDER, ASGI) if args.with_asgi else ORDER
         try:
@@ -153,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
             ports = {"rampart": servers.port_of(serve), "bare": bare.port}
             assert serve.proc is not None
             pids = {"rampart": serve.proc.pid, "bare": bare.proc.pid}
+            open_order: tuple[str, ...] = ORDER
+            if control is not None:
+                ports[CONTROL], pids[CONTROL] = control.port, control.proc.pid
+                open_order = (*ORDER, CONTROL)
             if args.with_asgi:
                 asgi = servers.start_rampart(root / "asgi", servers.ASGI_CONFIG)
                 assert asgi.proc is not None
@@ -217,7 +244,14 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(f"open loop at {rate} req/s, no rollout", flush=True)
             report["open_loop"] = open_loop_section(
-                ports, pids, body_file, rate, args.runs, args.seconds
+                ports,
+                pids,
+                body_file,
+                rate,
+                args.runs,
+                args.seconds,
+                order=open_order,
+                ready={"rampart": serve.wait_for_evaluator},
             )
             serve.stop()
             serve = None
@@ -230,15 +264,25 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"open loop at {rate} req/s, rollout paused in phase 4", flush=True)
                 live = serve
 
-                def events_to_rampart(name: str) -> contextlib.AbstractContextManager[None]:
-                    # Only during rampart's runs: the simulator's traffic to rampart on core 0
+                def events_to_rampart(
+                    name: str,
+                ) -> contextlib.AbstractContextManager[dict[str, float] | None]:
+                    # Only during rampart's runs: the events' traffic to rampart on core 0
                     # during the bare server's runs would be a neighbour the bare one pays for.
                     if name != "rampart":
                         return contextlib.nullcontext()
-                    return servers.events_flowing(live, args.events_rate)
+                    return servers.events_flowing(live, args.events_rate, root, n_features)
 
                 section = open_loop_section(
-                    ports, pids, body_file, rate, args.runs, args.seconds, events_to_rampart
+                    ports,
+                    pids,
+                    body_file,
+                    rate,
+                    args.runs,
+                    args.seconds,
+                    events_to_rampart,
+                    open_order,
+                    {"rampart": live.wait_for_evaluator},
                 )
                 status = serve.status()
                 section["rollout"] = {
@@ -254,7 +298,9 @@ def main(argv: list[str] | None = None) -> int:
             for server in (serve, asgi):
                 if server is not None:
                     server.stop()
-            bare.stop()
+            for b in (bare, control):
+                if b is not None:
+                    b.stop()
     return _finish(report, out, "predict_open.json" if args.open_rate else "predict.json")
 
 
@@ -286,7 +332,13 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
                 "p99_ratio": round(s["p99_ratio"], 2),
                 "p99_ratio_per_run": [round(x, 2) for x in s["p99_ratio_per_run"]],
                 "p99.9_ratio": round(s["p99.9_ratio"], 2),
+                "p99.9_ratio_per_run": [round(x, 2) for x in s["p99.9_ratio_per_run"]],
             }
+            if "control_p99_ratio_per_run" in s:
+                for q in ("p99", "p99.9"):
+                    out[key][f"{CONTROL} {q}_ratio_per_run"] = [
+                        round(x, 2) for x in s[f"control_{q}_ratio_per_run"]
+                    ]
     return out
 
 

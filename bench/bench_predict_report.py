@@ -53,7 +53,7 @@ def open_loop(report: dict[str, Any]) -> list[str]:
         if key not in report:
             continue
         s = report[key]
-        for n in ("rampart", "bare"):
+        for n in s["median"]:  # rampart, bare, and the control bare server with --control
             m = s["median"][n]
             rows.append(
                 f"| {label} at {s['rate']:,} req/s | {n} | {_f(m['p50_ms'])} | {_f(m['p99_ms'])} "
@@ -66,6 +66,13 @@ def open_loop(report: dict[str, Any]) -> list[str]:
             f"| {label}: rampart / bare | | | {_f(s['p99_ratio'])} (runs: {per_run}; target ≤ 1.25 "
             f"each) | {_f(s['p99.9_ratio'])} (runs: {per_run_999}; ≤ 1.5) | | | |"
         )
+        if "control_p99_ratio_per_run" in s:  # the same server against itself: the noise floor
+            per_run = ", ".join(_f(x) for x in s["control_p99_ratio_per_run"])
+            per_run_999 = ", ".join(_f(x) for x in s["control_p99.9_ratio_per_run"])
+            rows.append(
+                f"| {label}: bare-control / bare | | | {_f(s['control_p99_ratio'])} (runs: "
+                f"{per_run}) | {_f(s['control_p99.9_ratio'])} (runs: {per_run_999}) | | | |"
+            )
     return rows
 
 
