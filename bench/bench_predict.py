@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
                     # during the bare server's runs would be a neighbour the bare one pays for.
                     if name != "rampart":
                         return contextlib.nullcontext()
-                    return servers.events_flowing(live, args.events_rate, root, n_features)
+                    return servers.events_flowing(live, args.events_rate, root)
 
                 section = open_loop_section(
                     ports,

@@ -1,5 +1,5 @@
-"""The README's /predict tables from bench/results (predict.json, predict_tail*.json,
-predict_client.json), as Markdown on stdout.
+"""The README's /predict tables from bench/results (predict.json, predict_open.json,
+predict_tail*.json), as Markdown on stdout.
 
     python -m bench.bench_predict_report [--results bench/results]
 """
@@ -111,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     report = json.loads((res / "predict.json").read_text())
     print("\n".join(throughput(report)), end="\n\n")
     print("\n".join(open_loop(report)), end="\n\n")
+    if (res / "predict_open.json").is_file():  # `--open-rate`: the open loop alone
+        print("\n".join(open_loop(json.loads((res / "predict_open.json").read_text()))), end="\n\n")
     for name, label in (
         ("predict_tail.json", "no rollout"),
         ("predict_tail_rollout.json", "phase 4"),

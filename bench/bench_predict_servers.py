@@ -225,60 +225,101 @@ class Events:
                 self.proc.wait()
 
 
-# wrk's script for WrkEvents: a /predict (JSON, one row), then the impression of its answer
-# and a click with the probability the answer predicted, each connection pausing DELAY_MS
-# between requests. Every /predict carries its own request id (nonce, then a count).
+# wrk's script for WrkEvents, one Lua state per connection (`-t` = `-c`), so each answer is
+# the one to the request just sent. As the simulator does: a /predict (JSON) of CANDIDATES
+# ads drawn from the ground truth, then the impression of the top-scored one and, with that
+# ad's true click probability, a click. Each connection pauses DELAY_MS between requests;
+# every /predict has its own request id.
 EVENTS_LUA = """
-local bodies = {BODIES}
+local slates = {SLATES}
 local headers = {["Content-Type"] = "application/json"}
-local n, pending = 0, {}
-math.randomseed(os.time())
+local n, slate, shown = 0, nil, nil
+math.randomseed(os.time() + tonumber(tostring({}):match("0x(%x+)"), 16) % 100000)
 local nonce = math.random(0, 9999)
 function delay() return DELAY_MS end
 function request()
-  local shown = table.remove(pending, 1)
   if shown then
     local one = '{"token":"%s","type":"%s","prediction":%s}'
     local events = string.format(one, shown[1], "impression", shown[2])
-    if math.random() < tonumber(shown[2]) then
+    if math.random() < shown[3] then
       events = events .. "," .. string.format(one, shown[1], "click", shown[2])
     end
+    shown = nil
     return wrk.format("POST", "/events", headers, '{"events":[' .. events .. ']}')
   end
   n = n + 1
+  slate = slates[n % #slates + 1]
   local id = string.format("%04d%012d", nonce, n)
-  local body = bodies[n % #bodies + 1]:gsub("MARKER", id)
-  return wrk.format("POST", "/predict", headers, body)
+  return wrk.format("POST", "/predict", headers, (slate[1]:gsub("MARKER", id)))
 end
 function response(status, headers, body)
+  if not slate then return end
   local token = body:match('"token":%s*"([^"]+)"')
-  local p = body:match('"predictions":%s*%[%s*([-%d.eE+]+)')
-  if token and p then pending[#pending + 1] = {token, p} end
+  local list = body:match('"predictions":%s*%[([^%]]*)%]')
+  if token and list then
+    local best, best_p, i = nil, -1, 0
+    for text in list:gmatch("[-%d.eE+]+") do
+      i = i + 1
+      local p = tonumber(text)
+      if p and p > best_p then best, best_p = i, p end
+    end
+    if best then shown = {token, best_p, slate[2][best]} end
+  end
+  slate = nil
 end
 """
+CANDIDATES = 4  # harness.simulator's default
+
+
+def truth_slates(count: int = 512, seed: int = 7) -> list[tuple[bytes, list[float]]]:
+    """`count` JSON /predict bodies of CANDIDATES ads from the ground truth (one context,
+    its segment, the request id marker), each with its ads' true click probabilities."""
+    import json
+
+    from harness import ground_truth
+
+    x = ground_truth.sample_requests(np.random.default_rng(seed), count, CANDIDATES)
+    truth = ground_truth.ground_truth_ctr(x)
+    segment = ground_truth.segments(x[:, 0, :])
+    out = []
+    for i in range(count):
+        request = {
+            "request_id": f"bench-{ID_MARKER}",
+            "features": np.round(x[i].astype(np.float64), 5).tolist(),
+            "segment": {dim: str(labels[i]) for dim, labels in segment.items()},
+        }
+        out.append((json.dumps(request).encode(), [float(p) for p in truth[i]]))
+    return out
 
 
 class WrkEvents:
-    """An ad server's events to rampart from wrk (C and LuaJIT) on the client's core: about
-    `rate` /predict a second, each followed by its impression and, with the probability it
-    predicted, a click. The simulator (Events) is Python: beside the measuring client, even
-    under SCHED_IDLE, it raised that client's send jitter p99 from 0.08 to 0.65 ms against the
-    bare server (so every latency it reported), and rampart's runs paid for it alone."""
+    """An ad server's events to rampart from wrk (C and LuaJIT) on the client's core, as the
+    simulator makes them: about `rate` /predict a second of four ads, each followed by the
+    impression of the top-scored ad and, with its true click probability, a click. So a held
+    rollout sees the traffic it climbed on (clicks drawn at each answer's own prediction, or
+    on one ad per request, made the challenger lose the A/B comparison against the champion's
+    history and rolled the rollout back). The simulator itself is Python: beside the
+    measuring client, even under SCHED_IDLE, it raised that client's send jitter p99 from
+    0.08 to 0.65 ms against the bare server (so every latency it reported), and rampart's
+    runs paid for it alone.
+    """
 
     CONNECTIONS = 2
 
-    def __init__(self, url: str, rate: float, script_dir: Path, n_features: int) -> None:
+    def __init__(self, url: str, rate: float, script_dir: Path) -> None:
         # Each connection sends a /predict and an /events per `2 * delay`, plus round trips.
         delay_ms = max(1, round(1000 * self.CONNECTIONS / (2 * rate)))
-        quoted = ", ".join(
-            f"[==[{b.decode().replace(ID_MARKER, 'MARKER')}]==]"
-            for b in bodies(n_features, 1, True, count=16)
+        slates = ", ".join(
+            f"{{[==[{body.decode().replace(ID_MARKER, 'MARKER')}]==], "
+            f"{{{', '.join(repr(p) for p in truth)}}}}}"
+            for body, truth in truth_slates()
         )
         script = script_dir / "events.lua"
         script.write_text(
-            EVENTS_LUA.replace("{BODIES}", "{" + quoted + "}").replace("DELAY_MS", str(delay_ms))
+            EVENTS_LUA.replace("{SLATES}", "{" + slates + "}").replace("DELAY_MS", str(delay_ms))
         )
-        cmd = [*pin(EVENTS_CORE), "wrk", "-t1", f"-c{self.CONNECTIONS}", "-d3600s"]
+        threads = f"-t{self.CONNECTIONS}"  # a Lua state per connection
+        cmd = [*pin(EVENTS_CORE), "wrk", threads, f"-c{self.CONNECTIONS}", "-d3600s"]
         self.proc = subprocess.Popen(
             [*cmd, "--timeout", "5s", "-s", str(script), url],
             start_new_session=True,
@@ -294,7 +335,7 @@ class WrkEvents:
 
 @contextlib.contextmanager
 def events_flowing(
-    serve: Serve, rate: float, script_dir: Path, n_features: int, timeout_s: float = 30.0
+    serve: Serve, rate: float, script_dir: Path, timeout_s: float = 30.0
 ) -> Iterator[dict[str, float]]:
     """WrkEvents sending to `serve` at `rate` from before the block (its first impressions
     counted) to its end; after it, the dict yielded holds the impressions a second counted."""
@@ -305,7 +346,7 @@ def events_flowing(
 
     before = impressions()
     counted: dict[str, float] = {}
-    events = WrkEvents(serve.url, rate, script_dir, n_features)
+    events = WrkEvents(serve.url, rate, script_dir)
     try:
         deadline = time.monotonic() + timeout_s
         while impressions() == before:

@@ -1,11 +1,17 @@
 """The /predict benchmark's rampart configs are ones `rampart serve` accepts (a config that
-it refuses ends the benchmark's rollout section before it measures anything)."""
+it refuses ends the benchmark's rollout section before it measures anything), and its
+events client sends what rampart accepts."""
 
 from __future__ import annotations
 
+import shutil
 import tomllib
+from pathlib import Path
 
-from bench.bench_predict_servers import QUICK_PHASES, rollout_config
+import pytest
+from support.server import STATE_S, wait_for
+
+from bench.bench_predict_servers import QUICK_PHASES, WrkEvents, rollout_config, start_rampart
 from guardrails.policy import Policy
 from router.config import Config
 
@@ -16,3 +22,31 @@ def test_rollout_config_is_accepted_with_quick_phases_and_a_loose_latency_bound(
     assert policy.guards.max_p99_ms == 1000.0
     for n in QUICK_PHASES:
         assert policy.min_s(n) < policy.max_s(n) and policy.min_s(n) <= 1.0
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (Debian: wrk)")
+def test_wrk_events_show_the_top_scored_ad_of_each_slate_and_click_some(tmp_path: Path) -> None:
+    """WrkEvents' Lua against a real server: every /predict (four ads) is answered, and its
+    impression, and clicks, are accepted; none is rejected."""
+    serve = start_rampart(tmp_path, "[serve]\nworkers = 1\n")
+    try:
+
+        def arm() -> dict[str, int]:
+            return dict(serve.status()["arms"]["champion"])
+
+        events = WrkEvents(serve.url, 200.0, tmp_path)
+        try:
+            wait_for(lambda: arm()["clicks"] >= 3, STATE_S, "clicks from WrkEvents")
+        finally:
+            events.stop()
+        counts = arm()
+        status = serve.status()
+    finally:
+        serve.stop()
+    assert status.get("rejected") == {}
+    assert counts["errors"] == 0
+    # Four ads a request (the warm-up's 30 one-row requests aside), one impression a request
+    # at most (the last answers may not have had theirs sent).
+    assert counts["predictions"] - 30 == 4 * (counts["requests"] - 30)
+    assert counts["requests"] - 30 - 2 <= counts["impressions"] <= counts["requests"] - 30
+    assert counts["clicks"] < counts["impressions"]
