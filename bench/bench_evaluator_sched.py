@@ -22,7 +22,11 @@ CAP_SYS_NICE):
    (sampled from the worker's /status every 0.25 s; 3 s is stale: every request then goes to
    the champion) say whether a policy starves it.
 
+3. `--placement` (alone): during the phase-4 rollout, the evaluator ticking on the worker's
+   core, moved to the client's, or stopped, alternating: what its ticks cost the tail.
+
     python -m bench.bench_evaluator_sched [--rate 6394] [--runs 5] [--seconds 10]
+    python -m bench.bench_evaluator_sched --placement   # evaluator_placement.json
 
 Run it under `flock /tmp/rampart-bench.lock`. Results: bench/results/evaluator_sched.json.
 """
@@ -32,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import tempfile
 import threading
@@ -47,6 +52,7 @@ from bench import bench_predict_clients as clients
 from bench import bench_predict_servers as servers
 from bench import sched_share
 from bench.bench_predict import alternate
+from bench.bench_predict_servers import EVENTS_CORE, SERVER_CORE
 from guardrails.process import EVALUATOR_NICE
 from harness.serve_process import Serve
 
@@ -189,6 +195,71 @@ def saturation_section(serve: Serve, script: Path, seconds: float) -> dict[str, 
     return out
 
 
+PLACEMENTS = ("core-0", "core-1", "stopped")
+
+
+def placement_section(
+    serve: Serve, body_file: Path, args: argparse.Namespace, root: Path
+) -> dict[str, Any]:
+    """`--placement`: in phase 4 with events flowing, the evaluator ticking on the worker's
+    core (as configured), moved to the client's core, or stopped (SIGSTOP; the server runs
+    with a long stale_after_s, so the split stays in force): what its ticks cost the tail."""
+    port = servers.port_of(serve)
+
+    def one(name: str) -> dict[str, Any]:
+        pid = evaluator_pid(serve)
+        for task in os.listdir(f"/proc/{pid}/task"):
+            os.sched_setaffinity(int(task), {EVENTS_CORE if name == "core-1" else SERVER_CORE})
+        with servers.events_flowing(serve, args.events_rate, root):
+            if name == "stopped":
+                os.kill(pid, signal.SIGSTOP)
+            try:
+                result = clients.open_loop(port, body_file, args.rate, args.seconds).report()
+            finally:
+                os.kill(pid, signal.SIGCONT)
+        status = serve.status()
+        if servers.phase_of(status) != 4 or status.get("split_bp") != 4000:
+            raise RuntimeError(f"not in phase 4 at a 40% split any more: {status}")
+        print(f"  {name}: p99 {result['p99_ms']} p99.9 {result['p99.9_ms']} ms", flush=True)
+        return result
+
+    listed = alternate(args.runs, one, PLACEMENTS)
+    return {
+        "rate": args.rate,
+        "seconds": args.seconds,
+        "runs": listed,
+        "median": {
+            n: {q: statistics.median(r[q] for r in listed[n]) for q in ("p99_ms", "p99.9_ms")}
+            for n in PLACEMENTS
+        },
+    }
+
+
+def placement(args: argparse.Namespace, out: Path) -> int:
+    report: dict[str, Any] = {
+        "setup": "rampart serve --workers 1 on core 0, phase 4 paused, events from wrk and "
+        "oloop on core 1; the evaluator on core 0, moved to core 1, or stopped per run",
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "load_average_before": os.getloadavg(),
+    }
+    with tempfile.TemporaryDirectory(prefix="rampart-bench-") as tmp:
+        root = Path(tmp)
+        n_features = servers.n_features()
+        body_file = clients.write_bodies(root / "bodies.bin", servers.bodies(n_features, 1, False))
+        config = servers.rollout_config().replace("stale_after_s = 3.0", "stale_after_s = 120.0")
+        assert "stale_after_s = 120.0" in config
+        serve = servers.start_rampart(root / "rollout", config)
+        try:
+            report["phase_4_after_s"] = servers.hold_phase4(serve)
+            report["placement"] = placement_section(serve, body_file, args, root)
+        finally:
+            serve.stop()
+    report["load_average_after"] = os.getloadavg()
+    (out / "evaluator_placement.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report["placement"]["median"], indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="the evaluator's scheduling vs /predict's tail")
     parser.add_argument("--rate", type=float, default=6394.0)
@@ -197,11 +268,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events-rate", type=float, default=200.0)
     parser.add_argument("--saturate-seconds", type=float, default=20.0)
     parser.add_argument("--no-rollout", action="store_true", help="the no-rollout section only")
+    parser.add_argument(
+        "--placement",
+        action="store_true",
+        help="only: phase 4 with the evaluator on core 0, on core 1, or stopped "
+        "(results: evaluator_placement.json)",
+    )
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args(argv)
     servers.exit_cleanly_on_sigterm()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.placement:
+        return placement(args, out)
     report: dict[str, Any] = {
         "setup": "rampart serve --workers 1 and its evaluator on core 0, bare server on "
         "core 0, oloop/wrk on core 1; the evaluator's policy set from outside between runs",
@@ -233,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
                 def events(name: str) -> AbstractContextManager[dict[str, float] | None]:
                     if name == BARE:  # see bench.bench_predict: a neighbour only bare pays for
                         return nullcontext()
-                    return servers.events_flowing(live, args.events_rate, root, n_features)
+                    return servers.events_flowing(live, args.events_rate, root)
 
                 print(f"open loop at {args.rate:g} req/s, phase 4, events flowing", flush=True)
                 report["phase_4"] = open_loop_section(
