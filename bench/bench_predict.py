@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -242,16 +243,13 @@ def main(argv: list[str] | None = None) -> int:
             body_file = clients.write_bodies(
                 root / "bodies.bin", servers.bodies(n_features, 1, False)
             )
+            # `ports` and `pids` are the same dicts when the rollout's rampart replaces this one.
+            section_of = functools.partial(
+                open_loop_section, ports, pids, body_file, rate, args.runs, args.seconds
+            )
             print(f"open loop at {rate} req/s, no rollout", flush=True)
-            report["open_loop"] = open_loop_section(
-                ports,
-                pids,
-                body_file,
-                rate,
-                args.runs,
-                args.seconds,
-                order=open_order,
-                ready={"rampart": serve.wait_for_evaluator},
+            report["open_loop"] = section_of(
+                order=open_order, ready={"rampart": serve.wait_for_evaluator}
             )
             serve.stop()
             serve = None
@@ -273,16 +271,10 @@ def main(argv: list[str] | None = None) -> int:
                         return contextlib.nullcontext()
                     return servers.events_flowing(live, args.events_rate, root)
 
-                section = open_loop_section(
-                    ports,
-                    pids,
-                    body_file,
-                    rate,
-                    args.runs,
-                    args.seconds,
-                    events_to_rampart,
-                    open_order,
-                    {"rampart": live.wait_for_evaluator},
+                section = section_of(
+                    during=events_to_rampart,
+                    order=open_order,
+                    ready={"rampart": live.wait_for_evaluator},
                 )
                 status = serve.status()
                 section["rollout"] = {

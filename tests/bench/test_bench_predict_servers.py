@@ -4,14 +4,24 @@ events client sends what rampart accepts."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
 import pytest
 from support.server import STATE_S, wait_for
 
-from bench.bench_predict_servers import QUICK_PHASES, WrkEvents, rollout_config, start_rampart
+from bench.bench_predict_servers import (
+    QUICK_PHASES,
+    WrkEvents,
+    paused,
+    rollout_config,
+    start_rampart,
+)
 from guardrails.policy import Policy
 from router.config import Config
 
@@ -50,3 +60,35 @@ def test_wrk_events_show_the_top_scored_ad_of_each_slate_and_click_some(tmp_path
     assert counts["predictions"] - 30 == 4 * (counts["requests"] - 30)
     assert counts["requests"] - 30 - 2 <= counts["impressions"] <= counts["requests"] - 30
     assert counts["clicks"] < counts["impressions"]
+
+
+def test_paused_stops_a_whole_process_tree_for_the_block_and_resumes_it() -> None:
+    # A parent and its child, as `rampart serve` and its evaluator.
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys, time; "
+            "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+            "print(c.pid, flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    child = 0
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+
+        def state(pid: int) -> str:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            return stat[stat.rindex(")") + 2]
+
+        with paused([parent.pid]):
+            wait_for(lambda: state(parent.pid) == state(child) == "T", STATE_S, "both stopped")
+        wait_for(lambda: "T" not in (state(parent.pid), state(child)), STATE_S, "both resumed")
+    finally:
+        if child:
+            os.kill(child, signal.SIGKILL)
+        parent.kill()
+        parent.wait()
