@@ -11,6 +11,7 @@ ticks it is `guardrails.process`.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections import deque
@@ -45,6 +46,11 @@ def warm_up(policy: Policy, codes: SegmentCodes, zero: SlotTotals) -> None:
     e = checks.gather(policy, nothing, nothing, nothing, (0, 0), 300, 0.0, 0.0)
     checks.evaluate(policy, e, len(policy.phases))
 
+
+
+def give_way() -> None:
+    """Between the steps of a tick: a worker woken by a request meanwhile runs first."""
+    os.sched_yield()
 
 class Evaluator:
     def __init__(
@@ -165,10 +171,14 @@ class Evaluator:
     def _judge(self, r: Rollout, now: float) -> None:
         snap = self.serving.take()
         assert r.baseline is not None
+        give_way()
         champion = measure(snap.champion - r.baseline, self.codes)
+        give_way()
         challenger_totals = snap.challenger
         challenger = measure(challenger_totals, self.codes)
+        give_way()
         recent = self._recent(self.durations.steady_now, challenger_totals)
+        give_way()
         phase_requests = (
             champion.requests - champion.stale_routed - r.phase_requests[0],
             challenger.requests - r.phase_requests[1],
@@ -185,7 +195,9 @@ class Evaluator:
             r.phase,
         )
         self.evidence = e
+        give_way()
         self.results = checks.evaluate(self.policy, e, r.phase) + self.serving.breaches(r.id)
+        give_way()
         decision = decide(self.policy, r.phase, self.results, e.time_in_phase_s, r.paused)
         self.series.add(now, r.phase, snap.split_bp, e)
         if decision.action in (Action.ROLLBACK, Action.STOP):

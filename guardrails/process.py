@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from guardrails import storage
-from guardrails.evaluator import Evaluator
+from guardrails.evaluator import Evaluator, give_way
 from router import lifeline, residency
 from router import status as status_file
 from router.config import Config
@@ -76,6 +76,7 @@ def yield_to_workers() -> None:
 def _tick(control: ControlWriter, evaluator: Evaluator, publisher: status_file.Publisher) -> None:
     control.beat()
     evaluator.tick()
+    give_way()
     try:
         publisher.publish(lambda: evaluator.status(evaluator.clock()))  # only while someone reads
     except OSError as e:  # a full disk: workers serve the last status; the next tick retries
