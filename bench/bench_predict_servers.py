@@ -90,9 +90,11 @@ def server_env() -> dict[str, str]:
     )
 
 
-def start_rampart(root: Path, config_text: str, env: dict[str, str] | None = None) -> Serve:
+def start_rampart(
+    root: Path, config_text: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> Serve:
     """`rampart serve --workers 1` on a fresh state with the champion registered, ready and
-    its evaluator beating."""
+    its evaluator beating; `cwd`: the checkout it runs from (default: this one)."""
     from router.registry import Registry
 
     state = root / "state"
@@ -103,7 +105,7 @@ def start_rampart(root: Path, config_text: str, env: dict[str, str] | None = Non
         registry.close()
     config = root / "rampart.toml"
     config.write_text(config_text)
-    serve = Serve(state, config, free_port(), env or server_env())
+    serve = Serve(state, config, free_port(), env or server_env(), cwd)
     serve.start()
     serve.warm_up()
     serve.wait_for_evaluator()

@@ -36,8 +36,11 @@ def free_port() -> int:
 class Serve:
     """`rampart serve` as a child process in its own session (so it can be stopped whole)."""
 
-    def __init__(self, state: Path, config: Path, port: int, env: dict[str, str]) -> None:
+    def __init__(
+        self, state: Path, config: Path, port: int, env: dict[str, str], cwd: Path | None = None
+    ) -> None:
         self.config = config
+        self.cwd = cwd  # `python -m` imports from here first: another checkout's rampart
         self.cmd = [
             *pin(0),
             sys.executable,
@@ -56,7 +59,7 @@ class Serve:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout_s: float = 90.0) -> None:
-        self.proc = subprocess.Popen(self.cmd, env=self.env, start_new_session=True)
+        self.proc = subprocess.Popen(self.cmd, env=self.env, cwd=self.cwd, start_new_session=True)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
