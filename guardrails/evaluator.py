@@ -47,10 +47,10 @@ def warm_up(policy: Policy, codes: SegmentCodes, zero: SlotTotals) -> None:
     checks.evaluate(policy, e, len(policy.phases))
 
 
-
 def give_way() -> None:
     """Between the steps of a tick: a worker woken by a request meanwhile runs first."""
     os.sched_yield()
+
 
 class Evaluator:
     def __init__(
