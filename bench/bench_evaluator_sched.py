@@ -53,7 +53,7 @@ from bench import bench_predict_servers as servers
 from bench import sched_share
 from bench.bench_predict import alternate
 from bench.bench_predict_servers import EVENTS_CORE, SERVER_CORE
-from guardrails.process import EVALUATOR_NICE
+from guardrails.cpu_budget import EVALUATOR_NICE
 from harness.serve_process import Serve
 
 BATCH = sched_share.Share(os.SCHED_BATCH, EVALUATOR_NICE)

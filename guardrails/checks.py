@@ -24,6 +24,7 @@ from guardrails.advance import advance_checks
 from guardrails.calibration import calibration, calibration_buckets
 from guardrails.comparison import ab_worse, segment_degradation
 from guardrails.evidence import Evidence, Result, SegmentRow, gather
+from guardrails.measures import SegmentCodes, measure
 from guardrails.paired import paired_correlation, paired_mean_ratio, paired_spread
 from guardrails.policy import Policy
 from guardrails.safety import (
@@ -37,6 +38,7 @@ from guardrails.safety import (
     segment_error_rate,
 )
 from guardrails.shadow import shadow_checks
+from router.snapshot import SlotTotals
 
 Check = Callable[[Policy, Evidence], Result]
 
@@ -102,3 +104,12 @@ __all__ = [
     "segment_degradation",
     "segment_error_rate",
 ]
+
+
+def warm_up(policy: Policy, codes: SegmentCodes, zero: SlotTotals) -> None:
+    """Run every check once on empty evidence: loading the numba kernels takes a second or
+    more on a busy machine, and that must not happen in the tick that sees a breach (nor,
+    in fleet mode, in the tick a host takes over as leader)."""
+    nothing = measure(zero, codes)
+    e = gather(policy, nothing, nothing, nothing, (0, 0), 300, 0.0, 0.0)
+    evaluate(policy, e, len(policy.phases))

@@ -11,7 +11,6 @@ ticks it is `guardrails.process`.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import time
 from collections import deque
@@ -22,6 +21,7 @@ from typing import Any
 from guardrails import checks, storage, view
 from guardrails.alerts import Alert, Alerter, Delivery
 from guardrails.clock import Durations
+from guardrails.cpu_budget import give_way
 from guardrails.measures import ArmMetrics, SegmentCodes, measure
 from guardrails.policy import Action, Decision, Policy, decide
 from guardrails.release_train import ReleaseTrain
@@ -36,20 +36,6 @@ from router.snapshot import SlotTotals
 from router.status import EvaluatorStatus
 
 Clock = Callable[[], float]
-
-
-def warm_up(policy: Policy, codes: SegmentCodes, zero: SlotTotals) -> None:
-    """Run every check once on empty evidence: loading the numba kernels takes a second or
-    more on a busy machine, and that must not happen in the tick that sees a breach (nor,
-    in fleet mode, in the tick a host takes over as leader)."""
-    nothing = measure(zero, codes)
-    e = checks.gather(policy, nothing, nothing, nothing, (0, 0), 300, 0.0, 0.0)
-    checks.evaluate(policy, e, len(policy.phases))
-
-
-def give_way() -> None:
-    """Between the steps of a tick: a worker woken by a request meanwhile runs first."""
-    os.sched_yield()
 
 
 class Evaluator:
@@ -103,7 +89,7 @@ class Evaluator:
         self._events_cache: tuple[Any, list[dict[str, Any]]] = (None, [])
         self._adopt()
         empty = self.serving.take().champion
-        warm_up(self.policy, self.codes, empty - empty)
+        checks.warm_up(self.policy, self.codes, empty - empty)
 
     # -- the split --------------------------------------------------------------------------------
     def _flip(self, split_bp: int, champion_slot: int, has_challenger: bool) -> None:

@@ -33,7 +33,7 @@ from typing import Any
 
 from guardrails import checks, fleet_evidence
 from guardrails.alerts import Alert, Alerter
-from guardrails.evaluator import Evaluator, warm_up
+from guardrails.evaluator import Evaluator
 from guardrails.fleet_evidence import HostEvidence
 from guardrails.fleet_leader import (
     IDLE,
@@ -108,7 +108,7 @@ class HostAgent:
         self.decision_at = 0.0  # when this host first saw the current decision version
         self.wakeups: Wakeups | None = None
         self.baseline_rollout, self.baseline = fleet_evidence.load_baseline(self.state)
-        warm_up(self.policy, self.codes, fleet_evidence.empty_totals(
+        checks.warm_up(self.policy, self.codes, fleet_evidence.empty_totals(
             config.segments.n_cells, config.n_buckets
         ))  # fmt: skip
         # Until a decision is read, this host serves the champion alone.

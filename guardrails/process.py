@@ -10,7 +10,6 @@ directory nobody serves, and in fleet mode keep a lease for a host that is gone.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
@@ -19,7 +18,8 @@ from collections.abc import Callable
 from typing import Any
 
 from guardrails import storage
-from guardrails.evaluator import Evaluator, give_way
+from guardrails.cpu_budget import give_way, yield_to_workers
+from guardrails.evaluator import Evaluator
 from router import lifeline, residency
 from router import status as status_file
 from router.config import Config
@@ -55,22 +55,6 @@ def _die_with(parent: int | None) -> int:
     lifeline.die_with_parent(parent)
     yield_to_workers()
     return parent
-
-
-EVALUATOR_NICE = 5
-
-
-def yield_to_workers() -> None:
-    """A sidecar's evaluator shares the workers' CPU budget, and its tick is a burst of one
-    to a few ms once a second: measured from outside, that burst preempting the worker on
-    its wake-up was the periodic stall in /predict's tail. Under SCHED_BATCH its wake-up no
-    longer preempts a running worker, and at nice 5 a busy worker gets the larger share of
-    the core; an idle core still runs the tick at once."""
-    with contextlib.suppress(OSError, AttributeError):  # Linux only
-        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
-    current = os.nice(0)
-    if current < EVALUATOR_NICE:
-        os.nice(EVALUATOR_NICE - current)
 
 
 def _tick(control: ControlWriter, evaluator: Evaluator, publisher: status_file.Publisher) -> None:

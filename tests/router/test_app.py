@@ -26,7 +26,7 @@ from support.server import (
     serving,
 )
 
-from guardrails.process import EVALUATOR_NICE
+from guardrails.cpu_budget import EVALUATOR_NICE
 from router.tokens import TOKEN_CHARS
 
 ROW = [0.5, 1.0, -0.5, 2.0]
