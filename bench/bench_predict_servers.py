@@ -132,13 +132,7 @@ class Bare:
         raise RuntimeError("bare server did not come up")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, 15)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, 9)
-                self.proc.wait()
+        stop_group(self.proc, signal.SIGTERM)
 
 
 def process_tree(pid: int) -> list[int]:
@@ -202,6 +196,27 @@ def phase_of(status: dict[str, Any]) -> int:
     return int(rollout.get("phase") or status.get("phase") or 0)
 
 
+def on_client_core(cmd: list[str]) -> subprocess.Popen[bytes]:
+    """`cmd` in the background on the clients' core, in its own session, output dropped."""
+    return subprocess.Popen(
+        [*pin(EVENTS_CORE), *cmd],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def stop_group(proc: subprocess.Popen[bytes], signum: int, wait_s: float = 10.0) -> None:
+    """`signum` to `proc`'s process group, then SIGKILL if it has not exited in `wait_s`."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signum)
+        try:
+            proc.wait(wait_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 class Events:
     """The ad-server simulator (harness.simulator) against rampart, on the client's core:
     /predict and the impressions and clicks of its answers, until stopped. Used to climb to
@@ -210,21 +225,10 @@ class Events:
 
     def __init__(self, url: str, rate: float, seconds: float = 3600.0) -> None:
         cmd = [sys.executable, "-m", "harness.simulator", "--url", url, "--rate", str(rate)]
-        self.proc = subprocess.Popen(
-            [*pin(EVENTS_CORE), *cmd, "--seconds", str(seconds), "--seed", "3"],
-            start_new_session=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        self.proc = on_client_core([*cmd, "--seconds", str(seconds), "--seed", "3"])
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, 2)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, 9)
-                self.proc.wait()
+        stop_group(self.proc, signal.SIGINT)
 
 
 # wrk's script for WrkEvents, one Lua state per connection (`-t` = `-c`), so each answer is
@@ -321,18 +325,11 @@ class WrkEvents:
             EVENTS_LUA.replace("{SLATES}", "{" + slates + "}").replace("DELAY_MS", str(delay_ms))
         )
         threads = f"-t{self.CONNECTIONS}"  # a Lua state per connection
-        cmd = [*pin(EVENTS_CORE), "wrk", threads, f"-c{self.CONNECTIONS}", "-d3600s"]
-        self.proc = subprocess.Popen(
-            [*cmd, "--timeout", "5s", "-s", str(script), url],
-            start_new_session=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        cmd = ["wrk", threads, f"-c{self.CONNECTIONS}", "-d3600s", "--timeout", "5s"]
+        self.proc = on_client_core([*cmd, "-s", str(script), url])
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, 9)
-        self.proc.wait()
+        stop_group(self.proc, signal.SIGKILL)
 
 
 @contextlib.contextmanager
